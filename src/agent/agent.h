@@ -1,0 +1,81 @@
+/* The in-process agent: internal interface between its parts.
+ *
+ * The agent is the CPython extension aioscope._agent. It is the only part of aioscope that
+ * includes Python.h. Its parts, one file each:
+ *   module.c    module init, install(), configuration, the findings sink, exit handling
+ *   loops.c     noticing every event loop that starts running, per-loop hooks (exception handler
+ *               chaining), the heartbeat and the watchdog thread: `blocking-call`
+ *   tasks.c     the Task subclass with its creation site: `lost-exception`, `destroyed-pending`,
+ *               `swallowed-cancel`, `pending-at-exit`
+ *   coros.c     `unawaited-coroutine` through warnings._warn_unawaited_coroutine
+ *   leaks.c     `resource-leak`
+ *   frames.c    the program's own frames: classifying files, sites, stacks, cheap creation sites
+ *
+ * The agent is a process-wide singleton (it hooks process-wide things: warnings, the running-loop
+ * setter, at-exit), so its state is one static struct rather than per-module state;
+ * subinterpreters are not supported. Every function here is called with the GIL held unless it
+ * says otherwise. Functions return 0 or -1 with a Python exception set, like the C API. */
+#ifndef AIOSCOPE_AGENT_H
+#define AIOSCOPE_AGENT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "aioscope/report.h"
+
+/* ---- configuration (module.c) ------------------------------------------------------------ */
+typedef struct {
+    double block_threshold_s; /* AIOSCOPE_BLOCK_THRESHOLD, default 0.1 */
+    double stuck_after_s;     /* AIOSCOPE_STUCK_AFTER, default 30 (deadlock issue) */
+    int enabled;              /* 0 until install() ran */
+} asc_config;
+extern asc_config asc_cfg;
+
+/* ---- the findings sink (module.c) -------------------------------------------------------- */
+/* Hand a finding to the sink: under `aioscope run` it is appended to the event stream at once
+ * (so a crash loses nothing); with plain install() it is kept for the report at exit.
+ * Takes ownership of the finding's contents (f is cleared). Never raises. */
+void asc_emit(aioscope_finding *f);
+
+/* ---- frames and sites (frames.c) --------------------------------------------------------- */
+/* 1 when filename belongs to the program's own code: not the standard library, not
+ * site-packages/dist-packages, not aioscope, not "<frozen ...>". Cached per filename object. */
+int asc_is_user_file(PyObject *filename);
+
+/* Fill f->stack (outermost first) and f->site (the innermost user frame; the innermost frame of
+ * all when no frame is the user's) from the calling thread's current Python stack. */
+int asc_fill_from_current_stack(aioscope_finding *f);
+/* The same from a traceback object (the innermost user frame of the traceback is the site). */
+int asc_fill_from_traceback(aioscope_finding *f, PyObject *tb);
+/* The same from a coroutine chain (task.get_stack() order): where a suspended task waits. */
+int asc_fill_from_coro(aioscope_finding *f, PyObject *coro);
+
+/* A code location kept cheaply (a strong ref to the code object and an instruction offset in
+ * bytes); turned into file/line/function only when a finding needs it. */
+typedef struct {
+    PyObject *code; /* owned, or NULL */
+    int lasti;      /* byte offset of the instruction, as PyCode_Addr2Line takes */
+} asc_codeloc;
+/* The innermost user frame of the calling thread, skipping asyncio/aioscope frames; a few
+ * pointer hops, no allocation in the common case. Leaves out->code NULL when none. */
+void asc_capture_creation_site(asc_codeloc *out);
+void asc_codeloc_clear(asc_codeloc *loc);
+int asc_codeloc_to_location(const asc_codeloc *loc, aioscope_location *out);
+
+/* ---- parts: init and hooks ----------------------------------------------------------------- */
+int asc_frames_init(PyObject *module);
+int asc_loops_init(PyObject *module);  /* hooks the running-loop setter */
+int asc_tasks_init(PyObject *module);
+int asc_coros_init(PyObject *module);
+int asc_leaks_init(PyObject *module);
+
+/* Called by loops.c when a loop starts running in the calling thread (first time for that
+ * loop): tasks.c installs its task factory (chaining any user factory). */
+int asc_tasks_on_loop_start(PyObject *loop);
+/* Called by loops.c for every exception-handler context before the original handler runs;
+ * returns 1 when the context was turned into a finding (the original handler still runs). */
+int asc_tasks_on_exception_context(PyObject *loop, PyObject *context);
+/* At exit and when asyncio.run()'s main coroutine returns: `pending-at-exit`. */
+int asc_tasks_report_pending(PyObject *loop);
+
+#endif
