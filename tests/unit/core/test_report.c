@@ -2,6 +2,7 @@
  * the event stream, and the text report. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "aioscope/error.h"
 #include "aioscope/report.h"
