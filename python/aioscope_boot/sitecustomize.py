@@ -107,4 +107,9 @@ def _aioscope_boot():
             raise
 
 
-_aioscope_boot()
+try:
+    _aioscope_boot()
+except SystemExit:
+    raise
+except BaseException as exc:  # noqa: B902 - a broken agent must stop the run, never go unnoticed
+    _aioscope_fatal("the agent failed to start: %s: %s" % (type(exc).__name__, exc))
