@@ -1,0 +1,30 @@
+"""Many short synchronous steps: 60 steps of 15 ms each (0.9 s of work in all), yielding to the
+loop between steps. No single step comes near the 100 ms threshold. No findings."""
+import asyncio
+import time
+
+import _e2e
+
+
+def step(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def crunch(name, steps):
+    for _ in range(steps):
+        step(0.015)
+        await asyncio.sleep(0)
+    return name
+
+
+async def main():
+    done = await asyncio.gather(crunch("a", 30), crunch("b", 30))
+    for _ in range(10):
+        time.sleep(0.02)
+        await asyncio.sleep(0.001)
+    print("done", done)
+
+
+_e2e.run(main)
