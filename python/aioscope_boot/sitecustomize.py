@@ -99,10 +99,13 @@ def _aioscope_boot():
     _aioscope_forget_config()
 
     # The program's own sitecustomize, which ours shadowed, runs as it would have.
-    del sys.modules["sitecustomize"]
+    # Ours must be back in sys.modules when there is none: site.py's `import sitecustomize` is
+    # still running it, and the import machinery looks the name up when it returns.
+    ours = sys.modules.pop("sitecustomize")
     try:
         import sitecustomize  # noqa: F401
     except ImportError as exc:
+        sys.modules["sitecustomize"] = ours
         if getattr(exc, "name", None) != "sitecustomize":
             raise
 
