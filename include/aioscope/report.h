@@ -131,6 +131,15 @@ typedef struct {
 } aioscope_text_options;
 int aioscope_report_write_text(const aioscope_report *r, FILE *out, const aioscope_text_options *opt);
 
+/* The report as one self-contained HTML page (no external resource; works offline): findings
+ * grouped by kind, each collapsible, with source snippets read from the files and the stacks.
+ * Every text from the report is HTML-escaped. opt may be NULL (defaults).
+ * Returns 0 or AIOSCOPE_EIO / AIOSCOPE_ENOMEM. */
+typedef struct {
+    int context_lines; /* source lines shown around a site; -1: the default (2); at most 20 */
+} aioscope_html_options;
+int aioscope_report_write_html(const aioscope_report *r, FILE *out, const aioscope_html_options *opt);
+
 /* A short hint on the usual fix for a kind; never NULL ("" when none). */
 const char *aioscope_kind_hint(const char *kind);
 

@@ -15,6 +15,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  run       run a Python program under the agent and report what it hit\n"
+    "  report    show a saved JSON report as text, or write it as an HTML page\n"
     "\n"
     "Run `aioscope <command> --help` for a command's options.\n"
     "Exit status: the command's own (see its --help); 2 for bad arguments.\n";
@@ -47,6 +48,7 @@ static const struct {
     int (*fn)(int, char **);
 } commands[] = {
     {"run", asc_cmd_run},
+    {"report", asc_cmd_report},
 };
 
 int main(int argc, char **argv) {
