@@ -61,6 +61,11 @@ typedef struct {
 void asc_capture_creation_site(asc_codeloc *out);
 void asc_codeloc_clear(asc_codeloc *loc);
 int asc_codeloc_to_location(const asc_codeloc *loc, aioscope_location *out);
+/* The innermost user frame of a coroutine chain (where a suspended task waits; the outermost
+ * frame when none is the user's); out->code NULL when the chain has no frame. Never raises. */
+void asc_capture_coro_site(PyObject *coro, asc_codeloc *out);
+/* 1 when code (a code object) belongs to aioscope itself. */
+int asc_code_is_aioscope(PyObject *code);
 
 /* ---- parts: init and hooks ----------------------------------------------------------------- */
 int asc_frames_init(PyObject *module);

@@ -1,6 +1,632 @@
-/* tasks.c: being written (see agent.h for what this unit does). */
+/* Task-level findings: `lost-exception`, `destroyed-pending`, `swallowed-cancel`,
+ * `pending-at-exit`.
+ *
+ * Every loop that starts running gets a task factory that creates instances of a C subclass of
+ * _asyncio.Task. The subclass adds a few fields after the base object (the creation site and
+ * the cancellation state, 32 bytes) and overrides cancel(); creating a task costs the factory
+ * call plus a walk to the first user frame. Nothing else happens per task: the findings come
+ * from the rare paths.
+ *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
+ *     exception handler; loops.c hands us every context (asc_tasks_on_exception_context) and we
+ *     add the creation site the subclass kept.
+ *   - swallowed-cancel: cancel() records where the task was suspended and adds a done callback,
+ *     so only cancelled tasks pay. The task must then end cancelled or by raising; ending
+ *     normally with cancelling() > 0 (3.11+) means the CancelledError was caught and dropped.
+ *     asyncio.timeout(), wait_for() and TaskGroup call uncancel(), which brings cancelling()
+ *     back to 0: no report for them. Below 3.11 there is no cancelling(): any normal end after
+ *     a cancel() that took effect is reported (best effort). A task that swallows and keeps
+ *     running is caught when it is cancelled again, or when the main coroutine returns.
+ *   - pending-at-exit: asyncio.runners._cancel_all_tasks (called by asyncio.run and Runner
+ *     right after the main coroutine returned, before they cancel the leftovers) is wrapped, and
+ *     module.c calls asc_tasks_report_pending at exit for loops still alive.
+ * A program's own task factory is respected: loop.set_task_factory/get_task_factory are
+ * wrapped per loop instance so that the program sees its own factory (or None), and tasks from
+ * its factory still get every finding that does not need the subclass. */
 #include "agent/agent.h"
-int asc_tasks_init(PyObject *module) { return 0; }
-int asc_tasks_on_loop_start(PyObject *loop) { return 0; }
-int asc_tasks_on_exception_context(PyObject *loop, PyObject *context) { return 0; }
-int asc_tasks_report_pending(PyObject *loop) { return 0; }
+
+#include <stdint.h>
+#include <string.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#endif
+
+/* The fields the subclass adds after the base Task object. */
+typedef struct {
+    asc_codeloc created; /* where the task was created */
+    asc_codeloc cancel_site; /* where it was suspended when cancel() took effect */
+    int flags;
+} asc_task_extra;
+
+enum {
+    ASC_TF_CANCEL_WATCHED = 1,    /* cancel() took effect; the done callback is in place */
+    ASC_TF_REPORTED_SWALLOW = 2,  /* swallowed-cancel already reported */
+    ASC_TF_REPORTED_PENDING = 4,  /* pending-at-exit already reported */
+};
+
+static struct {
+    PyTypeObject *base;       /* _asyncio.Task (borrowed from the module, kept alive by it) */
+    PyTypeObject *type;       /* our subclass (owned) */
+    Py_ssize_t extra_offset;  /* base->tp_basicsize: where asc_task_extra starts */
+    destructor base_dealloc;
+    PyObject *base_cancel;    /* Task.cancel, a method descriptor */
+    PyObject *factory;        /* our task factory (a builtin function) */
+    PyObject *on_cancel_done; /* done callback added to cancelled tasks */
+    PyObject *orig_cancel_all;  /* asyncio.runners._cancel_all_tasks */
+    int has_cancelling;       /* Task.cancelling() exists (3.11+) */
+} asc_t;
+
+static asc_task_extra *asc_extra(PyObject *task)
+{
+    if (asc_t.type == NULL || !PyObject_TypeCheck(task, asc_t.type))
+        return NULL;
+    return (asc_task_extra *)((char *)task + asc_t.extra_offset);
+}
+
+/* ---- the subclass --------------------------------------------------------------------------- */
+/* The base's dealloc runs the finalizer, which may report the task to the exception handler
+ * (and so to us): it must still see our fields. So we run the finalizer first ourselves (the
+ * base then sees it done: PyObject_CallFinalizerFromDealloc runs tp_finalize once), clear our
+ * fields, then let the base free the object. Like CPython's subtype_dealloc, we drop the
+ * reference an instance holds on its heap type only when the base type is static (3.8-3.11):
+ * from 3.12 the base is a heap type whose own dealloc drops it. */
+static void asc_task_dealloc(PyObject *self)
+{
+    if (PyObject_CallFinalizerFromDealloc(self) < 0)
+        return; /* resurrected */
+    PyTypeObject *tp = Py_TYPE(self);
+    int decref_type = (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
+                      !(asc_t.base->tp_flags & Py_TPFLAGS_HEAPTYPE);
+    asc_task_extra *x = (asc_task_extra *)((char *)self + asc_t.extra_offset);
+    /* Untracked while we clear, as subtype_dealloc does, so a collection cannot see the object
+     * at refcount 0; the base dealloc expects it tracked again. */
+    PyObject_GC_UnTrack(self);
+    asc_codeloc_clear(&x->created);
+    asc_codeloc_clear(&x->cancel_site);
+    PyObject_GC_Track(self);
+    asc_t.base_dealloc(self);
+    if (decref_type)
+        Py_DECREF(tp);
+}
+
+static int asc_report_swallowed(PyObject *task, asc_task_extra *x, const char *how);
+
+/* 1 when the task's cancellation was taken back by uncancel() (asyncio.timeout, wait_for,
+ * TaskGroup), 0 when it still counts, -1 on error. Always 0 below 3.11. */
+static int asc_cancel_withdrawn(PyObject *task)
+{
+    if (!asc_t.has_cancelling)
+        return 0;
+    PyObject *n = PyObject_CallMethod(task, "cancelling", NULL);
+    if (n == NULL)
+        return -1;
+    long v = PyLong_AsLong(n);
+    Py_DECREF(n);
+    return v == 0;
+}
+
+/* The site a task is suspended at now compared with the one recorded at cancel(): different
+ * means the task has run since, so the cancellation was delivered. */
+static int asc_ran_since_cancel(PyObject *task, asc_task_extra *x)
+{
+    PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
+    if (coro == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    asc_codeloc now;
+    asc_capture_coro_site(coro, &now);
+    Py_DECREF(coro);
+    int ran = now.code != x->cancel_site.code || now.lasti != x->cancel_site.lasti;
+    asc_codeloc_clear(&now);
+    return ran;
+}
+
+/* A cancelled task that is still pending and has run since: it caught the CancelledError and
+ * went on. Reported once, unless uncancel() withdrew the cancellation. */
+static void asc_check_kept_running(PyObject *task, asc_task_extra *x)
+{
+    if (!(x->flags & ASC_TF_CANCEL_WATCHED) || (x->flags & ASC_TF_REPORTED_SWALLOW))
+        return;
+    PyObject *done = PyObject_CallMethod(task, "done", NULL);
+    int is_done = done ? PyObject_IsTrue(done) : -1;
+    Py_XDECREF(done);
+    if (is_done != 0) {
+        PyErr_Clear();
+        return;
+    }
+    int withdrawn = asc_cancel_withdrawn(task);
+    if (withdrawn == 0 && asc_ran_since_cancel(task, x))
+        asc_report_swallowed(task, x, "kept running");
+    PyErr_Clear();
+}
+
+static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    asc_task_extra *x = (asc_task_extra *)((char *)self + asc_t.extra_offset);
+    /* A second cancel() of a task that swallowed the first and kept running. */
+    if (asc_cfg.enabled && (x->flags & ASC_TF_CANCEL_WATCHED))
+        asc_check_kept_running(self, x);
+
+    /* Call the base cancel with self prepended (at most msg= and a keyword: a small array). */
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[8];
+    if (1 + nargs + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
+        PyErr_SetString(PyExc_TypeError, "cancel() takes at most 1 argument");
+        return NULL;
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        stack[1 + i] = args[i];
+    PyObject *r = PyObject_Vectorcall(asc_t.base_cancel, stack, 1 + nargs, kwnames);
+    if (r != Py_True || !asc_cfg.enabled || (x->flags & ASC_TF_CANCEL_WATCHED))
+        return r;
+
+    /* The cancellation took effect: note where the task is now and check how it ends. */
+    x->flags |= ASC_TF_CANCEL_WATCHED;
+    PyObject *coro = PyObject_CallMethod(self, "get_coro", NULL);
+    if (coro) {
+        asc_capture_coro_site(coro, &x->cancel_site);
+        Py_DECREF(coro);
+    }
+    PyObject *ok = PyObject_CallMethod(self, "add_done_callback", "O", asc_t.on_cancel_done);
+    Py_XDECREF(ok);
+    PyErr_Clear(); /* the program's cancel() must behave as before, whatever happened here */
+    return r;
+}
+
+/* Done callback of a cancelled task: did it end cancelled, by raising, or normally? */
+static PyObject *asc_on_cancel_done(PyObject *unused, PyObject *task)
+{
+    asc_task_extra *x = asc_extra(task);
+    if (x == NULL || !asc_cfg.enabled || (x->flags & ASC_TF_REPORTED_SWALLOW))
+        Py_RETURN_NONE;
+    PyObject *cancelled = PyObject_CallMethod(task, "cancelled", NULL);
+    int is_cancelled = cancelled ? PyObject_IsTrue(cancelled) : -1;
+    Py_XDECREF(cancelled);
+    if (is_cancelled != 0)
+        goto out;
+    /* `_exception` reads the exception without marking it retrieved (exception() would, and
+     * so silence "Task exception was never retrieved"). */
+    PyObject *exc = PyObject_GetAttrString(task, "_exception");
+    int raised = exc && exc != Py_None;
+    Py_XDECREF(exc);
+    if (exc == NULL || raised)
+        goto out;
+    if (asc_cancel_withdrawn(task) == 0)
+        asc_report_swallowed(task, x, "finished normally");
+out:
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef asc_task_methods[] = {
+    {"cancel", (PyCFunction)(void (*)(void))asc_task_cancel, METH_FASTCALL | METH_KEYWORDS,
+     "Task.cancel(), watched by aioscope for swallowed cancellations."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef asc_on_cancel_done_def = {
+    "_aioscope_on_cancel_done", asc_on_cancel_done, METH_O, "aioscope: checks how a cancelled task ended."};
+
+/* ---- the task factory ------------------------------------------------------------------------ */
+/* factory(loop, coro, **kwargs) -> our Task(coro, loop=loop, **kwargs), with its creation site. */
+static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "task factory takes (loop, coro)");
+        return NULL;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[8];
+    if (2 + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments for a task");
+        return NULL;
+    }
+    /* Task(coro, loop=loop, <kwargs>): kwnames becomes ("loop", *kwnames). */
+    PyObject *names = PyTuple_New(1 + nkw);
+    if (names == NULL)
+        return NULL;
+    PyObject *loop_s = PyUnicode_InternFromString("loop");
+    if (loop_s == NULL) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(names, 0, loop_s);
+    stack[0] = args[1];
+    stack[1] = args[0];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(names, 1 + i, k);
+        stack[2 + i] = args[2 + i];
+    }
+    PyObject *task = PyObject_Vectorcall((PyObject *)asc_t.type, stack, 1, names);
+    Py_DECREF(names);
+    if (task)
+        asc_capture_creation_site(&((asc_task_extra *)((char *)task + asc_t.extra_offset))->created);
+    return task;
+}
+
+static PyMethodDef asc_factory_def = {
+    "_aioscope_task_factory", (PyCFunction)(void (*)(void))asc_task_factory,
+    METH_FASTCALL | METH_KEYWORDS, "aioscope's task factory: tasks that remember where they were created."};
+
+/* The object a weak reference points to (new reference), or NULL without an error when it is
+ * gone. PyWeakref_GetObject is deprecated from 3.13, where PyWeakref_GetRef replaces it. */
+static PyObject *asc_weakref_target(PyObject *wref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(wref, &obj) < 0)
+        PyErr_Clear();
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(wref); /* borrowed */
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(obj);
+    return obj;
+#endif
+}
+
+/* loop.set_task_factory(f) as the program sees it: its own factory replaces ours (its tasks
+ * still get the findings that need no subclass); None puts ours back. self is a weak reference
+ * to the loop, so the wrapper does not keep the loop alive. */
+static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
+{
+    PyObject *loop = asc_weakref_target(wref);
+    if (loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "event loop is gone");
+        return NULL;
+    }
+    PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
+    PyObject *r = meth ? PyObject_CallFunctionObjArgs(meth, loop, factory == Py_None ? asc_t.factory : factory, NULL)
+                       : NULL;
+    Py_XDECREF(meth);
+    Py_DECREF(loop);
+    return r;
+}
+
+static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
+{
+    PyObject *loop = asc_weakref_target(wref);
+    if (loop == NULL)
+        Py_RETURN_NONE;
+    PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "get_task_factory");
+    PyObject *f = meth ? PyObject_CallFunctionObjArgs(meth, loop, NULL) : NULL;
+    Py_XDECREF(meth);
+    Py_DECREF(loop);
+    if (f == asc_t.factory) {
+        Py_DECREF(f);
+        Py_RETURN_NONE;
+    }
+    return f;
+}
+
+static PyMethodDef asc_set_factory_def = {"set_task_factory", asc_loop_set_task_factory, METH_O,
+                                          "Set the loop's task factory (aioscope keeps its own for None)."};
+static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_factory, METH_NOARGS,
+                                          "The loop's task factory, as the program set it."};
+
+int asc_tasks_on_loop_start(PyObject *loop)
+{
+    if (asc_t.type == NULL)
+        return 0;
+    PyObject *current = PyObject_CallMethod(loop, "get_task_factory", NULL);
+    if (current == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int has_user_factory = current != Py_None && current != asc_t.factory;
+    int ours_already = current == asc_t.factory;
+    Py_DECREF(current);
+    if (ours_already || has_user_factory)
+        return 0; /* a program's factory stays as it is */
+    PyObject *r = PyObject_CallMethod(loop, "set_task_factory", "O", asc_t.factory);
+    if (r == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(r);
+    /* Per-instance wrappers; loops without an instance __dict__ (uvloop's) cannot have them:
+     * there a later set_task_factory() of the program simply replaces ours. */
+    PyObject *wref = PyWeakref_NewRef(loop, NULL);
+    PyObject *set = wref ? PyCFunction_New(&asc_set_factory_def, wref) : NULL;
+    PyObject *get = wref ? PyCFunction_New(&asc_get_factory_def, wref) : NULL;
+    if (set && get && PyObject_SetAttrString(loop, "set_task_factory", set) == 0)
+        (void)PyObject_SetAttrString(loop, "get_task_factory", get);
+    Py_XDECREF(set);
+    Py_XDECREF(get);
+    Py_XDECREF(wref);
+    PyErr_Clear();
+    return 0;
+}
+
+/* ---- findings ---------------------------------------------------------------------------------- */
+/* task id, name and creation site (when the task is ours) into f. */
+static void asc_fill_task(aioscope_finding *f, PyObject *task)
+{
+    f->has_task = 1;
+    f->task_id = (long long)(uintptr_t)task;
+    PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
+    const char *s = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (s)
+        f->task_name = strdup(s);
+    Py_XDECREF(name);
+    asc_task_extra *x = asc_extra(task);
+    if (x && x->created.code)
+        (void)asc_codeloc_to_location(&x->created, &f->created_at);
+    PyErr_Clear();
+}
+
+static char *asc_task_label(const aioscope_finding *f, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s", f->task_name ? f->task_name : "a task");
+    return buf;
+}
+
+static void asc_set_message(aioscope_finding *f, const char *fmt, const char *arg)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, fmt, arg);
+    f->message = strdup(buf);
+}
+
+/* The site of a task finding whose site is "where the task was created": the creation site when
+ * we have it; otherwise where the task is suspended now (the finding's stack says so). */
+static void asc_site_from_creation_or_coro(aioscope_finding *f, PyObject *task)
+{
+    PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
+    if (coro && coro != Py_None)
+        (void)asc_fill_from_coro(f, coro);
+    Py_XDECREF(coro);
+    PyErr_Clear();
+    if (f->created_at.file) {
+        aioscope_location_clear(&f->site);
+        (void)aioscope_location_set(&f->site, f->created_at.file, f->created_at.line, f->created_at.function);
+    }
+}
+
+static int asc_report_swallowed(PyObject *task, asc_task_extra *x, const char *how)
+{
+    x->flags |= ASC_TF_REPORTED_SWALLOW;
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    f.kind = strdup("swallowed-cancel");
+    f.severity = AIOSCOPE_SEV_WARNING;
+    asc_fill_task(&f, task);
+    char label[256], msg[400];
+    snprintf(msg, sizeof msg, "%s was cancelled but %s: the CancelledError was caught and not re-raised",
+             asc_task_label(&f, label, sizeof label), how);
+    f.message = strdup(msg);
+    if (x->cancel_site.code && asc_codeloc_to_location(&x->cancel_site, &f.site) == 0)
+        (void)aioscope_finding_push_frame(&f, f.site.file, f.site.line, f.site.function);
+    else
+        asc_site_from_creation_or_coro(&f, task);
+    PyErr_Clear();
+    asc_emit(&f);
+    return 1;
+}
+
+/* "ValueError: msg" (or just the type name when the message is empty); malloc'ed. */
+static char *asc_exception_text(PyObject *exc)
+{
+    PyObject *tname = PyObject_GetAttrString((PyObject *)Py_TYPE(exc), "__name__");
+    PyObject *str = PyObject_Str(exc);
+    const char *t = tname && PyUnicode_Check(tname) ? PyUnicode_AsUTF8(tname) : "exception";
+    const char *m = str ? PyUnicode_AsUTF8(str) : NULL;
+    size_t len = strlen(t ? t : "") + (m ? strlen(m) : 0) + 3;
+    char *out = malloc(len);
+    if (out)
+        snprintf(out, len, (m && *m) ? "%s: %s" : "%s", t ? t : "exception", m ? m : "");
+    Py_XDECREF(tname);
+    Py_XDECREF(str);
+    PyErr_Clear();
+    return out;
+}
+
+static int asc_report_lost_exception(PyObject *task, PyObject *exc)
+{
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    f.kind = strdup("lost-exception");
+    f.severity = AIOSCOPE_SEV_ERROR;
+    asc_fill_task(&f, task);
+    f.detail = asc_exception_text(exc);
+    char label[256], msg[600];
+    snprintf(msg, sizeof msg, "exception in %s was never retrieved: %s", asc_task_label(&f, label, sizeof label),
+             f.detail ? f.detail : "?");
+    f.message = strdup(msg);
+    PyObject *tb = PyException_GetTraceback(exc);
+    if (tb && tb != Py_None)
+        (void)asc_fill_from_traceback(&f, tb);
+    Py_XDECREF(tb);
+    PyErr_Clear();
+    if (f.site.file == NULL) /* set_exception() without a raise: no traceback */
+        asc_site_from_creation_or_coro(&f, task);
+    asc_emit(&f);
+    return 1;
+}
+
+static int asc_report_destroyed_pending(PyObject *task)
+{
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    f.kind = strdup("destroyed-pending");
+    f.severity = AIOSCOPE_SEV_ERROR;
+    asc_fill_task(&f, task);
+    char label[256];
+    asc_set_message(&f, "%s was destroyed while still pending (nothing kept a reference to it)",
+                    asc_task_label(&f, label, sizeof label));
+    asc_site_from_creation_or_coro(&f, task);
+    asc_emit(&f);
+    return 1;
+}
+
+int asc_tasks_on_exception_context(PyObject *loop, PyObject *context)
+{
+    if (!asc_cfg.enabled || !PyDict_Check(context))
+        return 0;
+    PyObject *msg = PyDict_GetItemString(context, "message"); /* borrowed */
+    const char *m = msg && PyUnicode_Check(msg) ? PyUnicode_AsUTF8(msg) : NULL;
+    int rc = 0;
+    if (m == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *task = PyDict_GetItemString(context, "task");
+    PyObject *fut = PyDict_GetItemString(context, "future");
+    PyObject *exc = PyDict_GetItemString(context, "exception");
+    size_t ml = strlen(m);
+    static const char lost_suffix[] = "exception was never retrieved";
+    if (fut && exc && ml >= sizeof lost_suffix - 1 && strcmp(m + ml - (sizeof lost_suffix - 1), lost_suffix) == 0 &&
+        PyObject_TypeCheck(fut, asc_t.base) && PyExceptionInstance_Check(exc))
+        rc = asc_report_lost_exception(fut, exc);
+    else if (task && strcmp(m, "Task was destroyed but it is pending!") == 0 &&
+             PyObject_TypeCheck(task, asc_t.base))
+        rc = asc_report_destroyed_pending(task);
+    PyErr_Clear();
+    return rc;
+}
+
+/* The coroutine of a task runs aioscope's own code: not the program's task. */
+static int asc_task_is_ours(PyObject *task)
+{
+    PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
+    PyObject *code = coro ? PyObject_GetAttrString(coro, "cr_code") : NULL;
+    int ours = code && asc_code_is_aioscope(code);
+    Py_XDECREF(code);
+    Py_XDECREF(coro);
+    PyErr_Clear();
+    return ours;
+}
+
+int asc_tasks_report_pending(PyObject *loop)
+{
+    if (!asc_cfg.enabled || asc_t.base == NULL)
+        return 0;
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    PyObject *tasks = asyncio ? PyObject_CallMethod(asyncio, "all_tasks", "O", loop) : NULL;
+    PyObject *list = tasks ? PySequence_List(tasks) : NULL;
+    Py_XDECREF(tasks);
+    Py_XDECREF(asyncio);
+    if (list == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *task = PyList_GET_ITEM(list, i);
+        PyObject *done = PyObject_CallMethod(task, "done", NULL);
+        int is_done = done ? PyObject_IsTrue(done) : 1;
+        Py_XDECREF(done);
+        if (is_done || asc_task_is_ours(task))
+            continue;
+        asc_task_extra *x = asc_extra(task);
+        if (x) {
+            asc_check_kept_running(task, x);
+            if (x->flags & ASC_TF_REPORTED_PENDING)
+                continue;
+            x->flags |= ASC_TF_REPORTED_PENDING;
+        }
+        aioscope_finding f;
+        aioscope_finding_init(&f);
+        f.kind = strdup("pending-at-exit");
+        f.severity = AIOSCOPE_SEV_WARNING;
+        asc_fill_task(&f, task);
+        char label[256];
+        asc_set_message(&f, "%s was still pending when the main coroutine returned",
+                        asc_task_label(&f, label, sizeof label));
+        asc_site_from_creation_or_coro(&f, task);
+        if (f.site.file)
+            asc_emit(&f);
+        else
+            aioscope_finding_clear(&f);
+    }
+    Py_DECREF(list);
+    PyErr_Clear();
+    return 0;
+}
+
+/* asyncio.runners._cancel_all_tasks(loop), wrapped: asyncio.run() and Runner.close() call it as
+ * soon as the main coroutine is over, before cancelling what is left — the moment the
+ * leftovers are `pending-at-exit`. */
+static PyObject *asc_cancel_all_tasks(PyObject *unused, PyObject *loop)
+{
+    asc_tasks_report_pending(loop);
+    return PyObject_CallFunctionObjArgs(asc_t.orig_cancel_all, loop, NULL);
+}
+
+static PyMethodDef asc_cancel_all_def = {"_cancel_all_tasks", asc_cancel_all_tasks, METH_O,
+                                         "asyncio.runners._cancel_all_tasks, seen by aioscope first."};
+
+/* ---- init ---------------------------------------------------------------------------------------- */
+int asc_tasks_init(PyObject *module)
+{
+    PyObject *aio = PyImport_ImportModule("_asyncio");
+    if (aio == NULL)
+        return -1;
+    PyObject *base = PyObject_GetAttrString(aio, "Task");
+    Py_DECREF(aio);
+    if (base == NULL)
+        return -1;
+    if (!PyType_Check(base)) {
+        Py_DECREF(base);
+        PyErr_SetString(PyExc_TypeError, "_asyncio.Task is not a type");
+        return -1;
+    }
+    asc_t.base = (PyTypeObject *)base; /* owned for the life of the process */
+    asc_t.extra_offset = asc_t.base->tp_basicsize;
+    asc_t.base_dealloc = asc_t.base->tp_dealloc;
+    asc_t.base_cancel = PyObject_GetAttrString(base, "cancel");
+    asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
+    if (asc_t.base_cancel == NULL)
+        return -1;
+
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, (void *)asc_task_dealloc},
+        {Py_tp_methods, asc_task_methods},
+        {0, NULL},
+    };
+    /* Named _asyncio.Task so that the program sees the same repr, type name and
+     * "Task exception was never retrieved" message (built from the type's name) as without
+     * aioscope. Py_TPFLAGS_HAVE_GC is inherited from the base with its traverse and clear. */
+    PyType_Spec spec = {
+        .name = "_asyncio.Task",
+        .basicsize = (int)(asc_t.base->tp_basicsize + (Py_ssize_t)sizeof(asc_task_extra)),
+        .itemsize = 0,
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, base);
+    asc_t.type = bases ? (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases) : NULL;
+    Py_XDECREF(bases);
+    if (asc_t.type == NULL)
+        return -1;
+
+    asc_t.factory = PyCFunction_New(&asc_factory_def, NULL);
+    asc_t.on_cancel_done = PyCFunction_New(&asc_on_cancel_done_def, NULL);
+    if (!asc_t.factory || !asc_t.on_cancel_done)
+        return -1;
+
+    PyObject *runners = PyImport_ImportModule("asyncio.runners");
+    if (runners == NULL)
+        return -1;
+    asc_t.orig_cancel_all = PyObject_GetAttrString(runners, "_cancel_all_tasks");
+    if (asc_t.orig_cancel_all) {
+        PyObject *wrapper = PyCFunction_New(&asc_cancel_all_def, NULL);
+        if (wrapper == NULL || PyObject_SetAttrString(runners, "_cancel_all_tasks", wrapper) < 0) {
+            Py_XDECREF(wrapper);
+            Py_DECREF(runners);
+            return -1;
+        }
+        Py_DECREF(wrapper);
+    }
+    PyErr_Clear(); /* an asyncio without _cancel_all_tasks: exit-time reporting still works */
+    Py_DECREF(runners);
+    return 0;
+}
