@@ -1,0 +1,120 @@
+/* Snapshots of a target: the thread walk, and aioscope_target_snapshot which retries a walk
+ * torn by the running target.
+ *
+ * _PyRuntime.interpreters.head -> PyInterpreterState.next (each interpreter)
+ *   -> threads.head / tstate_head -> PyThreadState.next (each thread) -> its frame chain. */
+#include "attach/walk.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "aioscope/attach.h"
+#include "aioscope/error.h"
+#include "attach/cache.h"
+#include "attach/pyobj.h"
+
+/* A torn read (the target changed a structure while we read it) shows up as EFAULT/EBADDATA;
+ * the walk is then retried from the top, a few times, before giving up. */
+#define ASC_SNAPSHOT_ATTEMPTS 5
+
+int asc_snap_frame_set(aioscope_snapshot *snap, aioscope_snap_frame *f, const asc_loc *loc) {
+    f->file = aioscope_snapshot_intern(snap, loc->ci ? loc->ci->file : "?");
+    f->function = aioscope_snapshot_intern(snap, loc->ci ? loc->ci->name : "?");
+    f->line = loc->line;
+    return f->file && f->function ? 0 : AIOSCOPE_ENOMEM;
+}
+
+/* The stack of one thread into th (innermost first). */
+static int asc__thread_frames(aioscope_target *t, aioscope_snapshot *snap, uint64_t tstate,
+                              aioscope_snap_thread *th) {
+    uint64_t frame;
+    int rc = asc_thread_top_frame(t, tstate, &frame);
+    if (rc < 0) return rc;
+    size_t cap = 0;
+    for (size_t depth = 0; frame; depth++) {
+        if (depth >= ASC_MAX_FRAMES) return AIOSCOPE_ELIMIT;
+        asc_loc loc;
+        uint64_t previous;
+        int skip;
+        if ((rc = asc_frame_decode(t, frame, &loc, &previous, &skip)) < 0) return rc;
+        frame = previous;
+        if (skip) continue;
+        if (th->nframes == cap) {
+            cap = cap ? cap * 2 : 16;
+            aioscope_snap_frame *f = realloc(th->frames, cap * sizeof *f);
+            if (!f) return AIOSCOPE_ENOMEM;
+            th->frames = f;
+        }
+        if ((rc = asc_snap_frame_set(snap, &th->frames[th->nframes++], &loc)) < 0) return rc;
+    }
+    return 0;
+}
+
+int asc_walk_threads(aioscope_target *t, aioscope_snapshot *snap) {
+    const asc_layout *L = t->L;
+    uint64_t interp;
+    int rc = asc_mem_read_u64(&t->mem, t->runtime + (uint64_t)L->runtime_interpreters_head, &interp);
+    if (rc < 0) return rc;
+    size_t cap = 0;
+    for (int ni = 0; interp; ni++) {
+        if (ni >= ASC_MAX_INTERPRETERS) return AIOSCOPE_ELIMIT;
+        if (!asc_mem_plausible_obj(interp)) return AIOSCOPE_EBADDATA;
+        uint64_t tstate;
+        if ((rc = asc_mem_read_u64(&t->mem, interp + (uint64_t)L->interp_threads_head, &tstate)) < 0)
+            return rc;
+        for (int nt = 0; tstate; nt++) {
+            if (nt >= ASC_MAX_THREADS) return AIOSCOPE_ELIMIT;
+            if (!asc_mem_plausible_obj(tstate)) return AIOSCOPE_EBADDATA;
+            if (snap->nthreads == cap) {
+                cap = cap ? cap * 2 : 8;
+                aioscope_snap_thread *th = realloc(snap->threads, cap * sizeof *th);
+                if (!th) return AIOSCOPE_ENOMEM;
+                snap->threads = th;
+            }
+            aioscope_snap_thread *th = &snap->threads[snap->nthreads++];
+            memset(th, 0, sizeof *th);
+            th->running_task = -1;
+            if ((rc = asc_mem_read_u64(&t->mem, tstate + (uint64_t)L->tstate_thread_id, &th->thread_id)) < 0)
+                return rc;
+            if (L->tstate_native_thread_id >= 0 &&
+                (rc = asc_mem_read_u64(&t->mem, tstate + (uint64_t)L->tstate_native_thread_id,
+                                       &th->native_id)) < 0)
+                return rc;
+            if ((rc = asc__thread_frames(t, snap, tstate, th)) < 0) return rc;
+            if ((rc = asc_mem_read_u64(&t->mem, tstate + (uint64_t)L->tstate_next, &tstate)) < 0)
+                return rc;
+        }
+        if ((rc = asc_mem_read_u64(&t->mem, interp + (uint64_t)L->interp_next, &interp)) < 0) return rc;
+    }
+    return 0;
+}
+
+static int asc__retryable(int rc) {
+    return rc == AIOSCOPE_EFAULT || rc == AIOSCOPE_EBADDATA || rc == AIOSCOPE_ELIMIT ||
+           rc == AIOSCOPE_ENOENT;
+}
+
+int aioscope_target_snapshot(aioscope_target *t, aioscope_snapshot **out) {
+    if (!t || !out) return AIOSCOPE_EINVAL;
+    *out = NULL;
+    int rc = AIOSCOPE_EAGAIN;
+    t->mem.nreads = 0;
+    for (int attempt = 0; attempt < ASC_SNAPSHOT_ATTEMPTS; attempt++) {
+        aioscope_snapshot *snap = aioscope_snapshot_new();
+        if (!snap) return AIOSCOPE_ENOMEM;
+        snap->pid = t->pid;
+        snap->py_version_hex = t->version;
+        snap->frozen = t->frozen;
+        asc_cache_reset(t);
+        rc = asc_walk_threads(t, snap);
+        if (rc == 0) rc = asc_walk_tasks(t, snap);
+        if (rc == 0) {
+            *out = snap;
+            return 0;
+        }
+        aioscope_snapshot_free(snap);
+        if (!asc__retryable(rc) || t->frozen) break; /* a frozen target will not change */
+        rc = AIOSCOPE_EAGAIN;
+    }
+    return rc;
+}
