@@ -80,6 +80,22 @@ int asc_tasks_on_loop_start(PyObject *loop);
 /* Called by loops.c for every exception-handler context before the original handler runs;
  * returns 1 when the context was turned into a finding (the original handler still runs). */
 int asc_tasks_on_exception_context(PyObject *loop, PyObject *context);
+/* ---- loops (loops.c): used by module.c and by the deadlock detector ----------------------- */
+/* At import of _agent: readies the heartbeat type; installs no hook. */
+int asc_loops_module_init(PyObject *module);
+/* The blocking threshold in seconds (install()); sets the heartbeat period from it. */
+void asc_loops_set_threshold(double seconds);
+/* The replacement of asyncio.events._set_running_loop (METH_O function of the module). */
+PyObject *asc_loops_set_running_loop(PyObject *self, PyObject *loop);
+/* 1 when callback (a Handle's callback) is the agent's heartbeat: not the program's work. */
+int asc_loops_is_heartbeat(PyObject *callback);
+/* At exit: stops the watchdog thread and calls asc_tasks_report_pending for every loop that
+ * ran and is still alive. */
+void asc_loops_at_exit(void);
+/* In a forked child, with the GIL (os.register_at_fork): forget loops of threads that do not
+ * exist in the child. */
+void asc_loops_after_fork_child(void);
+
 /* At exit and when asyncio.run()'s main coroutine returns: `pending-at-exit`. */
 int asc_tasks_report_pending(PyObject *loop);
 

@@ -1,0 +1,780 @@
+/* loops.c: noticing every event loop that runs, chaining its exception handler, and
+ * `blocking-call` through a heartbeat and a watchdog thread.
+ *
+ * Noticing loops. Every asyncio loop announces itself through asyncio.events._set_running_loop:
+ * BaseEventLoop.run_forever calls it through the module attribute (events._set_running_loop), and
+ * uvloop's Loop._run calls the function it read from asyncio._set_running_loop when uvloop was
+ * imported. install() replaces both attributes with asc_loops_set_running_loop (before the program
+ * imports uvloop, under `aioscope run`), which calls the original and then, for a loop that starts,
+ * chains the exception handler of its type and arms its heartbeat; set_running_loop(None) at the
+ * end of run_forever disarms it. Nothing runs per callback or per loop iteration.
+ *
+ * blocking-call. A running loop has a heartbeat: a TimerHandle (loop.call_later) whose callback is
+ * an instance of asc_heartbeat_type. Each beat stores the time the next beat is due in the loop's
+ * slot (an atomic) and re-arms itself. One watchdog pthread (not a Python thread: it never takes
+ * the GIL) wakes every few milliseconds; when a running loop's beat is overdue by more than the
+ * threshold, the loop thread is stuck in one callback *now*, and the watchdog reads that thread's
+ * Python stack right away with the attach library, through process_vm_readv on our own memory,
+ * which works while the loop thread holds the GIL (a catastrophic regex) or not (time.sleep). It
+ * then takes the GIL (asc_probe) to note which task the loop is running and, if the attach library
+ * could not read the stack, to read it with the C API. When the late beat finally runs, it turns
+ * what was captured into one finding for that blocked period; the core report merges per site.
+ *
+ * A loop whose run_forever returned is disarmed (its pending beat cancelled), so a stopped loop
+ * is never reported and a restarted one starts a fresh period. The beat is a timer, not a task:
+ * it does not keep run_until_complete running, and asc_loops_is_heartbeat tells it apart from the
+ * program's callbacks. */
+#include "agent/agent.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aioscope/attach.h"
+
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h> /* before 3.11 Python.h lacks PyFrame_GetBack (3.8: the frame's fields) */
+#endif
+
+/* Loops that can be *running at the same time* (each needs its own thread). More than this is
+ * very unusual; the extra loops run unwatched rather than costing a dynamic structure that the
+ * watchdog would have to read without the GIL. */
+#define ASC_MAX_LOOPS 64
+/* Frames kept for one blocked period: deeper stacks keep their innermost frames, which hold the
+ * site. */
+#define ASC_STACK_MAX 128
+
+typedef struct {
+    /* Written with the GIL held and the watchdog mutex taken; read by the watchdog under the
+     * mutex. running is 1 between a loop's start and stop. */
+    int running;
+    uintptr_t tstate; /* the loop thread's PyThreadState, valid while running */
+    /* When the next beat is due (CLOCK_MONOTONIC ns). Stored by each beat without the mutex. */
+    _Atomic int64_t due_ns;
+
+    /* With the GIL only. */
+    int used;
+    uint64_t gen;      /* bumped at every start: beats armed by an earlier start do nothing */
+    PyObject *loop;    /* borrowed: a running loop is kept alive by whoever runs it */
+    PyObject *handle;  /* owned: the armed TimerHandle */
+    int64_t task_due;  /* the period the task below was seen in (0: none) */
+    long long task_id;
+    char *task_name;   /* owned */
+
+    /* Under the watchdog mutex: the stack of the blocked period whose beat was due at
+     * captured_due, innermost first. */
+    int64_t captured_due;
+    int64_t probe_due; /* the period the watchdog learnt (or is learning) the task of */
+    aioscope_frame *frames; /* owned, ASC_STACK_MAX entries, allocated with the slot */
+    size_t nframes;
+} asc_loop_slot;
+
+static struct {
+    asc_loop_slot slots[ASC_MAX_LOOPS];
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;   /* wakes the watchdog early to stop */
+    pthread_t thread;
+    long thread_pid;       /* the process the thread runs in (0: none); differs after fork */
+    int stop;
+    int64_t threshold_ns;
+    int64_t period_ns;     /* heartbeat and watchdog period */
+    aioscope_target *target; /* our own memory, for GIL-free stack reads; NULL when unsupported */
+    int target_tried;
+    aioscope_frame scratch[ASC_STACK_MAX];   /* the watchdog's read buffer, under the mutex */
+    aioscope_frame probe_buf[ASC_STACK_MAX]; /* asc_probe's, with the GIL */
+
+    /* With the GIL. */
+    PyObject *orig_set_running_loop; /* owned */
+    PyObject *seen_loops;            /* owned weakref.WeakSet: every loop that ever ran */
+    PyObject *current_task;          /* owned: asyncio.current_task */
+    PyObject *str_call_later;        /* owned, interned */
+    PyObject *str_cancel;
+    PyObject *period_s;              /* owned float: the period for call_later */
+} asc_lp = {
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+    .threshold_ns = 100000000,
+    .period_ns = 10000000,
+};
+
+/* The C API moved between the supported versions; these keep the code below version-free. */
+#if PY_VERSION_HEX < 0x03090000
+static PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
+    return PyObject_CallFunctionObjArgs(fn, arg, NULL);
+}
+#endif
+/* The exception being handled, if any, put aside while the agent runs Python code in the middle of
+ * the program's (PyErr_Fetch is deprecated from 3.12 on). */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} asc_saved_error;
+
+static void asc_save_error(asc_saved_error *e) {
+#if PY_VERSION_HEX >= 0x030C0000
+    e->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&e->type, &e->value, &e->tb);
+#endif
+}
+
+static void asc_restore_error(asc_saved_error *e) {
+    PyErr_Clear();
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(e->exc);
+#else
+    PyErr_Restore(e->type, e->value, e->tb);
+#endif
+}
+
+static int64_t asc_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Errors inside the agent must never reach the program: they are dropped, and shown only when
+ * AIOSCOPE_DEBUG is set (for us). */
+static void asc_drop_error(const char *where) {
+    if (!PyErr_Occurred()) return;
+    if (getenv("AIOSCOPE_DEBUG")) {
+        fprintf(stderr, "aioscope: internal error in %s:\n", where);
+        PyErr_Print();
+    }
+    PyErr_Clear();
+}
+
+void asc_loops_set_threshold(double seconds) {
+    /* The beat period is a tenth of the threshold, between 1 and 10 ms: the reported duration is
+     * measured from when the beat was due, so it can be short by up to one period; 10 ms keeps an
+     * idle loop's extra wake-ups at 100 a second (a few microseconds each). */
+    double period = seconds / 10.0;
+    if (period > 0.010) period = 0.010;
+    if (period < 0.001) period = 0.001;
+    asc_lp.threshold_ns = (int64_t)(seconds * 1e9);
+    asc_lp.period_ns = (int64_t)(period * 1e9);
+    PyObject *p = PyFloat_FromDouble(period);
+    if (p) {
+        Py_XSETREF(asc_lp.period_s, p);
+    } else {
+        PyErr_Clear();
+    }
+}
+
+/* ---- the heartbeat --------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int index;    /* slot */
+    uint64_t gen; /* the slot's gen when armed */
+} asc_heartbeat;
+
+static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kwargs);
+
+static void asc_heartbeat_dealloc(PyObject *self) { Py_TYPE(self)->tp_free(self); }
+
+static PyObject *asc_heartbeat_repr(PyObject *self) {
+    return PyUnicode_FromString("<aioscope heartbeat>");
+}
+
+static PyTypeObject asc_heartbeat_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aioscope._agent.Heartbeat",
+    .tp_basicsize = sizeof(asc_heartbeat),
+    .tp_dealloc = asc_heartbeat_dealloc,
+    .tp_repr = asc_heartbeat_repr,
+    .tp_call = asc_heartbeat_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The event-loop heartbeat of aioscope's blocking detector (a timer callback).",
+};
+
+int asc_loops_is_heartbeat(PyObject *callback) {
+    return callback && Py_TYPE(callback) == &asc_heartbeat_type;
+}
+
+/* Arm the slot's next beat: loop.call_later(period, heartbeat). */
+static int asc_arm(asc_loop_slot *s, PyObject *hb) {
+    PyObject *h = PyObject_CallMethodObjArgs(s->loop, asc_lp.str_call_later, asc_lp.period_s, hb,
+                                             NULL);
+    if (!h) return -1;
+    Py_XSETREF(s->handle, h);
+    return 0;
+}
+
+/* The task the loop runs right now, as (id, name). asyncio numbers tasks in their default names
+ * ("Task-7"); the id is that number when the name has that form and the object's address
+ * otherwise, which is what tasks.c reports too. */
+static void asc_note_task(asc_loop_slot *s, int64_t due) {
+    PyObject *task = PyObject_CallOneArg(asc_lp.current_task, s->loop);
+    if (!task) {
+        PyErr_Clear();
+        return;
+    }
+    if (task != Py_None) {
+        PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
+        const char *n = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+        PyErr_Clear();
+        long long id = (long long)(uintptr_t)task;
+        if (n && strncmp(n, "Task-", 5) == 0 && n[5] >= '0' && n[5] <= '9') id = atoll(n + 5);
+        free(s->task_name);
+        s->task_name = n ? strdup(n) : NULL;
+        s->task_id = id;
+        s->task_due = due;
+        Py_XDECREF(name);
+    }
+    Py_DECREF(task);
+}
+
+/* Read a thread's Python stack with the C API (the GIL held): the fallback when the attach
+ * library cannot read this interpreter. Innermost first, like aioscope_thread_stack. */
+static size_t asc_stack_with_gil(PyThreadState *ts, aioscope_frame *out, size_t max) {
+    size_t n = 0;
+#if PY_VERSION_HEX >= 0x03090000
+    PyFrameObject *f = PyThreadState_GetFrame(ts); /* new reference */
+#else
+    PyFrameObject *f = ts->frame;
+    Py_XINCREF(f);
+#endif
+    while (f && n < max) {
+#if PY_VERSION_HEX >= 0x03090000
+        PyCodeObject *code = PyFrame_GetCode(f); /* new reference */
+#else
+        PyCodeObject *code = f->f_code;
+        Py_INCREF(code);
+#endif
+        const char *file = PyUnicode_AsUTF8(code->co_filename);
+        const char *func = PyUnicode_AsUTF8(code->co_name);
+        PyErr_Clear();
+        aioscope_frame *fr = &out[n++];
+        snprintf(fr->file, sizeof fr->file, "%s", file ? file : "?");
+        snprintf(fr->function, sizeof fr->function, "%s", func ? func : "?");
+        fr->line = PyFrame_GetLineNumber(f);
+        Py_DECREF(code);
+#if PY_VERSION_HEX >= 0x03090000
+        PyFrameObject *back = PyFrame_GetBack(f); /* new reference */
+#else
+        PyFrameObject *back = f->f_back;
+        Py_XINCREF(back);
+#endif
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    return n;
+}
+
+/* What the GIL-free read cannot tell, learnt with the GIL: the task the blocked loop is running
+ * and, when the attach library could not read the stack, the stack through the C API. Called by
+ * the watchdog thread, holding neither the GIL nor the mutex. Taking the GIL is what makes this
+ * work in every case: when the loop thread waits in a call that released the GIL (time.sleep) the
+ * GIL comes at once and the thread is still in that call; when the loop thread holds the GIL (a
+ * regex, a hot loop), our request makes it drop the GIL at its next eval-breaker check, which is
+ * right after the C call returns or inside the hot loop, still inside the task's step and at the
+ * blocking line. (A pending call would not do: before 3.13 one queued from a non-Python thread
+ * only runs at the main thread's next GIL switch, after the loop got back to polling.) The
+ * watchdog may wait here for as long as such a C call lasts; it watches nothing else meanwhile,
+ * which only matters with several loops blocked at once. */
+static void asc_probe(int i, int64_t due) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    asc_loop_slot *s = &asc_lp.slots[i];
+    /* The loop may have stopped, or got back to polling (its beat ran), while we waited. */
+    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || atomic_load(&s->due_ns) != due)
+        goto out;
+    asc_saved_error saved;
+    asc_save_error(&saved);
+    asc_note_task(s, due);
+    pthread_mutex_lock(&asc_lp.mutex);
+    int need_stack = s->captured_due != due;
+    pthread_mutex_unlock(&asc_lp.mutex);
+    if (need_stack) {
+        /* probe_buf is used with the GIL only; the copy into the slot is under the mutex. */
+        size_t n = asc_stack_with_gil((PyThreadState *)s->tstate, asc_lp.probe_buf, ASC_STACK_MAX);
+        pthread_mutex_lock(&asc_lp.mutex);
+        if (n > 0 && s->captured_due != due) {
+            memcpy(s->frames, asc_lp.probe_buf, n * sizeof *s->frames);
+            s->nframes = n;
+            s->captured_due = due;
+        }
+        pthread_mutex_unlock(&asc_lp.mutex);
+    }
+    asc_restore_error(&saved);
+out:
+    PyGILState_Release(g);
+}
+
+/* "app.py" as the absolute path the report needs (3.8 keeps the script's name as typed). */
+static void asc_set_location(aioscope_location *loc, const aioscope_frame *fr) {
+    char path[4096];
+    const char *file = fr->file;
+    if (file[0] != '/' && file[0] != '<' && getcwd(path, sizeof path - 1)) {
+        size_t len = strlen(path);
+        snprintf(path + len, sizeof path - len, "/%s", file);
+        file = path;
+    }
+    (void)aioscope_location_set(loc, file, fr->line, fr->function);
+}
+
+static int asc_frame_is_user(const aioscope_frame *fr) {
+    PyObject *name = PyUnicode_DecodeFSDefault(fr->file);
+    if (!name) {
+        PyErr_Clear();
+        return 0;
+    }
+    int user = asc_is_user_file(name);
+    Py_DECREF(name);
+    if (user < 0) PyErr_Clear();
+    return user > 0;
+}
+
+/* The late beat of a blocked period: one `blocking-call` finding from what the watchdog (or the
+ * probe) captured for it. Without a capture there is no site to show, so no finding: that
+ * only happens when the period ended within one watchdog period of the threshold. */
+static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
+    aioscope_frame *frames = NULL;
+    size_t n = 0;
+    pthread_mutex_lock(&asc_lp.mutex);
+    if (s->captured_due == due && s->nframes > 0) {
+        frames = malloc(s->nframes * sizeof *frames);
+        if (frames) {
+            n = s->nframes;
+            memcpy(frames, s->frames, n * sizeof *frames);
+        }
+    }
+    pthread_mutex_unlock(&asc_lp.mutex);
+    if (!frames) return;
+
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    double secs = (double)late_ns / 1e9;
+    char msg[96];
+    snprintf(msg, sizeof msg, "event loop blocked for %.3f s", secs);
+    f.kind = strdup("blocking-call");
+    f.message = strdup(msg);
+    f.severity = AIOSCOPE_SEV_ERROR;
+    f.count = 1;
+    f.duration_s = secs;
+    f.max_duration_s = secs;
+    /* frames[] is innermost first; the finding's stack is outermost first. */
+    size_t site = 0;
+    int found = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (asc_frame_is_user(&frames[k])) {
+            site = k;
+            found = 1;
+            break;
+        }
+    }
+    (void)found; /* no user frame: the innermost frame of all is the site */
+    asc_set_location(&f.site, &frames[site]);
+    for (size_t k = n; k-- > 0;) {
+        aioscope_location loc = {0};
+        asc_set_location(&loc, &frames[k]);
+        (void)aioscope_finding_push_frame(&f, loc.file, loc.line, loc.function);
+        aioscope_location_clear(&loc);
+    }
+    if (s->task_due == due) {
+        f.has_task = 1;
+        f.task_id = s->task_id;
+        f.task_name = s->task_name ? strdup(s->task_name) : NULL;
+    }
+    free(frames);
+    asc_emit(&f);
+}
+
+/* A beat: runs in the loop thread, as a timer callback. */
+static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kwargs) {
+    asc_heartbeat *hb = (asc_heartbeat *)self;
+    asc_loop_slot *s = &asc_lp.slots[hb->index];
+    if (!s->used || s->gen != hb->gen || !s->running) Py_RETURN_NONE; /* a stale beat */
+    int64_t now = asc_now_ns();
+    /* Move the period on first, so the watchdog cannot take this beat's own stack for the
+     * blocked one. */
+    int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
+    if (asc_cfg.enabled && now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
+    if (asc_arm(s, self) < 0) asc_drop_error("heartbeat");
+    Py_RETURN_NONE;
+}
+
+/* ---- the watchdog thread ------------------------------------------------------------------- */
+
+/* Open our own memory for GIL-free stack reads, once. _PyRuntime is exported by libpython and by
+ * a static python executable (its dynamic symbol table lists it for extensions); a stripped
+ * interpreter without it falls back to asc_probe's C-API read. */
+static void asc_open_target(void) {
+    if (asc_lp.target_tried) return;
+    asc_lp.target_tried = 1;
+#ifdef ASC_AGENT_NO_ATTACH
+    return; /* a build without the attach library's stack reader: asc_probe's read only */
+#endif
+    void *runtime = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    if (!runtime) return;
+#ifndef ASC_AGENT_NO_ATTACH
+    aioscope_target *t = NULL;
+    if (aioscope_target_open_self((uint32_t)PY_VERSION_HEX, (uint64_t)(uintptr_t)runtime, &t) == 0)
+        asc_lp.target = t;
+#endif
+}
+
+/* Read the blocked loop thread's stack into the slot, under the mutex, without the GIL. The read
+ * goes into scratch and is kept only if the beat is still overdue afterwards: a read that raced
+ * with the beat may show the beat itself rather than the blocking code. */
+static void asc_capture(asc_loop_slot *s, int64_t due) {
+#ifndef ASC_AGENT_NO_ATTACH
+    size_t n = 0;
+    if (asc_lp.target &&
+        aioscope_thread_stack(asc_lp.target, (uint64_t)s->tstate, asc_lp.scratch, ASC_STACK_MAX,
+                              &n) == 0 &&
+        n > 0 && atomic_load(&s->due_ns) == due) {
+        memcpy(s->frames, asc_lp.scratch, n * sizeof *s->frames);
+        s->nframes = n;
+        s->captured_due = due;
+    }
+#endif
+}
+
+static void *asc_watchdog_main(void *arg) {
+    pthread_mutex_lock(&asc_lp.mutex);
+    while (!asc_lp.stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t wake = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + asc_lp.period_ns;
+        ts.tv_sec = wake / 1000000000;
+        ts.tv_nsec = wake % 1000000000;
+        pthread_cond_timedwait(&asc_lp.cond, &asc_lp.mutex, &ts);
+        if (asc_lp.stop) break;
+        int64_t now = asc_now_ns();
+        int probe = -1;
+        int64_t probe_due = 0;
+        for (int i = 0; i < ASC_MAX_LOOPS; i++) {
+            asc_loop_slot *s = &asc_lp.slots[i];
+            if (!s->running) continue;
+            int64_t due = atomic_load(&s->due_ns);
+            if (now - due <= asc_lp.threshold_ns) continue;
+            /* A failed read (the thread moved under us) is retried at the next wake-up. */
+            if (s->captured_due != due) asc_capture(s, due);
+            if (s->probe_due != due && probe < 0) {
+                s->probe_due = due;
+                probe = i;
+                probe_due = due;
+            }
+        }
+        if (probe >= 0) {
+            /* Never wait for the GIL with the mutex held: the loop thread takes the mutex with the
+             * GIL held (loop start and stop). */
+            pthread_mutex_unlock(&asc_lp.mutex);
+            asc_probe(probe, probe_due);
+            pthread_mutex_lock(&asc_lp.mutex);
+        }
+    }
+    pthread_mutex_unlock(&asc_lp.mutex);
+    return NULL;
+}
+
+/* Start the watchdog if this process has none (first loop, or first loop after a fork). Signals
+ * are blocked in it, so that SIGINT and friends keep interrupting the main thread's system calls
+ * as they would without the agent. */
+static void asc_watchdog_ensure(void) {
+    long pid = (long)getpid();
+    if (asc_lp.thread_pid == pid) return;
+    asc_open_target();
+    static int cond_ready;
+    if (!cond_ready) {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&asc_lp.cond, &ca);
+        pthread_condattr_destroy(&ca);
+        cond_ready = 1;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    asc_lp.stop = 0;
+    if (pthread_create(&asc_lp.thread, NULL, asc_watchdog_main, NULL) == 0) asc_lp.thread_pid = pid;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void asc_watchdog_stop(void) {
+    if (asc_lp.thread_pid != (long)getpid()) return;
+    pthread_mutex_lock(&asc_lp.mutex);
+    asc_lp.stop = 1;
+    pthread_cond_signal(&asc_lp.cond);
+    pthread_mutex_unlock(&asc_lp.mutex);
+    /* The watchdog may be waiting for the GIL (asc_probe): join without it. */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(asc_lp.thread, NULL);
+    Py_END_ALLOW_THREADS
+    asc_lp.thread_pid = 0;
+}
+
+/* fork(): the child has no watchdog thread and the mutex may have been held by it. The prepare
+ * handler takes the mutex so that the child inherits it in a known state (the watchdog holds it
+ * only for a few microseconds at a time, never while waiting for the GIL). */
+static void asc_atfork_prepare(void) { pthread_mutex_lock(&asc_lp.mutex); }
+static void asc_atfork_parent(void) { pthread_mutex_unlock(&asc_lp.mutex); }
+static void asc_atfork_child(void) {
+    pthread_mutex_unlock(&asc_lp.mutex);
+    asc_lp.thread_pid = 0; /* re-created at the next loop start or beat */
+    /* Only the thread that forked exists in the child: loops of other threads will never beat
+     * again, and their thread states are gone. asc_loops_after_fork_child frees their slots. */
+    for (int i = 0; i < ASC_MAX_LOOPS; i++) {
+        asc_loop_slot *s = &asc_lp.slots[i];
+        if (s->running && s->tstate != (uintptr_t)PyGILState_GetThisThreadState()) s->running = 0;
+    }
+}
+
+/* ---- loops starting and stopping ------------------------------------------------------------ */
+
+/* The slot of the loop running in the calling thread, or NULL. */
+static asc_loop_slot *asc_slot_of_this_thread(void) {
+    uintptr_t ts = (uintptr_t)PyThreadState_Get();
+    for (int i = 0; i < ASC_MAX_LOOPS; i++) {
+        asc_loop_slot *s = &asc_lp.slots[i];
+        if (s->used && s->running && s->tstate == ts) return s;
+    }
+    return NULL;
+}
+
+/* set_running_loop(None): the loop of this thread stopped. Its armed beat is cancelled, so a loop
+ * that runs again later starts a fresh period instead of reporting the time it was stopped. */
+static void asc_loop_stopped(void) {
+    asc_loop_slot *s = asc_slot_of_this_thread();
+    if (!s) return;
+    /* The loop may stop right after a block (asyncio.run(main()) whose main() ends with the
+     * blocking call): its late beat will never run, so the period is closed here. */
+    int64_t now = asc_now_ns();
+    int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
+    if (now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
+    pthread_mutex_lock(&asc_lp.mutex);
+    s->running = 0;
+    s->tstate = 0;
+    pthread_mutex_unlock(&asc_lp.mutex);
+    s->used = 0;
+    s->loop = NULL;
+    PyObject *h = s->handle;
+    s->handle = NULL;
+    if (h) {
+        PyObject *r = PyObject_CallMethodObjArgs(h, asc_lp.str_cancel, NULL);
+        Py_XDECREF(r);
+        Py_DECREF(h);
+        asc_drop_error("loop stop");
+    }
+}
+
+/* ---- exception handler chaining ------------------------------------------------------------ */
+
+/* The wrapper of call_exception_handler set on a loop type: self is the original (a function, or
+ * a method descriptor for uvloop's Cython base), args are (loop, context). The agent sees the
+ * context first, then the original runs as it would have: the program's own handler and its
+ * output are unchanged, and whatever the original raises or returns is what the caller gets. */
+static PyObject *asc_call_exception_handler(PyObject *orig, PyObject *args, PyObject *kwargs) {
+    if (asc_cfg.enabled && PyTuple_GET_SIZE(args) == 2 && !kwargs) {
+        asc_saved_error saved;
+        asc_save_error(&saved);
+        if (asc_tasks_on_exception_context(PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1)) < 0)
+            asc_drop_error("exception context");
+        asc_restore_error(&saved);
+    }
+    return PyObject_Call(orig, args, kwargs);
+}
+
+static PyMethodDef asc_ceh_def = {
+    "call_exception_handler", (PyCFunction)(void (*)(void))asc_call_exception_handler,
+    METH_VARARGS | METH_KEYWORDS, "call_exception_handler, seen by aioscope first."};
+
+/* Wrap call_exception_handler on type(loop), once per type: a type whose attribute already is
+ * our wrapper (set on it or inherited from a base we wrapped) is left alone. Types that cannot
+ * be changed (a C loop type without a Python subclass) keep their handler unseen. */
+static void asc_chain_exception_handler(PyObject *loop) {
+    PyObject *type = (PyObject *)Py_TYPE(loop);
+    PyObject *cur = PyObject_GetAttrString(type, "call_exception_handler");
+    if (!cur) {
+        PyErr_Clear();
+        return;
+    }
+    /* An instancemethod read from its class gives back the function it wraps. */
+    if (PyCFunction_Check(cur) &&
+        PyCFunction_GET_FUNCTION(cur) == (PyCFunction)(void (*)(void))asc_call_exception_handler) {
+        Py_DECREF(cur);
+        return;
+    }
+    PyObject *fn = PyCFunction_New(&asc_ceh_def, cur); /* holds cur */
+    Py_DECREF(cur);
+    PyObject *method = fn ? PyInstanceMethod_New(fn) : NULL; /* binds the loop as first argument */
+    Py_XDECREF(fn);
+    if (!method || PyObject_SetAttrString(type, "call_exception_handler", method) < 0)
+        PyErr_Clear();
+    Py_XDECREF(method);
+}
+
+/* A loop started running in the calling thread. */
+static void asc_loop_started(PyObject *loop) {
+    /* _set_running_loop is also called by hand (tests, nest_asyncio-style code) for a loop that
+     * is not running; such a loop has no beat to miss. */
+    PyObject *r = PyObject_CallMethod(loop, "is_running", NULL);
+    int running = r ? PyObject_IsTrue(r) : -1;
+    Py_XDECREF(r);
+    if (running <= 0) {
+        PyErr_Clear();
+        return;
+    }
+    int seen = PySequence_Contains(asc_lp.seen_loops, loop);
+    if (seen == 0) {
+        r = PyObject_CallMethod(asc_lp.seen_loops, "add", "O", loop);
+        Py_XDECREF(r);
+        asc_drop_error("loop registry");
+        asc_chain_exception_handler(loop);
+        if (asc_tasks_on_loop_start(loop) < 0) asc_drop_error("tasks on loop start");
+    } else if (seen < 0) {
+        asc_drop_error("loop registry");
+    }
+
+    if (asc_slot_of_this_thread()) asc_loop_stopped(); /* a start without a stop: re-arm */
+    asc_loop_slot *s = NULL;
+    int index = -1;
+    for (int i = 0; i < ASC_MAX_LOOPS && !s; i++) {
+        if (!asc_lp.slots[i].used) {
+            s = &asc_lp.slots[i];
+            index = i;
+        }
+    }
+    if (!s) return; /* more than ASC_MAX_LOOPS loops running at once: this one is not watched */
+    if (!s->frames) {
+        s->frames = malloc(ASC_STACK_MAX * sizeof *s->frames);
+        if (!s->frames) return;
+    }
+    asc_heartbeat *hb = PyObject_New(asc_heartbeat, &asc_heartbeat_type);
+    if (!hb) {
+        asc_drop_error("heartbeat");
+        return;
+    }
+    s->used = 1;
+    s->gen++;
+    s->loop = loop;
+    s->task_due = 0;
+    hb->index = index;
+    hb->gen = s->gen;
+    if (asc_arm(s, (PyObject *)hb) < 0) {
+        asc_drop_error("heartbeat");
+        s->used = 0;
+        s->loop = NULL;
+        Py_DECREF(hb);
+        return;
+    }
+    Py_DECREF(hb); /* the TimerHandle holds it */
+    pthread_mutex_lock(&asc_lp.mutex);
+    atomic_store(&s->due_ns, asc_now_ns() + asc_lp.period_ns);
+    s->captured_due = 0;
+    s->probe_due = 0;
+    s->nframes = 0;
+    s->tstate = (uintptr_t)PyThreadState_Get();
+    s->running = 1;
+    pthread_mutex_unlock(&asc_lp.mutex);
+    asc_watchdog_ensure();
+}
+
+PyObject *asc_loops_set_running_loop(PyObject *self, PyObject *loop) {
+    if (!asc_lp.orig_set_running_loop) {
+        PyErr_SetString(PyExc_RuntimeError, "aioscope: the running-loop hook is not installed");
+        return NULL;
+    }
+    if (loop == Py_None && asc_cfg.enabled) asc_loop_stopped();
+    PyObject *r = PyObject_CallOneArg(asc_lp.orig_set_running_loop, loop);
+    if (r && loop != Py_None && asc_cfg.enabled) asc_loop_started(loop);
+    return r;
+}
+
+/* ---- init and exit ------------------------------------------------------------------------- */
+
+int asc_loops_module_init(PyObject *module) {
+    if (PyType_Ready(&asc_heartbeat_type) < 0) return -1;
+    return 0;
+}
+
+/* Replace name in mod with our hook when it is the original function (a module that imported
+ * asyncio's names keeps its own binding: asyncio re-exports events' names in the package). */
+static int asc_hook_attr(PyObject *mod, const char *name, PyObject *hook) {
+    PyObject *cur = PyObject_GetAttrString(mod, name);
+    if (!cur) {
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0;
+    if (cur == asc_lp.orig_set_running_loop) rc = PyObject_SetAttrString(mod, name, hook);
+    Py_DECREF(cur);
+    return rc;
+}
+
+int asc_loops_init(PyObject *module) {
+    int rc = -1;
+    PyObject *asyncio = NULL, *events = NULL, *weakref = NULL, *hook = NULL;
+    asyncio = PyImport_ImportModule("asyncio");
+    events = asyncio ? PyImport_ImportModule("asyncio.events") : NULL;
+    weakref = events ? PyImport_ImportModule("weakref") : NULL;
+    if (!weakref) goto done;
+    asc_lp.str_call_later = PyUnicode_InternFromString("call_later");
+    asc_lp.str_cancel = PyUnicode_InternFromString("cancel");
+    asc_lp.seen_loops = PyObject_CallMethod(weakref, "WeakSet", NULL);
+    asc_lp.current_task = PyObject_GetAttrString(asyncio, "current_task");
+    asc_lp.orig_set_running_loop = PyObject_GetAttrString(events, "_set_running_loop");
+    hook = PyObject_GetAttrString(module, "_set_running_loop");
+    if (!asc_lp.str_call_later || !asc_lp.str_cancel || !asc_lp.seen_loops ||
+        !asc_lp.current_task || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s)
+        goto done;
+    /* asyncio.events._set_running_loop: BaseEventLoop.run_forever calls it through the module.
+     * asyncio._set_running_loop: uvloop reads it at import. */
+    if (asc_hook_attr(events, "_set_running_loop", hook) < 0 ||
+        asc_hook_attr(asyncio, "_set_running_loop", hook) < 0)
+        goto done;
+    if (pthread_atfork(asc_atfork_prepare, asc_atfork_parent, asc_atfork_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "aioscope: pthread_atfork failed");
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(hook);
+    Py_XDECREF(weakref);
+    Py_XDECREF(events);
+    Py_XDECREF(asyncio);
+    return rc;
+}
+
+void asc_loops_at_exit(void) {
+    asc_watchdog_stop();
+    if (!asc_lp.seen_loops) return;
+    PyObject *loops = PySequence_List(asc_lp.seen_loops);
+    if (!loops) {
+        asc_drop_error("at exit");
+        return;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loops); i++) {
+        if (asc_tasks_report_pending(PyList_GET_ITEM(loops, i)) < 0) asc_drop_error("pending at exit");
+    }
+    Py_DECREF(loops);
+}
+
+void asc_loops_after_fork_child(void) {
+    int any = 0;
+    for (int i = 0; i < ASC_MAX_LOOPS; i++) {
+        asc_loop_slot *s = &asc_lp.slots[i];
+        if (!s->used) continue;
+        if (s->running) {
+            any = 1; /* the forking thread's own loop keeps running in the child */
+            continue;
+        }
+        /* A loop of a thread that does not exist here: its TimerHandle belongs to a loop nobody
+         * will run; drop our reference without touching the loop. */
+        s->used = 0;
+        s->loop = NULL;
+        Py_CLEAR(s->handle);
+    }
+    if (any) asc_watchdog_ensure();
+}
