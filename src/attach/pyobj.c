@@ -105,7 +105,11 @@ int asc_read_str(aioscope_target *t, uint64_t obj, char *out, size_t cap) {
     size_t want = sizeof buf;
     size_t to_page_end = 4096 - (size_t)(obj & 4095);
     if (want > to_page_end && to_page_end >= hdr) want = to_page_end;
-    if ((rc = asc_mem_read(&t->mem, obj, buf, want)) < 0) return rc;
+    if (asc_mem_read(&t->mem, obj, buf, want) < 0) {
+        /* The speculative length ran past the end of readable memory: read the header only. */
+        want = hdr;
+        if ((rc = asc_mem_read(&t->mem, obj, buf, want)) < 0) return rc;
+    }
     int64_t length;
     uint32_t state;
     memcpy(&length, buf + L->ascii_length, sizeof length);

@@ -94,6 +94,26 @@ int aioscope_target_open_self(uint32_t py_version_hex, uint64_t pyruntime_addr, 
     return 0;
 }
 
+int asc_target_open_mem(asc_read_fn read, void *ctx, uint32_t py_version_hex, uint64_t runtime,
+                        const asc_types *types, aioscope_target **out) {
+    aioscope_target *t;
+    if (!out || !read) return AIOSCOPE_EINVAL;
+    *out = NULL;
+    int rc = asc__alloc(&t);
+    if (rc < 0) return rc;
+    if ((rc = asc__use_version(t, py_version_hex)) < 0) {
+        aioscope_target_close(t);
+        return rc;
+    }
+    asc_mem_init_custom(&t->mem, read, ctx);
+    t->self = 1;
+    t->runtime = runtime;
+    if (types) t->types = *types;
+    snprintf(t->binary, sizeof t->binary, "memory");
+    *out = t;
+    return 0;
+}
+
 /* sys.hexversion read with the current layout; AIOSCOPE_E* when the layout does not fit. */
 static int asc__read_hexversion(aioscope_target *t, uint32_t *hex) {
     uint64_t interp, sysdict, val;

@@ -48,6 +48,12 @@ struct aioscope_target {
     uint64_t task_type, future_type;
 };
 
+/* A target read through a caller-provided backend (the unit tests' fake memory, the fuzzer):
+ * the given version's layout, _PyRuntime at runtime, type addresses from *types (NULL: none).
+ * Behaves as a self target for caching (reset before every stack read). */
+int asc_target_open_mem(asc_read_fn read, void *ctx, uint32_t py_version_hex, uint64_t runtime,
+                        const asc_types *types, aioscope_target **out);
+
 /* Walk caches are only valid while the target's objects cannot be freed and reused: during one
  * snapshot, or for a frozen target. Self targets reset the cache before every stack read. */
 void asc_cache_reset(aioscope_target *t);

@@ -1,0 +1,191 @@
+/* The fake CPython heap of the attach unit tests (see fakepy.h). */
+#include "fakepy.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "aioscope/error.h"
+
+enum { FT_CODE, FT_FRAME, FT_CORO, FT_GEN, FT_UNICODE, FT_LONG, FT_DICT, FT_SET, FT_WEAKREF, FT_LIST,
+       FT_TUPLE, FT_BYTES, FT_METHOD, FT_TYPE, FT_COUNT };
+
+void fp_init(fakepy *fp, uint32_t version) {
+    memset(fp, 0, sizeof *fp);
+    fp->version = version;
+    fp->minor = (int)((version >> 16) & 0xff);
+    fp->L = asc_layout_find(version);
+    uint64_t *slots[FT_COUNT] = {&fp->types.code, &fp->types.frame, &fp->types.coro, &fp->types.gen,
+                                 &fp->types.unicode, &fp->types.long_, &fp->types.dict, &fp->types.set,
+                                 &fp->types.weakref, &fp->types.list, &fp->types.tuple, &fp->types.bytes,
+                                 &fp->types.method, &fp->types.type};
+    for (int i = 0; i < FT_COUNT; i++) *slots[i] = fp_alloc(fp, 512);
+}
+
+void fp_free(fakepy *fp) {
+    for (size_t i = 0; i < fp->nregions; i++) free(fp->regions[i].base);
+    fp->nregions = 0;
+}
+
+uint64_t fp_alloc(fakepy *fp, size_t len) {
+    if (fp->nregions >= FP_MAX_REGIONS) abort();
+    /* 16 spare bytes before the object: 3.11+ managed-dict words live at negative offsets. */
+    uint8_t *p = aligned_alloc(16, (len + 16 + 32 + 15) & ~(size_t)15);
+    if (!p) abort();
+    memset(p, 0, len + 48);
+    fp->regions[fp->nregions].base = p;
+    fp->regions[fp->nregions].len = len + 48;
+    fp->nregions++;
+    return (uint64_t)(uintptr_t)(p + 32);
+}
+
+void fp_truncate(fakepy *fp, uint64_t addr, size_t len) {
+    for (size_t i = 0; i < fp->nregions; i++)
+        if ((uint64_t)(uintptr_t)fp->regions[i].base + 32 == addr) fp->regions[i].len = 32 + len;
+}
+
+void fp_put64(uint64_t addr, int32_t off, uint64_t v) { memcpy((void *)(uintptr_t)(addr + (uint64_t)(int64_t)off), &v, 8); }
+void fp_put32(uint64_t addr, int32_t off, uint32_t v) { memcpy((void *)(uintptr_t)(addr + (uint64_t)(int64_t)off), &v, 4); }
+void fp_put8(uint64_t addr, int32_t off, uint8_t v) { memcpy((void *)(uintptr_t)(addr + (uint64_t)(int64_t)off), &v, 1); }
+
+int fp_read(void *ctx, uint64_t addr, void *buf, size_t len) {
+    fakepy *fp = ctx;
+    fp->reads++;
+    for (size_t i = 0; i < fp->nregions; i++) {
+        uint64_t b = (uint64_t)(uintptr_t)fp->regions[i].base;
+        if (addr >= b && addr - b <= fp->regions[i].len && len <= fp->regions[i].len - (addr - b)) {
+            memcpy(buf, (void *)(uintptr_t)addr, len);
+            return 0;
+        }
+    }
+    return AIOSCOPE_EFAULT;
+}
+
+static void fp_settype(uint64_t obj, uint64_t type) {
+    fp_put64(obj, 0, 1);    /* ob_refcnt */
+    fp_put64(obj, 8, type); /* ob_type */
+}
+
+uint64_t fp_str(fakepy *fp, const char *s) {
+    size_t n = strlen(s);
+    uint64_t o = fp_alloc(fp, (size_t)fp->L->sizeof_compact + n + 1);
+    fp_settype(o, fp->types.unicode);
+    fp_put64(o, fp->L->ascii_length, n);
+    /* kind 1 (<< 2), compact (<< 5), ascii (<< 6), ready (<< 7, ignored by 3.12+) */
+    fp_put32(o, fp->L->ascii_state, (1u << 2) | (1u << 5) | (1u << 6) | (1u << 7));
+    memcpy((void *)(uintptr_t)(o + (uint64_t)fp->L->sizeof_ascii), s, n + 1);
+    return o;
+}
+
+uint64_t fp_bytes(fakepy *fp, const void *data, size_t len) {
+    uint64_t o = fp_alloc(fp, (size_t)fp->L->bytes_sval + len + 1);
+    fp_settype(o, fp->types.bytes);
+    fp_put64(o, fp->L->var_size, len);
+    memcpy((void *)(uintptr_t)(o + (uint64_t)fp->L->bytes_sval), data, len);
+    return o;
+}
+
+uint64_t fp_long(fakepy *fp, int64_t v) {
+    uint64_t o = fp_alloc(fp, 64);
+    fp_settype(o, fp->types.long_);
+    if (fp->minor >= 12) fp_put64(o, fp->L->long_size, v ? (1u << 3) : 1);
+    else fp_put64(o, fp->L->long_size, v ? 1 : 0);
+    fp_put32(o, fp->L->long_digit, (uint32_t)v);
+    return o;
+}
+
+uint64_t fp_code(fakepy *fp, const char *file, const char *name, int first) {
+    const asc_layout *L = fp->L;
+    /* [0,4) -> first, [4,10) -> first+2, [10,20) -> first+5 (byte offsets). */
+    static const uint8_t lnotab[] = {4, 2, 6, 3};             /* (addr incr, line incr) */
+    static const uint8_t pep626[] = {4, 0, 6, 2, 10, 3};      /* (length, line delta) */
+    static const uint8_t pep657[] = {0x80 | 13 << 3 | 1, 0,   /* no-column entries: 2 units, +0 */
+                                     0x80 | 13 << 3 | 2, 4,   /* 3 units, +2 (zigzag 4) */
+                                     0x80 | 13 << 3 | 4, 6};  /* 5 units, +3 */
+    const uint8_t *lt = fp->minor <= 9 ? lnotab : fp->minor == 10 ? pep626 : pep657;
+    size_t ltlen = fp->minor <= 9 ? sizeof lnotab : fp->minor == 10 ? sizeof pep626 : sizeof pep657;
+    size_t units = 10;
+    size_t size = (size_t)(L->code_code_adaptive > 0 ? L->code_code_adaptive : 200) + units * 2 + 8;
+    uint64_t o = fp_alloc(fp, size < 256 ? 256 : size);
+    fp_settype(o, fp->types.code);
+    fp_put32(o, L->code_firstlineno, (uint32_t)first);
+    fp_put64(o, L->code_filename, fp_str(fp, file));
+    fp_put64(o, L->code_name, fp_str(fp, name));
+    if (L->code_qualname >= 0) fp_put64(o, L->code_qualname, fp_str(fp, name));
+    fp_put64(o, L->code_linetable, fp_bytes(fp, lt, ltlen));
+    if (fp->minor <= 10) {
+        uint8_t code[20] = {0};
+        fp_put64(o, L->code_code, fp_bytes(fp, code, sizeof code));
+    } else {
+        fp_put64(o, L->var_size, units);
+    }
+    return o;
+}
+
+uint64_t fp_frame(fakepy *fp, uint64_t code, int off, uint64_t previous) {
+    const asc_layout *L = fp->L;
+    uint64_t f = fp_alloc(fp, 256);
+    if (fp->minor <= 10) {
+        fp_settype(f, fp->types.frame);
+        fp_put64(f, L->frame_back, previous);
+        fp_put64(f, L->frame_code, code);
+        fp_put32(f, L->frame_lasti, (uint32_t)(fp->minor == 10 ? off / 2 : off));
+    } else {
+        fp_put64(f, L->iframe_code, code);
+        fp_put64(f, L->iframe_previous, previous);
+        fp_put64(f, L->iframe_instr, code + (uint64_t)L->code_code_adaptive + (uint64_t)off);
+    }
+    return f;
+}
+
+uint64_t fp_tstate(fakepy *fp, uint64_t frame) {
+    const asc_layout *L = fp->L;
+    uint64_t ts = fp_alloc(fp, 1024);
+    if (fp->minor == 11 || fp->minor == 12) {
+        uint64_t cframe = fp_alloc(fp, 64);
+        fp_put64(ts, L->tstate_cframe, cframe);
+        fp_put64(cframe, L->cframe_current_frame, frame);
+    } else {
+        fp_put64(ts, L->tstate_frame, frame);
+    }
+    return ts;
+}
+
+uint64_t fp_dict(fakepy *fp, const char *const *keys, const uint64_t *vals, size_t n) {
+    const asc_layout *L = fp->L;
+    size_t size = 8;
+    while (size < n * 2) size *= 2;
+    size_t esize = (size_t)L->sizeof_dict_key_entry; /* a general (combined, hashed) table */
+    uint64_t k = fp_alloc(fp, (size_t)L->keys_indices + size + n * esize);
+    if (fp->minor <= 10) {
+        fp_put64(k, L->keys_size, size);
+    } else {
+        int log2 = 0;
+        while ((1u << log2) < size) log2++;
+        fp_put8(k, L->keys_log2_size, (uint8_t)log2);
+        fp_put8(k, L->keys_log2_index_bytes, (uint8_t)log2); /* 1-byte indices */
+        fp_put8(k, L->keys_kind, 0);                         /* DICT_KEYS_GENERAL */
+    }
+    fp_put64(k, L->keys_nentries, n);
+    uint64_t ents = k + (uint64_t)L->keys_indices + size;
+    for (size_t i = 0; i < n; i++) {
+        fp_put64(ents, (int32_t)(i * esize + 8), fp_str(fp, keys[i]));
+        fp_put64(ents, (int32_t)(i * esize + 16), vals[i]);
+    }
+    uint64_t d = fp_alloc(fp, 64);
+    fp_settype(d, fp->types.dict);
+    fp_put64(d, L->dict_used, n);
+    fp_put64(d, L->dict_keys, k);
+    return d;
+}
+
+uint64_t fp_set(fakepy *fp, const uint64_t *items, size_t n, size_t slots) {
+    const asc_layout *L = fp->L;
+    uint64_t table = fp_alloc(fp, slots * (size_t)L->sizeof_setentry);
+    for (size_t i = 0; i < n && i < slots; i++) fp_put64(table, (int32_t)(i * (size_t)L->sizeof_setentry), items[i]);
+    uint64_t s = fp_alloc(fp, 256);
+    fp_settype(s, fp->types.set);
+    fp_put64(s, L->set_used, n);
+    fp_put64(s, L->set_mask, slots - 1);
+    fp_put64(s, L->set_table, table);
+    return s;
+}
