@@ -86,6 +86,7 @@ static struct {
     int64_t period_ns;     /* heartbeat and watchdog period */
     aioscope_target *target; /* our own memory, for GIL-free stack reads; NULL when unsupported */
     int target_tried;
+    int debug;             /* AIOSCOPE_DEBUG: say how each blocked stack was read */
     aioscope_frame scratch[ASC_STACK_MAX];   /* the watchdog's read buffer, under the mutex */
     aioscope_frame probe_buf[ASC_STACK_MAX]; /* asc_probe's, with the GIL */
 
@@ -299,6 +300,9 @@ static void asc_probe(int i, int64_t due) {
         size_t n = asc_stack_with_gil((PyThreadState *)s->tstate, asc_lp.probe_buf, ASC_STACK_MAX);
         pthread_mutex_lock(&asc_lp.mutex);
         if (n > 0 && s->captured_due != due) {
+            if (asc_lp.debug)
+                fprintf(stderr, "aioscope: stack read with the GIL: %s:%d\n",
+                        asc_lp.probe_buf[0].file, asc_lp.probe_buf[0].line);
             memcpy(s->frames, asc_lp.probe_buf, n * sizeof *s->frames);
             s->nframes = n;
             s->captured_due = due;
@@ -411,6 +415,7 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
 static void asc_open_target(void) {
     if (asc_lp.target_tried) return;
     asc_lp.target_tried = 1;
+    asc_lp.debug = getenv("AIOSCOPE_DEBUG") != NULL;
 #ifdef ASC_AGENT_NO_ATTACH
     return; /* a build without the attach library's stack reader: asc_probe's read only */
 #endif
@@ -436,6 +441,9 @@ static void asc_capture(asc_loop_slot *s, int64_t due) {
         memcpy(s->frames, asc_lp.scratch, n * sizeof *s->frames);
         s->nframes = n;
         s->captured_due = due;
+        if (asc_lp.debug)
+            fprintf(stderr, "aioscope: watchdog read %zu frames without the GIL: %s:%d\n", n,
+                    asc_lp.scratch[0].file, asc_lp.scratch[0].line);
     }
 #endif
 }
