@@ -1,0 +1,82 @@
+"""Shared by the peer-benchmark workloads: loop choice, the peer tool in effect, and timing.
+
+A workload is a script with `async def main(size)`; it calls `_harness.main(workload_main)`,
+which parses `--loop asyncio|uvloop` and `--size N`, turns on the peer named by BENCH_PEER
+(set by bench/bench_peers.py) *inside* the program, the way a user of that tool would, runs the
+workload once and prints one line `BENCH {"elapsed": seconds}` with the time of the workload
+alone (interpreter start-up, imports and the tools' own start-up are outside it: they are paid
+once per process, not per unit of work).
+
+Peers (BENCH_PEER):
+  none         nothing (also used for plain, `aioscope run` and asyncio debug mode, which are
+               turned on from outside: the command line and PYTHONASYNCIODEBUG)
+  aiomonitor   aiomonitor.start_monitor(loop, hook_task_factory=True): its agent with task
+               creation tracking, telnet and web UI on free ports of 127.0.0.1
+  aiodebug     aiodebug.log_slow_callbacks.enable(0.05): slow-callback logging
+  blockbuster  blockbuster_ctx(): blocking calls in the loop thread raise
+"""
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _peer_outside_loop(peer):
+    """Peers that hook process-wide things before the loop runs."""
+    if peer == "aiodebug":
+        from aiodebug import log_slow_callbacks
+        log_slow_callbacks.enable(0.05)
+        yield
+    elif peer == "blockbuster":
+        from blockbuster import blockbuster_ctx
+        with blockbuster_ctx():
+            yield
+    else:
+        yield
+
+
+async def _run(workload, size, peer):
+    loop = asyncio.get_running_loop()
+    monitor = None
+    if peer == "aiomonitor":
+        import aiomonitor
+        monitor = aiomonitor.start_monitor(loop, hook_task_factory=True, port=_free_port(),
+                                           console_port=_free_port(), webui_port=_free_port())
+    try:
+        t0 = time.perf_counter()
+        await workload(size)
+        return time.perf_counter() - t0
+    finally:
+        if monitor is not None:
+            monitor.close()
+
+
+def main(workload, default_size):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    ap.add_argument("--size", type=int, default=default_size)
+    args = ap.parse_args()
+    peer = os.environ.get("BENCH_PEER", "none")
+    with _peer_outside_loop(peer):
+        if args.loop == "uvloop":
+            import uvloop
+            loop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        try:
+            elapsed = loop.run_until_complete(_run(workload, args.size, peer))
+        finally:
+            loop.close()
+    print("BENCH " + json.dumps({"elapsed": elapsed}))
+    sys.stdout.flush()
