@@ -142,7 +142,8 @@ void aioscope_buf_json_number(aioscope_buf *b, double v) {
         aioscope_buf_puts(b, "null");
         return;
     }
-    if (v == (double)(long long)v && fabs(v) < 1e15)
+    /* The range test comes first: converting a double outside long long's range is undefined. */
+    if (fabs(v) < 1e15 && v == (double)(long long)v)
         aioscope_buf_printf(b, "%lld", (long long)v);
     else
         aioscope_buf_printf(b, "%.6g", v);

@@ -134,6 +134,15 @@ static int read_location(const aioscope_json *v, aioscope_location *out) {
                                  aioscope_json_get_string(v, "function"));
 }
 
+/* A number field as an integer in [lo, hi]; dflt when absent, not a number, not finite or out of
+ * range. (Converting a double outside the target type's range is undefined behaviour, and these
+ * come from untrusted text.) */
+static long long get_integer(const aioscope_json *obj, const char *key, long long dflt, double lo, double hi) {
+    double v = aioscope_json_get_number(obj, key, (double)dflt);
+    if (!(v >= lo && v <= hi)) return dflt;
+    return (long long)v;
+}
+
 static char *dup_field(const aioscope_json *obj, const char *key, int *err) {
     const char *s = aioscope_json_get_string(obj, key);
     if (!s) return NULL;
@@ -161,7 +170,7 @@ int aioscope_finding_from_json(const aioscope_json *obj, aioscope_finding *out) 
     const aioscope_json *task = aioscope_json_get(obj, "task");
     if (!err && task && task->type == AIOSCOPE_JSON_OBJECT) {
         out->has_task = 1;
-        out->task_id = (long long)aioscope_json_get_number(task, "id", 0);
+        out->task_id = get_integer(task, "id", 0, -9.2e18, 9.2e18);
         out->task_name = dup_field(task, "name", &err);
     }
     const aioscope_json *stack = aioscope_json_get(obj, "stack");
@@ -178,7 +187,7 @@ int aioscope_finding_from_json(const aioscope_json *obj, aioscope_finding *out) 
         for (size_t i = 0; !err && i < tasks->len; i++, out->ntasks++) {
             const aioscope_json *t = &tasks->items[i];
             aioscope_participant *p = &out->tasks[i];
-            p->id = (long long)aioscope_json_get_number(t, "id", 0);
+            p->id = get_integer(t, "id", 0, -9.2e18, 9.2e18);
             p->name = dup_field(t, "name", &err);
             p->waiting_on = dup_field(t, "waiting_on", &err);
             if (!err) err = read_location(aioscope_json_get(t, "site"), &p->site);
@@ -215,7 +224,7 @@ int aioscope_report_from_json(const char *text, size_t len, aioscope_report **ou
         aioscope_json_free(root);
         return AIOSCOPE_ENOMEM;
     }
-    r->exit_code = (int)aioscope_json_get_number(root, "exit_code", -1);
+    r->exit_code = (int)get_integer(root, "exit_code", -1, -2147483648.0, 2147483647.0);
     rc = aioscope_report_set_python(r, aioscope_json_get_string(root, "python"));
     if (rc == 0) rc = read_argv(r, aioscope_json_get(root, "argv"));
     for (size_t i = 0; rc == 0 && i < findings->len; i++) {
