@@ -55,6 +55,7 @@ typedef struct {
      * mutex. running is 1 between a loop's start and stop. */
     int running;
     uintptr_t tstate; /* the loop thread's PyThreadState, valid while running */
+    pthread_t thread; /* the loop thread, to know it again in a forked child */
     /* When the next beat is due (CLOCK_MONOTONIC ns). Stored by each beat without the mutex. */
     _Atomic int64_t due_ns;
 
@@ -85,7 +86,7 @@ static struct {
     int64_t threshold_ns;
     int64_t period_ns;     /* heartbeat and watchdog period */
     aioscope_target *target; /* our own memory, for GIL-free stack reads; NULL when unsupported */
-    int target_tried;
+    long target_pid;       /* the process target was opened in */
     int debug;             /* AIOSCOPE_DEBUG: say how each blocked stack was read */
     aioscope_frame scratch[ASC_STACK_MAX];   /* the watchdog's read buffer, under the mutex */
     aioscope_frame probe_buf[ASC_STACK_MAX]; /* asc_probe's, with the GIL */
@@ -409,30 +410,31 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
 
 /* ---- the watchdog thread ------------------------------------------------------------------- */
 
-/* Open our own memory for GIL-free stack reads, once. _PyRuntime is exported by libpython and by
- * a static python executable (its dynamic symbol table lists it for extensions); a stripped
- * interpreter without it falls back to asc_probe's C-API read. */
+/* Open our own memory for GIL-free stack reads, once per process: the target reads by pid
+ * (process_vm_readv), so a forked child must open its own or it would read its parent's stacks.
+ * _PyRuntime is exported by libpython and by a static python executable (its dynamic symbol
+ * table lists it for extensions); without it the watchdog relies on asc_probe's C-API read. */
 static void asc_open_target(void) {
-    if (asc_lp.target_tried) return;
-    asc_lp.target_tried = 1;
+    long pid = (long)getpid();
+    if (asc_lp.target_pid == pid) return;
+    aioscope_target_close(asc_lp.target);
+    asc_lp.target = NULL;
+    asc_lp.target_pid = pid;
     asc_lp.debug = getenv("AIOSCOPE_DEBUG") != NULL;
-#ifdef ASC_AGENT_NO_ATTACH
-    return; /* a build without the attach library's stack reader: asc_probe's read only */
-#endif
     void *runtime = dlsym(RTLD_DEFAULT, "_PyRuntime");
-    if (!runtime) return;
-#ifndef ASC_AGENT_NO_ATTACH
     aioscope_target *t = NULL;
-    if (aioscope_target_open_self((uint32_t)PY_VERSION_HEX, (uint64_t)(uintptr_t)runtime, &t) == 0)
+    if (runtime &&
+        aioscope_target_open_self((uint32_t)PY_VERSION_HEX, (uint64_t)(uintptr_t)runtime, &t) == 0)
         asc_lp.target = t;
-#endif
+    if (asc_lp.debug && !asc_lp.target)
+        fprintf(stderr, "aioscope: no GIL-free stack reads here (_PyRuntime %s)\n",
+                runtime ? "found" : "not exported");
 }
 
 /* Read the blocked loop thread's stack into the slot, under the mutex, without the GIL. The read
  * goes into scratch and is kept only if the beat is still overdue afterwards: a read that raced
  * with the beat may show the beat itself rather than the blocking code. */
 static void asc_capture(asc_loop_slot *s, int64_t due) {
-#ifndef ASC_AGENT_NO_ATTACH
     size_t n = 0;
     if (asc_lp.target &&
         aioscope_thread_stack(asc_lp.target, (uint64_t)s->tstate, asc_lp.scratch, ASC_STACK_MAX,
@@ -445,7 +447,6 @@ static void asc_capture(asc_loop_slot *s, int64_t due) {
             fprintf(stderr, "aioscope: watchdog read %zu frames without the GIL: %s:%d\n", n,
                     asc_lp.scratch[0].file, asc_lp.scratch[0].line);
     }
-#endif
 }
 
 static void *asc_watchdog_main(void *arg) {
@@ -535,7 +536,7 @@ static void asc_atfork_child(void) {
      * again, and their thread states are gone. asc_loops_after_fork_child frees their slots. */
     for (int i = 0; i < ASC_MAX_LOOPS; i++) {
         asc_loop_slot *s = &asc_lp.slots[i];
-        if (s->running && s->tstate != (uintptr_t)PyGILState_GetThisThreadState()) s->running = 0;
+        if (s->running && !pthread_equal(s->thread, pthread_self())) s->running = 0;
     }
 }
 
@@ -684,6 +685,7 @@ static void asc_loop_started(PyObject *loop) {
     s->probe_due = 0;
     s->nframes = 0;
     s->tstate = (uintptr_t)PyThreadState_Get();
+    s->thread = pthread_self();
     s->running = 1;
     pthread_mutex_unlock(&asc_lp.mutex);
     asc_watchdog_ensure();
@@ -784,5 +786,6 @@ void asc_loops_after_fork_child(void) {
         s->loop = NULL;
         Py_CLEAR(s->handle);
     }
+    if (asc_lp.debug) fprintf(stderr, "aioscope: forked child %ld: %d loop(s) kept\n", (long)getpid(), any);
     if (any) asc_watchdog_ensure();
 }
