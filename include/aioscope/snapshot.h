@@ -62,6 +62,11 @@ typedef struct {
     double busy_s;
     long steps;
     uint64_t spawned_by;
+    double age_s;              /* agent: seconds since the task was created; -1 unknown */
+    int cancelling;            /* agent: a cancellation is pending (cancel() not yet delivered, or
+                                  cancelling() > 0 on 3.11+) */
+    const char *exception;     /* agent: a finished task's exception that nothing retrieved
+                                  ("ValueError: bad"), owned; NULL otherwise */
 } aioscope_snap_task;
 
 typedef struct aioscope_snapshot {
@@ -84,6 +89,9 @@ void aioscope_snapshot_free(aioscope_snapshot *s); /* accepts NULL */
 /* Copy s into the snapshot's own storage; returns NULL on out of memory. Equal strings are
  * stored once (file names and function names repeat across thousands of tasks). */
 const char *aioscope_snapshot_intern(aioscope_snapshot *snap, const char *s);
+/* Copy s into the snapshot's storage without interning (unique strings such as task names);
+ * NULL on out of memory. */
+const char *aioscope_snapshot_strdup(aioscope_snapshot *snap, const char *s);
 /* Index of the task with this id, or -1. Builds an index on first use (O(1) after). */
 long aioscope_snapshot_find_task(aioscope_snapshot *snap, uint64_t id);
 /* Call after reordering snap->tasks, so that the next lookup rebuilds the index. */

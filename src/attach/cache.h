@@ -21,6 +21,10 @@ struct asc_codeinfo {
     size_t linetable_len;
     uint64_t code_start;  /* address of the first bytecode unit */
     size_t code_len;      /* bytes of bytecode (3.8-3.10; 0 when unknown) */
+    /* file and name as interned in the snapshot being filled (snap_owner), so that 100 000
+     * frames of one code object do not hash the same strings 100 000 times. */
+    const void *snap_owner;
+    const char *snap_file, *snap_name;
 };
 
 #define ASC_TYPE_CACHE 64

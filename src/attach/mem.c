@@ -3,6 +3,8 @@
 #include "attach/mem.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #include "aioscope/error.h"
@@ -28,24 +30,75 @@ static int asc__pid_read(void *ctx, uint64_t addr, void *buf, size_t len) {
     }
 }
 
+/* 16 384 slots of 4 KiB: 64 MiB of address space, touched only as pages are cached. */
+#define ASC_CACHE_SLOTS 16384
+/* Reads longer than this go straight to the backend (set tables, long strings). */
+#define ASC_CACHE_MAX_READ (4 * ASC_PAGE_SIZE)
+
+struct asc_page {
+    uint64_t page; /* page address + 1; 0 marks an empty slot */
+    uint8_t data[ASC_PAGE_SIZE];
+};
+
 void asc_mem_init_pid(asc_mem *m, int pid) {
+    memset(m, 0, sizeof *m);
     m->read = asc__pid_read;
     m->ctx = m;
     m->pid = pid;
-    m->nreads = 0;
 }
 
 void asc_mem_init_custom(asc_mem *m, asc_read_fn read, void *ctx) {
+    memset(m, 0, sizeof *m);
     m->read = read;
     m->ctx = ctx;
-    m->pid = 0;
-    m->nreads = 0;
+}
+
+int asc_mem_cache_begin(asc_mem *m) {
+    if (!m->cache) {
+        m->cache = calloc(ASC_CACHE_SLOTS, sizeof *m->cache);
+        if (!m->cache) return AIOSCOPE_ENOMEM;
+        m->cache_slots = ASC_CACHE_SLOTS;
+        return 0;
+    }
+    for (size_t i = 0; i < m->cache_slots; i++) m->cache[i].page = 0;
+    return 0;
+}
+
+void asc_mem_cache_end(asc_mem *m) {
+    free(m->cache);
+    m->cache = NULL;
+    m->cache_slots = 0;
+}
+
+/* Serve [addr, addr+len) from cached pages, filling misses with whole-page reads. A page that
+ * cannot be read whole (the backend refuses it) makes the caller fall back to a direct read. */
+static int asc__cached_read(asc_mem *m, uint64_t addr, uint8_t *buf, size_t len) {
+    while (len) {
+        uint64_t page = addr & ~(uint64_t)(ASC_PAGE_SIZE - 1);
+        size_t off = (size_t)(addr - page), n = ASC_PAGE_SIZE - off;
+        if (n > len) n = len;
+        asc_page *slot = &m->cache[(page / ASC_PAGE_SIZE * 0x9E3779B97F4A7C15ULL >> 40) % m->cache_slots];
+        if (slot->page != page + 1) {
+            m->nreads++;
+            if (m->read(m->ctx, page, slot->data, ASC_PAGE_SIZE) < 0) {
+                slot->page = 0;
+                return -1;
+            }
+            slot->page = page + 1;
+        }
+        memcpy(buf, slot->data + off, n);
+        buf += n;
+        addr += n;
+        len -= n;
+    }
+    return 0;
 }
 
 int asc_mem_read(asc_mem *m, uint64_t addr, void *buf, size_t len) {
     if (len == 0) return 0;
     if (addr < ASC_USER_MIN || addr >= ASC_USER_MAX || len > ASC_USER_MAX - addr)
         return AIOSCOPE_EFAULT;
+    if (m->cache && len <= ASC_CACHE_MAX_READ && asc__cached_read(m, addr, buf, len) == 0) return 0;
     m->nreads++;
     return m->read(m->ctx, addr, buf, len);
 }

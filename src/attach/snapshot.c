@@ -15,7 +15,16 @@ typedef struct {
     uint64_t *ids;
     long *idx;
     size_t id_cap, id_count; /* id_count: tasks indexed so far */
+    struct asc__chunk *chunks; /* bump-allocated unique strings */
 } asc__arena;
+
+/* 64 KiB blocks of string storage; a longer string gets a block of its own. */
+#define ASC_CHUNK_SIZE 65536
+struct asc__chunk {
+    struct asc__chunk *next;
+    size_t used, cap;
+    char data[];
+};
 
 aioscope_snapshot *aioscope_snapshot_new(void) {
     aioscope_snapshot *s = calloc(1, sizeof *s);
@@ -43,6 +52,11 @@ void aioscope_snapshot_free(aioscope_snapshot *s) {
         free(a->strs);
         free(a->ids);
         free(a->idx);
+        while (a->chunks) {
+            struct asc__chunk *next = a->chunks->next;
+            free(a->chunks);
+            a->chunks = next;
+        }
         free(a);
     }
     free(s);
@@ -77,6 +91,24 @@ const char *aioscope_snapshot_intern(aioscope_snapshot *snap, const char *s) {
     if (!(a->strs[j] = strdup(s))) return NULL;
     a->count++;
     return a->strs[j];
+}
+
+const char *aioscope_snapshot_strdup(aioscope_snapshot *snap, const char *s) {
+    asc__arena *a = snap->arena;
+    size_t n = strlen(s) + 1;
+    struct asc__chunk *c = a->chunks;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > ASC_CHUNK_SIZE ? n : ASC_CHUNK_SIZE;
+        if (!(c = malloc(sizeof *c + cap))) return NULL;
+        c->used = 0;
+        c->cap = cap;
+        c->next = a->chunks;
+        a->chunks = c;
+    }
+    char *p = c->data + c->used;
+    memcpy(p, s, n);
+    c->used += n;
+    return p;
 }
 
 static size_t asc__id_slot(uint64_t id, size_t cap) {
@@ -204,6 +236,11 @@ void aioscope_snapshot_to_json(const aioscope_snapshot *s, aioscope_buf *b) {
             aioscope_buf_printf(b, ",\"steps\":%ld,\"spawned_by\":", tk->steps);
             if (tk->spawned_by) aioscope_buf_printf(b, "%llu", (unsigned long long)tk->spawned_by);
             else aioscope_buf_puts(b, "null");
+            aioscope_buf_puts(b, ",\"age_s\":");
+            if (tk->age_s >= 0) aioscope_buf_json_number(b, tk->age_s);
+            else aioscope_buf_puts(b, "null");
+            aioscope_buf_printf(b, ",\"cancelling\":%s,\"exception\":", tk->cancelling ? "true" : "false");
+            aioscope_buf_json_string(b, tk->exception);
         }
         aioscope_buf_puts(b, "}");
     }

@@ -274,6 +274,7 @@ int aioscope_target_thaw(aioscope_target *t) {
 void aioscope_target_close(aioscope_target *t) {
     if (!t) return;
     aioscope_target_thaw(t);
+    asc_mem_cache_end(&t->mem);
     asc_cache_free(t->cache);
     free(t);
 }

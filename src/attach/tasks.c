@@ -123,9 +123,10 @@ static int asc__read_task(aioscope_target *t, aioscope_snapshot *snap, uint64_t 
     tk->thread = -1;
     tk->steps = -1;
     tk->busy_s = -1;
+    tk->age_s = -1;
     char name[256];
     if (asc__task_name(t, name_obj, name, sizeof name) < 0) snprintf(name, sizeof name, "?");
-    if (!(tk->name = aioscope_snapshot_intern(snap, name))) return AIOSCOPE_ENOMEM;
+    if (!(tk->name = aioscope_snapshot_strdup(snap, name))) return AIOSCOPE_ENOMEM;
     /* The coroutine chain: the task's coroutine, the coroutine it awaits, and so on, until an
      * object that is not a coroutine (a future, usually) or a coroutine that is not awaiting. */
     size_t cap = 0;

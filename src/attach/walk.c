@@ -18,10 +18,22 @@
 #define ASC_SNAPSHOT_ATTEMPTS 5
 
 int asc_snap_frame_set(aioscope_snapshot *snap, aioscope_snap_frame *f, const asc_loc *loc) {
-    f->file = aioscope_snapshot_intern(snap, loc->ci ? loc->ci->file : "?");
-    f->function = aioscope_snapshot_intern(snap, loc->ci ? loc->ci->name : "?");
+    struct asc_codeinfo *ci = (struct asc_codeinfo *)loc->ci;
     f->line = loc->line;
-    return f->file && f->function ? 0 : AIOSCOPE_ENOMEM;
+    if (ci && ci->snap_owner == snap) {
+        f->file = ci->snap_file;
+        f->function = ci->snap_name;
+        return 0;
+    }
+    f->file = aioscope_snapshot_intern(snap, ci ? ci->file : "?");
+    f->function = aioscope_snapshot_intern(snap, ci ? ci->name : "?");
+    if (!f->file || !f->function) return AIOSCOPE_ENOMEM;
+    if (ci) {
+        ci->snap_owner = snap;
+        ci->snap_file = f->file;
+        ci->snap_name = f->function;
+    }
+    return 0;
 }
 
 /* The stack of one thread into th (innermost first). */
@@ -99,7 +111,10 @@ int aioscope_target_snapshot(aioscope_target *t, aioscope_snapshot **out) {
     *out = NULL;
     int rc = AIOSCOPE_EAGAIN;
     t->mem.nreads = 0;
-    for (int attempt = 0; attempt < ASC_SNAPSHOT_ATTEMPTS; attempt++) {
+    for (int attempt = 0; attempt < ASC_SNAPSHOT_ATTEMPTS && rc != AIOSCOPE_ENOMEM; attempt++) {
+        /* A fresh page cache per attempt: a retry must not see the pages that tore. Without
+         * memory for it the walk still works, one system call per read. */
+        int cached = asc_mem_cache_begin(&t->mem) == 0;
         aioscope_snapshot *snap = aioscope_snapshot_new();
         if (!snap) return AIOSCOPE_ENOMEM;
         snap->pid = t->pid;
@@ -108,6 +123,7 @@ int aioscope_target_snapshot(aioscope_target *t, aioscope_snapshot **out) {
         asc_cache_reset(t);
         rc = asc_walk_threads(t, snap);
         if (rc == 0) rc = asc_walk_tasks(t, snap);
+        if (cached) asc_mem_cache_end(&t->mem);
         if (rc == 0) {
             *out = snap;
             return 0;
