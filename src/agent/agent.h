@@ -74,6 +74,17 @@ int asc_tasks_init(PyObject *module);
 int asc_coros_init(PyObject *module);
 int asc_leaks_init(PyObject *module);
 
+/* ---- deadlocks (deadlock.c) ---------------------------------------------------------------- */
+/* install(): reads AIOSCOPE_DEADLOCK_AFTER and AIOSCOPE_ON_DEADLOCK; installs no hook. */
+int asc_deadlock_init(PyObject *module);
+/* Called by loops.c from every heartbeat of a running loop, in the loop's thread: runs the
+ * `deadlock` / `stuck-task` check when it is due (every ~0.2 s). Never raises; under
+ * AIOSCOPE_ON_DEADLOCK=exit it ends the process (status 4) after reporting a deadlock. */
+void asc_deadlock_on_heartbeat(PyObject *loop);
+/* tasks.c: where a task of the agent's subclass was created, into out (left empty when it is
+ * not known). Returns 0, or -1 with an exception set. */
+int asc_tasks_created_at(PyObject *task, aioscope_location *out);
+
 /* Called by loops.c when a loop starts running in the calling thread (first time for that
  * loop): tasks.c installs its task factory (chaining any user factory). */
 int asc_tasks_on_loop_start(PyObject *loop);

@@ -405,6 +405,7 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
     int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
     if (asc_cfg.enabled && now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
     if (asc_arm(s, self) < 0) asc_drop_error("heartbeat");
+    if (asc_cfg.enabled) asc_deadlock_on_heartbeat(s->loop); /* deadlock.c: every ~0.2 s */
     Py_RETURN_NONE;
 }
 

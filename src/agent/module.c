@@ -333,7 +333,8 @@ static PyObject *asc_install(PyObject *module, PyObject *args, PyObject *kwargs)
      * first because the hooks check it. */
     asc_cfg.enabled = 1;
     if (asc_frames_init(module) < 0 || asc_loops_init(module) < 0 || asc_tasks_init(module) < 0 ||
-        asc_coros_init(module) < 0 || asc_leaks_init(module) < 0)
+        asc_coros_init(module) < 0 || asc_leaks_init(module) < 0 ||
+        asc_deadlock_init(module) < 0)
         goto err;
     if (asc_register_exit_hooks(module) < 0) goto err;
     Py_RETURN_NONE;

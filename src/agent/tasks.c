@@ -630,3 +630,12 @@ int asc_tasks_init(PyObject *module)
     Py_DECREF(runners);
     return 0;
 }
+
+/* For deadlock.c: where a task was created (nothing when the task is not of our subclass). */
+int asc_tasks_created_at(PyObject *task, aioscope_location *out)
+{
+    asc_task_extra *x = asc_extra(task);
+    if (x == NULL || x->created.code == NULL)
+        return 0;
+    return asc_codeloc_to_location(&x->created, out);
+}

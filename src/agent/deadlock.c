@@ -1,0 +1,1347 @@
+/* deadlock.c: `deadlock` and `stuck-task`, found while the program runs.
+ *
+ * The check runs in the loop thread, with the GIL, from the loop's heartbeat (loops.c), at most
+ * every ASC_DL_PERIOD_NS and less often when a check is costly (the period is stretched so that
+ * checking stays under ~2% of the loop's time). Nothing is hooked on the program's hot paths:
+ * everything is read from the tasks as they sit suspended.
+ *
+ * A snapshot of the loop: asyncio.all_tasks(loop); per task its _fut_waiter (the future it is
+ * suspended on; None when it is runnable) and its await chain (coroutine -> cr_await -> ...).
+ * The innermost frame of the chain says what the task waits on: its code object is compared
+ * with those of Lock.acquire, Semaphore.acquire, Condition.wait, Event.wait, Queue.get/put,
+ * asyncio.wait's _wait, wait_for, TaskGroup.__aexit__, sleep; `self` in that frame is the lock,
+ * event or queue. A _fut_waiter that is a Task or a gather's future is an await on other tasks.
+ *
+ * Who holds a lock. asyncio.Lock records no owner. But `async with lock:` keeps the bound method
+ * lock.__aexit__ on the value stack of the frame for as long as the block runs (CPython pushes it
+ * at BEFORE_ASYNC_WITH and calls it when the block ends), and the type's tp_traverse of a
+ * suspended coroutine (3.11+) or frame (3.10) visits that stack. So a task holds a lock when a
+ * coroutine of its chain has lock.__aexit__ on its stack — minus the one pushed by an `async
+ * with` still waiting in acquire() (the method is pushed before __aenter__ runs), minus the one
+ * whose lock a Condition.wait() released. The same works for Semaphore and Condition (whose
+ * lock is held). A lock taken with a bare `await lock.acquire()` has no such mark: its holder is
+ * unknown, and a task waiting for it is never part of a reported cycle (no false report; the
+ * everything-asleep check below still sees it). The line where the holder acquired the lock is
+ * the BEFORE_ASYNC_WITH in the holder's frame whose context expression is that lock.
+ *
+ * Cycles. Tasks become nodes of a wait-for graph (aioscope/waitgraph.h): a lock waiter waits on
+ * the holders (released when any one releases), `await task` on that task, gather and TaskGroup
+ * on their pending children (a failing child ends them, so they are blocked only while every
+ * pending child is), asyncio.wait(ALL_COMPLETED) on every pending future (blocked as soon as one
+ * is), wait_for on its inner task. Anything else (an Event, a Queue, a plain Future) may be
+ * completed by someone, so that task is free. The tasks the graph says can never complete, and
+ * the cycles holding them, are a deadlock whatever the rest of the program does — timeouts aside.
+ *
+ * Everything asleep. Every task of the loop waits on a future, and nothing can complete one: no
+ * callback in loop._ready, no timer in loop._scheduled except the heartbeat and timeouts that
+ * would only cancel waiters (wait_for's and asyncio.wait's _release_waiter, asyncio.timeout's
+ * Timeout._on_timeout), no file descriptor registered with the selector except the loop's own
+ * self-pipe, no signal handler, and no other Python thread except idle executor workers (a
+ * thread may call call_soon_threadsafe). Only a selector loop's internals can be read this way;
+ * under uvloop only the cycles are found.
+ *
+ * Certainty over speed: a task whose _fut_waiter changed since the previous check is free (it is
+ * making progress), and a deadlock is reported once it has been seen for AIOSCOPE_DEADLOCK_AFTER
+ * seconds (default 1) of checks; the same tasks are never reported twice for the same kind.
+ *
+ * stuck-task (info): a task that waited on the same future for AIOSCOPE_STUCK_AFTER seconds while
+ * its loop kept running, unless it sleeps, serves, or waits on other tasks (they are what is
+ * slow, and they are reported themselves).
+ *
+ * AIOSCOPE_ON_DEADLOCK=exit: after a deadlock is reported (the event stream, and stderr at once
+ * because the program may never end), the process ends with status ASC_DL_EXIT_STATUS; `aioscope
+ * run --on-deadlock exit` then exits with 4 as well. */
+#include "agent/agent.h"
+
+#include <frameobject.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aioscope/waitgraph.h"
+
+/* How often the check runs at most; with the default AIOSCOPE_DEADLOCK_AFTER of 1 s this keeps a
+ * deadlock's report within about 1.25 s of its forming. */
+#define ASC_DL_PERIOD_NS 200000000LL
+/* The period is stretched to this many times the last check's cost (<= 2% of the loop's time). */
+#define ASC_DL_COST_FACTOR 50
+/* A loop with more pending tasks than this is not checked: the snapshot would cost too much. */
+#define ASC_DL_MAX_TASKS 20000
+/* Await chains deeper than this are cut (the innermost frames then are not seen; the task counts
+ * as free). */
+#define ASC_DL_MAX_CHAIN 64
+/* Loops checked at the same time (each needs its own thread); more run unchecked. */
+#define ASC_DL_MAX_LOOPS 64
+/* A candidate deadlock not seen for this long is forgotten (its seen-time starts again). */
+#define ASC_DL_FORGET_NS 60000000000LL
+/* Participants named in the text printed at once on stderr; the finding keeps them all. */
+#define ASC_DL_PRINT_MAX 20
+/* Exit status of the program under AIOSCOPE_ON_DEADLOCK=exit (the CLI's is 4 as well). */
+#define ASC_DL_EXIT_STATUS 4
+
+/* What a task waits on, from its innermost frame or its _fut_waiter. */
+typedef enum {
+    W_RUNNABLE = 0, W_MOVING, W_LOCK, W_SEM, W_COND, W_EVENT, W_QGET, W_QPUT, W_QJOIN, W_SLEEP,
+    W_SERVE, W_WAIT, W_WAIT_FOR, W_TASKGROUP, W_TASK, W_GATHER, W_FUTURE,
+} asc_wait;
+
+/* One task of the snapshot. Owned references unless said otherwise. */
+typedef struct {
+    PyObject *task;    /* borrowed from the snapshot's task list */
+    PyObject *waiter;  /* _fut_waiter, NULL when runnable */
+    PyObject *chain[ASC_DL_MAX_CHAIN]; /* coroutine-likes, outermost first */
+    int nchain;
+    int stable;        /* same waiter as at the previous check */
+    asc_wait wait;
+    PyObject *prim;    /* the Lock/Semaphore/Condition/Event/Queue/TaskGroup/inner task, or NULL */
+    int64_t since_ns;  /* waiting on this waiter since */
+} asc_dl_task;
+
+/* A hold: task `t` holds `prim` (a Lock, or a Semaphore) through an `async with ctx` whose
+ * __aexit__ sits on the stack of chain[depth]. ctx is the Condition when the lock is one's. */
+typedef struct {
+    int t, depth;
+    PyObject *prim, *ctx; /* borrowed from the task's coroutine (alive during the check) */
+} asc_dl_hold;
+
+typedef struct {
+    PyObject *loop_ref; /* owned weakref, NULL when the slot is free */
+    int64_t next_ns;    /* the next check is due */
+    int64_t period_ns;  /* the current period between checks (stretched when checks cost) */
+    PyObject *seen;     /* owned dict: id(task) -> (weakref(waiter), since_ns, stuck reported) */
+    PyObject *candidates; /* owned dict: key -> [seconds seen, last seen ns] */
+    PyObject *reported; /* owned set of keys */
+} asc_dl_slot;
+
+static struct {
+    int ready;
+    double after_s;
+    int exit_on_deadlock;
+    PyObject *all_tasks, *task_type, *gathering_type, *lock_type, *cond_type, *sem_type;
+    PyObject *code_lock_acquire, *code_sem_acquire, *code_cond_wait, *code_event_wait;
+    PyObject *code_qget, *code_qput, *code_qjoin, *code_sleep, *code_serve, *code_wait;
+    PyObject *code_wait_for, *code_tg_aexit, *code_tg_aexit2;
+    PyObject *aexit_func;      /* asyncio.locks._ContextManagerMixin.__aexit__ */
+    PyObject *release_waiter;  /* asyncio.tasks._release_waiter: wait_for/wait timeouts */
+    PyObject *on_timeout;      /* asyncio.timeouts.Timeout._on_timeout (3.11+), or NULL */
+    PyObject *dis_get_instructions;
+    asc_dl_slot slots[ASC_DL_MAX_LOOPS];
+} asc_dl;
+
+/* The C API grew between the versions the agent builds for (3.8+); these keep the code below
+ * version-free. */
+#if PY_VERSION_HEX < 0x03090000
+static PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
+    return PyObject_CallFunctionObjArgs(fn, arg, NULL);
+}
+static PyCodeObject *PyFrame_GetCode(PyFrameObject *f) {
+    Py_INCREF(f->f_code);
+    return f->f_code;
+}
+#endif
+
+static int64_t asc_dl_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* getattr that never leaves an exception: NULL when missing. New reference. */
+static PyObject *asc_dl_attr(PyObject *o, const char *name) {
+    if (!o) return NULL;
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (!v) PyErr_Clear();
+    return v;
+}
+
+/* The __code__ of module.qualname (a dotted path inside the module), or NULL. */
+static PyObject *asc_dl_lookup(const char *module, const char *path, int want_code) {
+    PyObject *obj = PyImport_ImportModule(module);
+    if (!obj) {
+        PyErr_Clear();
+        return NULL;
+    }
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *part = strtok(buf, "."); part && obj; part = strtok(NULL, ".")) {
+        PyObject *next = asc_dl_attr(obj, part);
+        Py_DECREF(obj);
+        obj = next;
+    }
+    if (obj && want_code) {
+        PyObject *code = asc_dl_attr(obj, "__code__");
+        Py_DECREF(obj);
+        obj = code;
+    }
+    return obj;
+}
+
+/* ---- the snapshot ---------------------------------------------------------------------------- */
+
+/* The frame of a coroutine-like (coroutine, generator, async generator), new ref, or NULL. */
+static PyObject *asc_dl_frame_of(PyObject *c) {
+    const char *name = PyCoro_CheckExact(c) ? "cr_frame" : PyGen_Check(c) ? "gi_frame"
+                     : PyAsyncGen_CheckExact(c) ? "ag_frame" : NULL;
+    if (!name) return NULL;
+    PyObject *f = asc_dl_attr(c, name);
+    if (f == Py_None) Py_CLEAR(f);
+    return f;
+}
+
+/* What a coroutine-like awaits (cr_await, gi_yieldfrom, ag_await), new ref, or NULL. */
+static PyObject *asc_dl_awaited(PyObject *c) {
+    const char *name = PyCoro_CheckExact(c) ? "cr_await" : PyGen_Check(c) ? "gi_yieldfrom"
+                     : PyAsyncGen_CheckExact(c) ? "ag_await" : NULL;
+    if (!name) return NULL;
+    PyObject *a = asc_dl_attr(c, name);
+    if (a == Py_None) Py_CLEAR(a);
+    return a;
+}
+
+/* The code object of a coroutine-like's frame (borrowed through the frame), or NULL. */
+static PyObject *asc_dl_code_of(PyObject *c) {
+    PyObject *f = asc_dl_frame_of(c);
+    if (!f) return NULL;
+    PyObject *code = (PyObject *)PyFrame_GetCode((PyFrameObject *)f);
+    Py_DECREF(f);
+    Py_XDECREF(code); /* the coroutine keeps its code alive */
+    return code;
+}
+
+/* A local of a coroutine-like's frame, new ref, or NULL. Only called on asyncio's own frames
+ * and the frames of holders, never on a running frame. */
+static PyObject *asc_dl_local(PyObject *c, const char *name) {
+    PyObject *f = asc_dl_frame_of(c);
+    PyObject *locals = asc_dl_attr(f, "f_locals");
+    Py_XDECREF(f);
+    if (!locals) return NULL;
+    PyObject *v = PyMapping_GetItemString(locals, name);
+    if (!v) PyErr_Clear();
+    Py_DECREF(locals);
+    return v;
+}
+
+static void asc_dl_task_clear(asc_dl_task *t) {
+    Py_CLEAR(t->waiter);
+    for (int i = 0; i < t->nchain; i++) Py_CLEAR(t->chain[i]);
+    t->nchain = 0;
+    Py_CLEAR(t->prim);
+}
+
+/* Follow the await chain from the task's coroutine. */
+static void asc_dl_walk_chain(asc_dl_task *t) {
+    PyObject *c = PyObject_CallMethod(t->task, "get_coro", NULL);
+    if (!c) PyErr_Clear();
+    while (c && t->nchain < ASC_DL_MAX_CHAIN) {
+        if (!PyCoro_CheckExact(c) && !PyGen_Check(c) && !PyAsyncGen_CheckExact(c)) break;
+        t->chain[t->nchain++] = c;
+        c = asc_dl_awaited(c);
+    }
+    Py_XDECREF(c);
+}
+
+/* Classify what a stable waiting task waits on, from its innermost frame, else its waiter. */
+static void asc_dl_classify(asc_dl_task *t) {
+    t->wait = W_FUTURE;
+    PyObject *inner = t->nchain > 0 ? t->chain[t->nchain - 1] : NULL;
+    PyObject *code = inner ? asc_dl_code_of(inner) : NULL;
+    struct {
+        PyObject *code;
+        asc_wait wait;
+        const char *local;
+    } map[] = {
+        {asc_dl.code_lock_acquire, W_LOCK, "self"}, {asc_dl.code_sem_acquire, W_SEM, "self"},
+        {asc_dl.code_cond_wait, W_COND, "self"},    {asc_dl.code_event_wait, W_EVENT, "self"},
+        {asc_dl.code_qget, W_QGET, "self"},         {asc_dl.code_qput, W_QPUT, "self"},
+        {asc_dl.code_qjoin, W_QJOIN, "self"},       {asc_dl.code_sleep, W_SLEEP, NULL},
+        {asc_dl.code_serve, W_SERVE, NULL},         {asc_dl.code_wait, W_WAIT, "fs"},
+        {asc_dl.code_wait_for, W_WAIT_FOR, "fut"},  {asc_dl.code_tg_aexit, W_TASKGROUP, "self"},
+        {asc_dl.code_tg_aexit2, W_TASKGROUP, "self"},
+    };
+    for (size_t i = 0; code && i < sizeof map / sizeof map[0]; i++) {
+        if (!map[i].code || map[i].code != code) continue;
+        t->wait = map[i].wait;
+        if (map[i].local) t->prim = asc_dl_local(inner, map[i].local);
+        return;
+    }
+    if (PyObject_TypeCheck(t->waiter, (PyTypeObject *)asc_dl.task_type)) {
+        t->wait = W_TASK;
+    } else if (asc_dl.gathering_type &&
+               PyObject_TypeCheck(t->waiter, (PyTypeObject *)asc_dl.gathering_type)) {
+        t->wait = W_GATHER;
+    }
+}
+
+/* tp_traverse visitor: collects the bound __aexit__ methods of asyncio's lock mixin. */
+typedef struct {
+    PyObject *found[16]; /* borrowed; more nested `async with` blocks in one frame are not seen */
+    int n;
+} asc_dl_exits;
+
+static int asc_dl_visit_exit(PyObject *o, void *arg) {
+    asc_dl_exits *e = arg;
+    if (o && PyMethod_Check(o) && PyMethod_GET_FUNCTION(o) == asc_dl.aexit_func && e->n < 16)
+        e->found[e->n++] = PyMethod_GET_SELF(o);
+    return 0;
+}
+
+/* The holds of one task: every lock-like whose __aexit__ is on a stack of its chain. */
+static int asc_dl_collect_holds(asc_dl_task *t, int ti, asc_dl_hold **holds, int *nholds, int *cap) {
+    for (int d = 0; d < t->nchain; d++) {
+        asc_dl_exits e = {.n = 0};
+#if PY_VERSION_HEX >= 0x030B0000
+        /* 3.11+: the frame lives inside the coroutine, whose traverse visits its value stack. */
+        PyObject *holder = t->chain[d];
+        Py_INCREF(holder);
+#else
+        /* 3.10: the frame object's traverse visits its value stack. */
+        PyObject *holder = asc_dl_frame_of(t->chain[d]);
+        if (!holder) continue;
+#endif
+        traverseproc trav = Py_TYPE(holder)->tp_traverse;
+        if (trav) (void)trav(holder, asc_dl_visit_exit, &e);
+        Py_DECREF(holder);
+        for (int k = 0; k < e.n; k++) {
+            PyObject *ctx = e.found[k], *prim = ctx;
+            if (PyObject_TypeCheck(ctx, (PyTypeObject *)asc_dl.cond_type)) {
+                PyObject *lock = asc_dl_attr(ctx, "_lock");
+                if (!lock) continue;
+                prim = lock;
+                Py_DECREF(lock); /* the Condition keeps its lock alive */
+            }
+            if (*nholds == *cap) {
+                int ncap = *cap ? *cap * 2 : 16;
+                asc_dl_hold *p = realloc(*holds, (size_t)ncap * sizeof *p);
+                if (!p) return -1;
+                *holds = p;
+                *cap = ncap;
+            }
+            (*holds)[(*nholds)++] = (asc_dl_hold){.t = ti, .depth = d, .prim = prim, .ctx = ctx};
+        }
+    }
+    return 0;
+}
+
+/* Drop the hold an `async with` pushed before its acquire() finished, and the one a
+ * Condition.wait() released: the innermost hold of that lock by that task. */
+static void asc_dl_drop_hold(asc_dl_hold *holds, int nholds, int ti, PyObject *prim) {
+    for (int i = nholds - 1; i >= 0; i--) {
+        if (holds[i].t == ti && holds[i].prim == prim) {
+            holds[i].t = -1;
+            return;
+        }
+    }
+}
+
+/* ---- reading one loop ------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject *loop;
+    PyObject *tasks;     /* owned list */
+    asc_dl_task *t;      /* owned, n */
+    Py_ssize_t n;
+    PyObject *index;     /* owned dict: task -> its index */
+    asc_dl_hold *holds;  /* owned */
+    int nholds, capholds;
+    unsigned char *blocked;
+    int *cycle;
+    size_t ncycles;
+    aioscope_waitgraph *g;
+    int64_t now;
+} asc_dl_snap;
+
+static void asc_dl_snap_clear(asc_dl_snap *s) {
+    for (Py_ssize_t i = 0; s->t && i < s->n; i++) asc_dl_task_clear(&s->t[i]);
+    free(s->t);
+    free(s->holds);
+    free(s->blocked);
+    free(s->cycle);
+    aioscope_waitgraph_free(s->g);
+    Py_XDECREF(s->tasks);
+    Py_XDECREF(s->index);
+    memset(s, 0, sizeof *s);
+}
+
+/* The index of a task of the snapshot, or -1. */
+static int asc_dl_index_of(asc_dl_snap *s, PyObject *obj) {
+    if (!obj) return -1;
+    PyObject *v = PyDict_GetItemWithError(s->index, obj); /* borrowed */
+    if (!v) {
+        PyErr_Clear();
+        return -1;
+    }
+    return (int)PyLong_AsLong(v);
+}
+
+/* 1 when fut is done (or unreadable: treated as moving). */
+static int asc_dl_done(PyObject *fut) {
+    PyObject *r = PyObject_CallMethod(fut, "done", NULL);
+    int done = r ? PyObject_IsTrue(r) : 1;
+    Py_XDECREF(r);
+    if (done < 0) done = 1;
+    PyErr_Clear();
+    return done;
+}
+
+/* An edge from task `from` to the future f: to its task node, through a gather to the gather's
+ * pending children (the gather ends when they all have, or at the first failure: it is blocked
+ * exactly when they all are, which an EVERY node expresses when its other targets are added
+ * alongside), or else to the free node. */
+static int asc_dl_edge_to(asc_dl_snap *s, int from, PyObject *f, int flatten_gather) {
+    int to = asc_dl_index_of(s, f);
+    if (to < 0 && flatten_gather && asc_dl.gathering_type &&
+        PyObject_TypeCheck(f, (PyTypeObject *)asc_dl.gathering_type)) {
+        PyObject *children = asc_dl_attr(f, "_children");
+        PyObject *it = children ? PyObject_GetIter(children) : NULL;
+        Py_XDECREF(children);
+        PyObject *c;
+        int n = 0;
+        while (it && (c = PyIter_Next(it))) {
+            if (!asc_dl_done(c)) n += asc_dl_edge_to(s, from, c, 1);
+            Py_DECREF(c);
+        }
+        Py_XDECREF(it);
+        PyErr_Clear();
+        if (n > 0) return n;
+    }
+    (void)aioscope_waitgraph_add_edge(s->g, (size_t)from, to >= 0 ? (size_t)to : (size_t)s->n);
+    return 1;
+}
+
+/* Edges of one task to the tasks in `fs` (any iterable of futures): pending ones only; a pending
+ * future that is no task of this loop goes to the free node. Returns how many were pending. */
+static int asc_dl_edges_to(asc_dl_snap *s, int from, PyObject *fs, int flatten_gather) {
+    PyObject *it = fs ? PyObject_GetIter(fs) : NULL;
+    if (!it) {
+        PyErr_Clear();
+        return 0;
+    }
+    int pending = 0;
+    PyObject *f;
+    while ((f = PyIter_Next(it))) {
+        if (!asc_dl_done(f)) pending += asc_dl_edge_to(s, from, f, flatten_gather);
+        Py_DECREF(f);
+    }
+    PyErr_Clear();
+    Py_DECREF(it);
+    return pending;
+}
+
+/* The graph node of one task. */
+static void asc_dl_node(asc_dl_snap *s, int i) {
+    asc_dl_task *t = &s->t[i];
+    aioscope_wait_kind kind = AIOSCOPE_WAIT_EVERY;
+    int targets = 0;
+    switch (t->wait) {
+    case W_LOCK:
+    case W_SEM: {
+        PyObject *v = asc_dl_attr(t->prim, t->wait == W_LOCK ? "_locked" : "_value");
+        int taken = v && (t->wait == W_LOCK ? PyObject_IsTrue(v) == 1 : PyLong_Check(v) && PyLong_AsLong(v) <= 0);
+        Py_XDECREF(v);
+        PyErr_Clear();
+        if (!taken) break; /* released: the waiter is being woken */
+        for (int h = 0; h < s->nholds; h++) {
+            if (s->holds[h].t < 0 || s->holds[h].prim != t->prim) continue;
+            (void)aioscope_waitgraph_add_edge(s->g, (size_t)i, (size_t)s->holds[h].t);
+            targets++;
+        }
+        break;
+    }
+    case W_TASK: {
+        int to = asc_dl_index_of(s, t->waiter);
+        if (to >= 0) {
+            (void)aioscope_waitgraph_add_edge(s->g, (size_t)i, (size_t)to);
+            targets++;
+        }
+        break;
+    }
+    case W_GATHER: {
+        PyObject *children = asc_dl_attr(t->waiter, "_children");
+        targets = asc_dl_edges_to(s, i, children, 1);
+        Py_XDECREF(children);
+        break;
+    }
+    case W_TASKGROUP: {
+        PyObject *children = asc_dl_attr(t->prim, "_tasks");
+        targets = asc_dl_edges_to(s, i, children, 1);
+        Py_XDECREF(children);
+        break;
+    }
+    case W_WAIT: {
+        /* ALL_COMPLETED needs every future; the others end at the first done (or failed) one. */
+        PyObject *inner = s->t[i].chain[t->nchain - 1];
+        PyObject *when = asc_dl_local(inner, "return_when");
+        if (when && PyUnicode_Check(when) && PyUnicode_CompareWithASCIIString(when, "ALL_COMPLETED") == 0)
+            kind = AIOSCOPE_WAIT_SOME;
+        Py_XDECREF(when);
+        targets = asc_dl_edges_to(s, i, t->prim, kind == AIOSCOPE_WAIT_EVERY);
+        break;
+    }
+    case W_WAIT_FOR:
+        if (t->prim && !asc_dl_done(t->prim)) targets = asc_dl_edge_to(s, i, t->prim, 1);
+        break;
+    default: break;
+    }
+    (void)aioscope_waitgraph_set_kind(s->g, (size_t)i, targets > 0 ? kind : AIOSCOPE_WAIT_FREE);
+}
+
+/* ---- everything asleep ------------------------------------------------------------------------ */
+
+/* 1 when a handle (loop._ready or loop._scheduled) can wake nobody: cancelled, the heartbeat,
+ * or (timers only) a timeout that would only cancel its waiter. */
+static int asc_dl_handle_is_inert(PyObject *h, int is_timer) {
+    PyObject *cancelled = asc_dl_attr(h, "_cancelled");
+    int c = cancelled && PyObject_IsTrue(cancelled) == 1;
+    Py_XDECREF(cancelled);
+    if (c) return 1;
+    PyObject *cb = asc_dl_attr(h, "_callback");
+    int inert = 0;
+    if (cb && asc_loops_is_heartbeat(cb)) inert = 1;
+    else if (cb && is_timer && asc_dl.release_waiter && cb == asc_dl.release_waiter) inert = 1;
+    else if (cb && is_timer && asc_dl.on_timeout && PyMethod_Check(cb) &&
+             PyMethod_GET_FUNCTION(cb) == asc_dl.on_timeout)
+        inert = 1;
+    Py_XDECREF(cb);
+    PyErr_Clear();
+    return inert;
+}
+
+/* 1 when every handle of a sequence attribute of the loop is inert; 0 otherwise or unreadable. */
+static int asc_dl_all_inert(PyObject *loop, const char *attr, int is_timer) {
+    PyObject *seq = asc_dl_attr(loop, attr);
+    PyObject *it = seq ? PyObject_GetIter(seq) : NULL;
+    Py_XDECREF(seq);
+    if (!it) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = 1;
+    PyObject *h;
+    while (ok && (h = PyIter_Next(it))) {
+        ok = asc_dl_handle_is_inert(h, is_timer);
+        Py_DECREF(h);
+    }
+    if (PyErr_Occurred()) ok = 0;
+    PyErr_Clear();
+    Py_DECREF(it);
+    return ok;
+}
+
+/* 1 when no file descriptor but the loop's self-pipe is registered, and no signal handler. */
+static int asc_dl_no_fds(PyObject *loop) {
+    PyObject *handlers = asc_dl_attr(loop, "_signal_handlers");
+    Py_ssize_t nh = handlers && PyDict_Check(handlers) ? PyDict_Size(handlers) : 0;
+    Py_XDECREF(handlers);
+    if (nh > 0) return 0;
+    PyObject *sel = asc_dl_attr(loop, "_selector");
+    PyObject *map = sel ? PyObject_CallMethod(sel, "get_map", NULL) : NULL;
+    Py_XDECREF(sel);
+    PyObject *ssock = asc_dl_attr(loop, "_ssock");
+    PyObject *sfd = ssock ? PyObject_CallMethod(ssock, "fileno", NULL) : NULL;
+    Py_XDECREF(ssock);
+    long self_fd = sfd ? PyLong_AsLong(sfd) : -1;
+    Py_XDECREF(sfd);
+    PyObject *keys = map ? PyMapping_Keys(map) : NULL; /* the registered fds */
+    Py_XDECREF(map);
+    int ok = keys != NULL;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(keys); i++) {
+        long fd = PyLong_AsLong(PyList_GET_ITEM(keys, i));
+        if (fd != self_fd) ok = 0;
+    }
+    Py_XDECREF(keys);
+    PyErr_Clear();
+    return ok;
+}
+
+/* 1 when no other Python thread can call into the loop: every other live thread is an idle
+ * worker of a concurrent.futures.ThreadPoolExecutor (its innermost frame is _worker, blocked in
+ * work_queue.get(), and the queue is empty). Anything else might call call_soon_threadsafe. */
+static int asc_dl_no_threads(void) {
+    PyObject *mods = PyImport_GetModuleDict(); /* borrowed */
+    PyObject *th = PyDict_GetItemString(mods, "threading"); /* borrowed */
+    if (!th) return 1; /* threading never imported: no thread was started through it */
+    PyObject *threads = PyObject_CallMethod(th, "enumerate", NULL);
+    PyObject *me = PyObject_CallMethod(th, "current_thread", NULL);
+    PyObject *cf = PyDict_GetItemString(mods, "concurrent.futures.thread"); /* borrowed */
+    PyObject *worker = cf ? asc_dl_attr(cf, "_worker") : NULL;
+    PyObject *frames = NULL;
+    int ok = threads && me && PyList_Check(threads);
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(threads); i++) {
+        PyObject *t = PyList_GET_ITEM(threads, i);
+        if (t == me) continue;
+        PyObject *alive = PyObject_CallMethod(t, "is_alive", NULL);
+        int is_alive = !alive || PyObject_IsTrue(alive) != 0;
+        Py_XDECREF(alive);
+        if (!is_alive) continue;
+        ok = 0;
+        PyObject *target = worker ? asc_dl_attr(t, "_target") : NULL;
+        if (target && target == worker) {
+            if (!frames) {
+                PyObject *cur = PySys_GetObject("_current_frames"); /* borrowed */
+                frames = cur ? PyObject_CallObject(cur, NULL) : NULL;
+            }
+            PyObject *ident = asc_dl_attr(t, "ident");
+            PyObject *f = frames && ident ? PyDict_GetItemWithError(frames, ident) : NULL;
+            PyObject *code = f ? (PyObject *)PyFrame_GetCode((PyFrameObject *)f) : NULL;
+            PyObject *wcode = asc_dl_attr(worker, "__code__");
+            PyObject *args = asc_dl_attr(t, "_args");
+            PyObject *q = args && PyTuple_Check(args) && PyTuple_GET_SIZE(args) > 1 ? PyTuple_GET_ITEM(args, 1) : NULL;
+            PyObject *empty = q ? PyObject_CallMethod(q, "empty", NULL) : NULL;
+            ok = code && code == wcode && empty && PyObject_IsTrue(empty) == 1;
+            Py_XDECREF(empty);
+            Py_XDECREF(args);
+            Py_XDECREF(wcode);
+            Py_XDECREF(code);
+            Py_XDECREF(ident);
+        }
+        Py_XDECREF(target);
+    }
+    Py_XDECREF(frames);
+    Py_XDECREF(worker);
+    Py_XDECREF(me);
+    Py_XDECREF(threads);
+    PyErr_Clear();
+    return ok;
+}
+
+/* 1 when every task of the snapshot waits and nothing but a timeout can ever wake one. */
+static int asc_dl_loop_asleep(asc_dl_snap *s) {
+    if (s->n == 0) return 0;
+    for (Py_ssize_t i = 0; i < s->n; i++)
+        if (!s->t[i].stable) return 0;
+    /* Only a selector loop shows its ready queue, timers and selector (not uvloop). */
+    return asc_dl_all_inert(s->loop, "_ready", 0) && asc_dl_all_inert(s->loop, "_scheduled", 1) &&
+           asc_dl_no_fds(s->loop) && asc_dl_no_threads();
+}
+
+/* ---- findings --------------------------------------------------------------------------------- */
+
+static long long asc_dl_task_id(PyObject *task, char *name, size_t nname) {
+    PyObject *n = PyObject_CallMethod(task, "get_name", NULL);
+    const char *s = n && PyUnicode_Check(n) ? PyUnicode_AsUTF8(n) : NULL;
+    PyErr_Clear();
+    snprintf(name, nname, "%s", s ? s : "Task");
+    Py_XDECREF(n);
+    /* The same ids as loops.c: the number of asyncio's default name, else the address. */
+    if (strncmp(name, "Task-", 5) == 0 && name[5] >= '0' && name[5] <= '9') return atoll(name + 5);
+    return (long long)(uintptr_t)task;
+}
+
+/* "file:line" of a location, with the file's last component only (for human text). */
+static void asc_dl_short_loc(const aioscope_location *l, char *buf, size_t n) {
+    const char *f = l->file ? strrchr(l->file, '/') : NULL;
+    snprintf(buf, n, "%s:%d", f ? f + 1 : l->file ? l->file : "?", l->line);
+}
+
+/* The instruction offset of the `async with` that took prim in a holder's frame: the
+ * BEFORE_ASYNC_WITH before the frame's current instruction whose context expression (a local,
+ * a global, or one attribute of either) is ctx; else the last BEFORE_ASYNC_WITH before it;
+ * else the current instruction. */
+static int asc_dl_acquire_offset(PyObject *coro, PyObject *ctx, PyObject **code_out) {
+    *code_out = NULL;
+    PyObject *f = asc_dl_frame_of(coro);
+    if (!f) return -1;
+    PyObject *code = (PyObject *)PyFrame_GetCode((PyFrameObject *)f);
+    /* f_lasti is in bytes on every version, as dis offsets are. */
+    PyObject *lasti_obj = asc_dl_attr(f, "f_lasti");
+    int lasti = lasti_obj ? (int)PyLong_AsLong(lasti_obj) : -1;
+    Py_XDECREF(lasti_obj);
+    PyObject *locals = asc_dl_attr(f, "f_locals");
+    PyObject *globals = asc_dl_attr(f, "f_globals");
+    Py_DECREF(f);
+    PyObject *instrs = asc_dl.dis_get_instructions
+                           ? PyObject_CallOneArg(asc_dl.dis_get_instructions, code) : NULL;
+    PyObject *it = instrs ? PyObject_GetIter(instrs) : NULL;
+    int best = -1, last = -1;
+    PyObject *prev[2] = {NULL, NULL}; /* the two instructions before the current one */
+    PyObject *ins;
+    while (it && (ins = PyIter_Next(it))) {
+        PyObject *off = asc_dl_attr(ins, "offset"), *op = asc_dl_attr(ins, "opname");
+        int o = off ? (int)PyLong_AsLong(off) : -1;
+        Py_XDECREF(off);
+        if (o >= lasti || !op) {
+            Py_XDECREF(op);
+            Py_DECREF(ins);
+            break;
+        }
+        if (PyUnicode_CompareWithASCIIString(op, "BEFORE_ASYNC_WITH") == 0) {
+            last = o;
+            /* Evaluate the context expression: LOAD_x name, or LOAD_x name; LOAD_ATTR name. */
+            PyObject *val = NULL;
+            PyObject *last_op = prev[1] ? asc_dl_attr(prev[1], "opname") : NULL;
+            int with_attr = last_op && PyUnicode_Check(last_op) &&
+                            PyUnicode_CompareWithASCIIString(last_op, "LOAD_ATTR") == 0;
+            Py_XDECREF(last_op);
+            for (int k = with_attr ? 0 : 1; k < 2 && prev[k]; k++) {
+                PyObject *pop = asc_dl_attr(prev[k], "opname"), *arg = asc_dl_attr(prev[k], "argval");
+                const char *ops = pop && PyUnicode_Check(pop) ? PyUnicode_AsUTF8(pop) : "";
+                PyObject *next = NULL;
+                if (arg && PyUnicode_Check(arg)) {
+                    if (!val && strncmp(ops, "LOAD_FAST", 9) == 0 && locals) next = PyObject_GetItem(locals, arg);
+                    else if (!val && (strcmp(ops, "LOAD_DEREF") == 0 || strcmp(ops, "LOAD_NAME") == 0) && locals)
+                        next = PyObject_GetItem(locals, arg);
+                    else if (!val && strcmp(ops, "LOAD_GLOBAL") == 0 && globals) next = PyObject_GetItem(globals, arg);
+                    else if (val && strcmp(ops, "LOAD_ATTR") == 0) {
+                        /* Only the instance dict: a property would run the program's code. */
+                        PyObject *d = asc_dl_attr(val, "__dict__");
+                        next = d && PyDict_Check(d) ? PyDict_GetItemWithError(d, arg) : NULL;
+                        Py_XINCREF(next);
+                        Py_XDECREF(d);
+                    }
+                }
+                PyErr_Clear();
+                Py_XDECREF(pop);
+                Py_XDECREF(arg);
+                Py_XSETREF(val, next);
+                if (!val) break;
+            }
+            if (val == ctx) best = o;
+            Py_XDECREF(val);
+        }
+        Py_DECREF(op);
+        Py_XSETREF(prev[0], prev[1]);
+        prev[1] = ins;
+    }
+    Py_XDECREF(prev[0]);
+    Py_XDECREF(prev[1]);
+    Py_XDECREF(it);
+    Py_XDECREF(instrs);
+    Py_XDECREF(locals);
+    Py_XDECREF(globals);
+    PyErr_Clear();
+    *code_out = code; /* owned */
+    return best >= 0 ? best : last >= 0 ? last : lasti;
+}
+
+/* Text for who holds prim: "Task-3 (acquired at app.py:12), Task-4 (...)"; malloc'd. */
+static char *asc_dl_holders_text(asc_dl_snap *s, PyObject *prim) {
+    size_t cap = 256, len = 0;
+    char *out = malloc(cap);
+    if (!out) return NULL;
+    out[0] = '\0';
+    for (int h = 0; h < s->nholds; h++) {
+        asc_dl_hold *hd = &s->holds[h];
+        if (hd->t < 0 || hd->prim != prim) continue;
+        char name[128], where[300] = "";
+        (void)asc_dl_task_id(s->t[hd->t].task, name, sizeof name);
+        asc_codeloc cl = {NULL, 0};
+        cl.lasti = asc_dl_acquire_offset(s->t[hd->t].chain[hd->depth], hd->ctx, &cl.code);
+        aioscope_location loc = {0};
+        if (cl.code && cl.lasti >= 0 && asc_codeloc_to_location(&cl, &loc) == 0 && loc.file) {
+            char sl[256];
+            asc_dl_short_loc(&loc, sl, sizeof sl);
+            snprintf(where, sizeof where, " (acquired at %s)", sl);
+        }
+        PyErr_Clear();
+        aioscope_location_clear(&loc);
+        asc_codeloc_clear(&cl);
+        size_t need = len + strlen(name) + strlen(where) + 3;
+        if (need > cap) {
+            char *p = realloc(out, need * 2);
+            if (!p) break;
+            out = p;
+            cap = need * 2;
+        }
+        len += (size_t)snprintf(out + len, cap - len, "%s%s%s", len ? ", " : "", name, where);
+    }
+    return out;
+}
+
+/* Names of the tasks among the futures in fs: "Task-3, Task-4"; malloc'd. */
+static char *asc_dl_names_of(PyObject *fs) {
+    char buf[512] = "";
+    size_t len = 0;
+    PyObject *it = fs ? PyObject_GetIter(fs) : NULL;
+    PyObject *f;
+    while (it && (f = PyIter_Next(it))) {
+        char name[128] = "a future";
+        if (PyObject_TypeCheck(f, (PyTypeObject *)asc_dl.task_type)) (void)asc_dl_task_id(f, name, sizeof name);
+        if (!asc_dl_done(f) && len < sizeof buf - 1)
+            len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s", len ? ", " : "", name);
+        Py_DECREF(f);
+        if (len >= sizeof buf - 1) break;
+    }
+    Py_XDECREF(it);
+    PyErr_Clear();
+    return strdup(buf);
+}
+
+/* 1 when nothing but the waiting task (its coroutines and frames) refers to the future. */
+static int asc_dl_future_orphan(asc_dl_task *t) {
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *refs = gc ? PyObject_CallMethod(gc, "get_referrers", "O", t->waiter) : NULL;
+    Py_XDECREF(gc);
+    int orphan = refs && PyList_Check(refs);
+    for (Py_ssize_t i = 0; orphan && i < PyList_GET_SIZE(refs); i++) {
+        PyObject *r = PyList_GET_ITEM(refs, i);
+        if (r == t->task) continue;
+        int ours = 0;
+        for (int d = 0; d < t->nchain && !ours; d++) {
+            PyObject *fr = asc_dl_frame_of(t->chain[d]);
+            ours = r == t->chain[d] || (fr && r == fr);
+            Py_XDECREF(fr);
+        }
+        /* The awaiting iterator (FutureIter) of `await fut` holds it too. */
+        if (!ours && strstr(Py_TYPE(r)->tp_name, "FutureIter")) ours = 1;
+        if (!ours) orphan = 0;
+    }
+    Py_XDECREF(refs);
+    PyErr_Clear();
+    return orphan;
+}
+
+static const char *asc_dl_tname(PyObject *o) { return o ? Py_TYPE(o)->tp_name : "?"; }
+
+/* What task i waits on, as human text; malloc'd. */
+static char *asc_dl_describe(asc_dl_snap *s, int i) {
+    asc_dl_task *t = &s->t[i];
+    char buf[1024];
+    char *list = NULL;
+    switch (t->wait) {
+    case W_LOCK:
+    case W_SEM:
+        list = asc_dl_holders_text(s, t->prim);
+        snprintf(buf, sizeof buf, "asyncio.%s %s%s", asc_dl_tname(t->prim),
+                 list && *list ? "held by " : "whose holder is unknown (acquired without `async with`)",
+                 list ? list : "");
+        break;
+    case W_COND: snprintf(buf, sizeof buf, "asyncio.Condition.wait() (no notify can come)"); break;
+    case W_EVENT: snprintf(buf, sizeof buf, "asyncio.Event.wait() (the Event is never set)"); break;
+    case W_QGET: snprintf(buf, sizeof buf, "%s.get() on an empty queue (no producer left)", asc_dl_tname(t->prim)); break;
+    case W_QPUT: snprintf(buf, sizeof buf, "%s.put() on a full queue (no consumer left)", asc_dl_tname(t->prim)); break;
+    case W_QJOIN: snprintf(buf, sizeof buf, "%s.join() (unfinished items)", asc_dl_tname(t->prim)); break;
+    case W_SLEEP: snprintf(buf, sizeof buf, "asyncio.sleep()"); break;
+    case W_SERVE: snprintf(buf, sizeof buf, "Server.serve_forever()"); break;
+    case W_TASK: {
+        char name[128];
+        (void)asc_dl_task_id(t->waiter, name, sizeof name);
+        snprintf(buf, sizeof buf, "%s (awaited directly)", name);
+        break;
+    }
+    case W_GATHER: {
+        PyObject *ch = asc_dl_attr(t->waiter, "_children");
+        list = asc_dl_names_of(ch);
+        Py_XDECREF(ch);
+        snprintf(buf, sizeof buf, "gather() of %s", list ? list : "?");
+        break;
+    }
+    case W_TASKGROUP: {
+        PyObject *ch = asc_dl_attr(t->prim, "_tasks");
+        list = asc_dl_names_of(ch);
+        Py_XDECREF(ch);
+        snprintf(buf, sizeof buf, "TaskGroup children %s", list ? list : "?");
+        break;
+    }
+    case W_WAIT:
+        list = asc_dl_names_of(t->prim);
+        snprintf(buf, sizeof buf, "asyncio.wait() on %s", list ? list : "?");
+        break;
+    case W_WAIT_FOR: {
+        char name[128] = "a future";
+        if (t->prim && PyObject_TypeCheck(t->prim, (PyTypeObject *)asc_dl.task_type)) {
+            (void)asc_dl_task_id(t->prim, name, sizeof name);
+        } else if (t->prim && asc_dl.gathering_type &&
+                   PyObject_TypeCheck(t->prim, (PyTypeObject *)asc_dl.gathering_type)) {
+            PyObject *ch = asc_dl_attr(t->prim, "_children");
+            list = asc_dl_names_of(ch);
+            Py_XDECREF(ch);
+            snprintf(name, sizeof name, "gather() of %s", list ? list : "?");
+        }
+        snprintf(buf, sizeof buf, "wait_for() on %s", name);
+        break;
+    }
+    default:
+        snprintf(buf, sizeof buf, "%s", asc_dl_future_orphan(t) ? "a Future that nothing else references"
+                                                                   : "a Future that nothing completes");
+        break;
+    }
+    free(list);
+    return strdup(buf);
+}
+
+/* Flush the program's own streams, so that our lines on stderr come after what it printed. */
+static void asc_dl_flush_std(void) {
+    const char *names[] = {"stdout", "stderr"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *s = PySys_GetObject(names[i]); /* borrowed */
+        if (s && s != Py_None) {
+            PyObject *r = PyObject_CallMethod(s, "flush", NULL);
+            Py_XDECREF(r);
+        }
+        PyErr_Clear();
+    }
+}
+
+/* Build, print and emit one deadlock finding over the tasks in members (n of them). */
+static void asc_dl_report(asc_dl_snap *s, const int *members, int n, const char *message) {
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    f.kind = strdup("deadlock");
+    f.severity = AIOSCOPE_SEV_ERROR;
+    f.message = strdup(message);
+    f.count = 1;
+    f.tasks = calloc((size_t)n, sizeof *f.tasks);
+    if (!f.kind || !f.message || !f.tasks) {
+        aioscope_finding_clear(&f);
+        return;
+    }
+    f.ntasks = (size_t)n;
+    for (int k = 0; k < n; k++) {
+        asc_dl_task *t = &s->t[members[k]];
+        aioscope_participant *p = &f.tasks[k];
+        char name[128];
+        p->id = asc_dl_task_id(t->task, name, sizeof name);
+        p->name = strdup(name);
+        p->waiting_on = asc_dl_describe(s, members[k]);
+        aioscope_finding where;
+        aioscope_finding_init(&where);
+        if (t->nchain > 0 && asc_fill_from_coro(&where, t->chain[0]) < 0) PyErr_Clear();
+        (void)aioscope_location_set(&p->site, where.site.file, where.site.line, where.site.function);
+        if (asc_tasks_created_at(t->task, &p->created_at) < 0) PyErr_Clear();
+        if (k == 0) {
+            /* The finding's own site, stack and task are the first participant's. */
+            f.site = where.site;
+            memset(&where.site, 0, sizeof where.site);
+            f.stack = where.stack;
+            f.nstack = where.nstack;
+            where.stack = NULL;
+            where.nstack = 0;
+            f.has_task = 1;
+            f.task_id = p->id;
+            f.task_name = strdup(name);
+            (void)aioscope_location_set(&f.created_at, p->created_at.file, p->created_at.line,
+                                        p->created_at.function);
+        }
+        aioscope_finding_clear(&where);
+    }
+    /* At once on stderr: the program may never end, and then there is no report at exit. */
+    asc_dl_flush_std();
+    fprintf(stderr, "aioscope: deadlock: %s\n", message);
+    for (size_t k = 0; k < f.ntasks && k < ASC_DL_PRINT_MAX; k++) {
+        aioscope_participant *p = &f.tasks[k];
+        char sl[256];
+        asc_dl_short_loc(&p->site, sl, sizeof sl);
+        fprintf(stderr, "  %s at %s in %s: waits on %s\n", p->name ? p->name : "?", sl,
+                p->site.function ? p->site.function : "?", p->waiting_on ? p->waiting_on : "?");
+    }
+    if (f.ntasks > ASC_DL_PRINT_MAX) fprintf(stderr, "  ... and %zu more\n", f.ntasks - ASC_DL_PRINT_MAX);
+    fflush(stderr);
+    asc_emit(&f);
+    if (asc_dl.exit_on_deadlock) {
+        fprintf(stderr, "aioscope: ending the program on deadlock (--on-deadlock exit)\n");
+        fflush(stderr);
+        _exit(ASC_DL_EXIT_STATUS);
+    }
+}
+
+/* ---- the check -------------------------------------------------------------------------------- */
+
+/* The object a weak reference points to (borrowed), or NULL when it died. */
+static PyObject *asc_dl_weak_target(PyObject *ref) {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *o = NULL;
+    if (PyWeakref_GetRef(ref, &o) < 0) PyErr_Clear();
+    Py_XDECREF(o); /* borrowed: the caller only compares it with a live object */
+    return o;
+#else
+    PyObject *o = PyWeakref_GetObject(ref);
+    return o == Py_None ? NULL : o;
+#endif
+}
+
+/* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
+ * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
+ * the loop cannot be checked now. */
+static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
+    PyObject *all = PyObject_CallOneArg(asc_dl.all_tasks, s->loop);
+    s->tasks = all ? PySequence_List(all) : NULL;
+    Py_XDECREF(all);
+    if (!s->tasks) return -1;
+    s->n = PyList_GET_SIZE(s->tasks);
+    if (s->n > ASC_DL_MAX_TASKS) return -1;
+    s->t = calloc((size_t)s->n + 1, sizeof *s->t);
+    s->index = PyDict_New();
+    PyObject *seen = PyDict_New();
+    if (!s->t || !s->index || !seen) {
+        Py_XDECREF(seen);
+        return -1;
+    }
+    int any_lock_wait = 0;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        asc_dl_task *t = &s->t[i];
+        t->task = PyList_GET_ITEM(s->tasks, i);
+        PyObject *idx = PyLong_FromSsize_t(i);
+        if (!idx || PyDict_SetItem(s->index, t->task, idx) < 0) {
+            Py_XDECREF(idx);
+            Py_DECREF(seen);
+            return -1;
+        }
+        Py_DECREF(idx);
+        t->waiter = asc_dl_attr(t->task, "_fut_waiter");
+        if (t->waiter == Py_None || (t->waiter && asc_dl_done(t->waiter))) Py_CLEAR(t->waiter);
+        if (!t->waiter) continue; /* runnable, or being woken */
+        /* Stable: the same waiter object as at the previous check, so the task ran no step in
+         * between (each step that suspends again does so on a new future). The waiter is kept
+         * as a weak reference: an id could be reused by the next future at the same address. */
+        PyObject *key = PyLong_FromVoidPtr(t->task);
+        PyObject *old = key ? PyDict_GetItemWithError(slot->seen, key) : NULL; /* borrowed */
+        PyErr_Clear();
+        long long since = s->now, reported = 0;
+        PyObject *wref = NULL;
+        if (old && PyTuple_Check(old) && PyTuple_GET_SIZE(old) == 3 &&
+            PyWeakref_CheckRef(PyTuple_GET_ITEM(old, 0)) &&
+            asc_dl_weak_target(PyTuple_GET_ITEM(old, 0)) == t->waiter) {
+            t->stable = 1;
+            wref = PyTuple_GET_ITEM(old, 0);
+            Py_INCREF(wref);
+            since = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 1));
+            reported = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 2));
+        } else {
+            wref = PyWeakref_NewRef(t->waiter, NULL);
+        }
+        t->since_ns = since;
+        PyObject *val = wref ? Py_BuildValue("(NLL)", wref, since, reported) : NULL;
+        if (key && val) (void)PyDict_SetItem(seen, key, val);
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        PyErr_Clear();
+        if (!t->stable) continue;
+        asc_dl_walk_chain(t);
+        asc_dl_classify(t);
+        if (t->wait == W_LOCK || t->wait == W_SEM) any_lock_wait = 1;
+    }
+    Py_SETREF(slot->seen, seen);
+    /* Holders matter only to a waiter of a lock; a holder that is not stable is moving and so
+     * free whatever it holds. */
+    for (Py_ssize_t i = 0; any_lock_wait && i < s->n; i++)
+        if (s->t[i].stable && asc_dl_collect_holds(&s->t[i], (int)i, &s->holds, &s->nholds, &s->capholds) < 0)
+            return -1;
+    for (Py_ssize_t i = 0; any_lock_wait && i < s->n; i++) {
+        asc_dl_task *t = &s->t[i];
+        if (!t->stable || !t->prim) continue;
+        if (t->wait == W_LOCK || t->wait == W_SEM) {
+            asc_dl_drop_hold(s->holds, s->nholds, (int)i, t->prim);
+        } else if (t->wait == W_COND) {
+            PyObject *lock = asc_dl_attr(t->prim, "_lock");
+            if (lock) asc_dl_drop_hold(s->holds, s->nholds, (int)i, lock);
+            Py_XDECREF(lock);
+        }
+    }
+    return 0;
+}
+
+/* The key naming a deadlock among a set of tasks: the kind and their addresses, sorted, so the
+ * same tasks found again are the same deadlock. New reference. */
+static int asc_dl_cmp_ptr(const void *a, const void *b) {
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static PyObject *asc_dl_key(asc_dl_snap *s, const char *kind, const int *members, int n) {
+    uintptr_t *ptrs = malloc(((size_t)n + 1) * sizeof *ptrs);
+    char *buf = malloc((size_t)n * 20 + 32);
+    PyObject *key = NULL;
+    if (ptrs && buf) {
+        for (int k = 0; k < n; k++) ptrs[k] = (uintptr_t)s->t[members[k]].task;
+        qsort(ptrs, (size_t)n, sizeof *ptrs, asc_dl_cmp_ptr);
+        size_t len = (size_t)sprintf(buf, "%s", kind);
+        for (int k = 0; k < n; k++) len += (size_t)sprintf(buf + len, ":%lx", (unsigned long)ptrs[k]);
+        key = PyUnicode_FromString(buf);
+    }
+    free(ptrs);
+    free(buf);
+    return key;
+}
+
+/* Count a candidate deadlock as seen now; 1 when it has been seen long enough and was not
+ * reported yet (it is then marked reported). Seen-time adds up over checks, so a deadlock that a
+ * timeout breaks now and then (and the program re-forms) still gets reported. */
+static int asc_dl_due(asc_dl_slot *slot, PyObject *key, PyObject *candidates_now, int64_t now, int64_t period,
+                      int64_t formed) {
+    if (!key) return 0;
+    if (PySet_Contains(slot->reported, key) == 1) return 0;
+    PyObject *old = PyDict_GetItemWithError(slot->candidates, key); /* borrowed */
+    double seen_s = 0;
+    if (old && PyList_Check(old) && PyList_GET_SIZE(old) == 2) {
+        seen_s = PyFloat_AsDouble(PyList_GET_ITEM(old, 0));
+        int64_t last = PyLong_AsLongLong(PyList_GET_ITEM(old, 1));
+        /* Consecutive sightings add the time between them; after a gap, only this check. */
+        int64_t gap = now - last;
+        seen_s += gap <= 2 * period + ASC_DL_PERIOD_NS ? (double)gap / 1e9 : 0.0;
+    } else {
+        /* First sighting: its tasks have not moved since `formed` (the first check that saw
+         * their current waits), which counts — but at least one more check must confirm it. */
+        double stalled = (double)(now - formed) / 1e9, cap = asc_dl.after_s - (double)period / 1e9;
+        seen_s = stalled < cap ? stalled : cap > 0 ? cap : 0;
+    }
+    PyErr_Clear();
+    PyObject *val = Py_BuildValue("[dL]", seen_s, (long long)now);
+    if (val) (void)PyDict_SetItem(candidates_now, key, val);
+    Py_XDECREF(val);
+    PyErr_Clear();
+    if (seen_s + 1e-9 < asc_dl.after_s) return 0;
+    (void)PySet_Add(slot->reported, key);
+    PyErr_Clear();
+    return 1;
+}
+
+/* Sort members by task id (creation order for asyncio's default names), for a stable report. */
+static void asc_dl_sort_by_id(asc_dl_snap *s, int *members, int n) {
+    char name[128];
+    for (int a = 1; a < n; a++) /* insertion sort: a cycle has a few tasks */
+        for (int b = a; b > 0 && asc_dl_task_id(s->t[members[b]].task, name, sizeof name) <
+                                     asc_dl_task_id(s->t[members[b - 1]].task, name, sizeof name); b--) {
+            int tmp = members[b];
+            members[b] = members[b - 1];
+            members[b - 1] = tmp;
+        }
+}
+
+/* The latest moment one of the members started its current wait (as first seen). */
+static int64_t asc_dl_formed(asc_dl_snap *s, const int *members, int n) {
+    int64_t formed = 0;
+    for (int k = 0; k < n; k++)
+        if (s->t[members[k]].since_ns > formed) formed = s->t[members[k]].since_ns;
+    return formed;
+}
+
+/* Order a cycle's members along its edges, starting from the first: a waits on b waits on ... */
+static void asc_dl_order_cycle(asc_dl_snap *s, int *members, int n) {
+    for (int k = 0; k + 1 < n; k++) {
+        asc_dl_task *t = &s->t[members[k]];
+        /* The next member is one that members[k] waits on: recompute from the description's
+         * source, the holds and the waiter. */
+        for (int j = k + 1; j < n; j++) {
+            asc_dl_task *u = &s->t[members[j]];
+            int waits = t->waiter == u->task || t->prim == u->task;
+            for (int h = 0; !waits && h < s->nholds; h++)
+                waits = s->holds[h].t == members[j] && t->prim && s->holds[h].prim == t->prim;
+            if (waits) {
+                int tmp = members[k + 1];
+                members[k + 1] = members[j];
+                members[j] = tmp;
+                break;
+            }
+        }
+    }
+}
+
+static void asc_dl_check(asc_dl_slot *slot, PyObject *loop, int64_t now, int64_t period) {
+    asc_dl_snap s;
+    memset(&s, 0, sizeof s);
+    s.loop = loop;
+    s.now = now;
+    int *members = NULL;
+    PyObject *candidates_now = NULL;
+    if (asc_dl_take(&s, slot) < 0) goto done;
+    size_t n1 = (size_t)s.n + 1; /* the tasks, then one free node for what is no task of ours */
+    s.g = aioscope_waitgraph_new(n1);
+    s.blocked = calloc(n1, 1);
+    s.cycle = calloc(n1, sizeof *s.cycle);
+    members = malloc(n1 * sizeof *members);
+    candidates_now = PyDict_New();
+    if (!s.g || !s.blocked || !s.cycle || !members || !candidates_now) goto done;
+    for (Py_ssize_t i = 0; i < s.n; i++)
+        if (s.t[i].stable) asc_dl_node(&s, (int)i);
+    if (aioscope_waitgraph_solve(s.g, s.blocked) < 0 ||
+        aioscope_waitgraph_cycles(s.g, s.blocked, s.cycle, &s.ncycles) < 0)
+        goto done;
+
+    /* Cycles: each is a deadlock now, whatever else runs. */
+    for (size_t c = 1; c <= s.ncycles; c++) {
+        int n = 0;
+        for (Py_ssize_t i = 0; i < s.n; i++)
+            if (s.cycle[i] == (int)c) members[n++] = (int)i;
+        PyObject *key = asc_dl_key(&s, "cycle", members, n);
+        if (asc_dl_due(slot, key, candidates_now, now, period, asc_dl_formed(&s, members, n))) {
+            asc_dl_sort_by_id(&s, members, n);
+            asc_dl_order_cycle(&s, members, n);
+            char msg[256];
+            snprintf(msg, sizeof msg, "%d task%s wait on each other in a cycle and can never go on", n,
+                     n == 1 ? "" : "s");
+            asc_dl_report(&s, members, n, msg);
+        }
+        Py_XDECREF(key);
+    }
+
+    /* Everything asleep: the waiting tasks the cycles do not explain, waits on other tasks
+     * last (the leaves are where the bug is). */
+    if (asc_dl_loop_asleep(&s)) {
+        int n = 0;
+        for (int pass = 0; pass < 2; pass++)
+            for (Py_ssize_t i = 0; i < s.n; i++) {
+                asc_wait w = s.t[i].wait;
+                int on_tasks = w == W_TASK || w == W_GATHER || w == W_WAIT || w == W_WAIT_FOR || w == W_TASKGROUP;
+                if (!s.blocked[i] && on_tasks == pass) members[n++] = (int)i;
+            }
+        PyObject *key = n > 0 ? asc_dl_key(&s, "asleep", members, n) : NULL;
+        if (asc_dl_due(slot, key, candidates_now, now, period, asc_dl_formed(&s, members, n))) {
+            char msg[320];
+            snprintf(msg, sizeof msg,
+                     "every task of the event loop is waiting and nothing can wake %s (no ready "
+                     "callback, no timer but timeouts, no I/O, no thread): %d task%s wait%s forever",
+                     n == 1 ? "it" : "them", n, n == 1 ? "" : "s", n == 1 ? "s" : "");
+            asc_dl_report(&s, members, n, msg);
+        }
+        Py_XDECREF(key);
+        for (Py_ssize_t i = 0; i < s.n; i++) s.blocked[i] = 1; /* none of them is merely stuck */
+    }
+
+    /* stuck-task: long waits on something other than tasks, sleeps and servers. */
+    for (Py_ssize_t i = 0; i < s.n; i++) {
+        asc_dl_task *t = &s.t[i];
+        if (!t->stable || s.blocked[i] || (double)(now - t->since_ns) / 1e9 < asc_cfg.stuck_after_s) continue;
+        asc_wait w = t->wait;
+        if (w == W_SLEEP || w == W_SERVE || w == W_TASK || w == W_GATHER || w == W_WAIT ||
+            w == W_WAIT_FOR || w == W_TASKGROUP)
+            continue;
+        PyObject *key = PyLong_FromVoidPtr(t->task);
+        PyObject *old = key ? PyDict_GetItemWithError(slot->seen, key) : NULL; /* borrowed */
+        if (old && PyTuple_Check(old) && PyLong_AsLongLong(PyTuple_GET_ITEM(old, 2)) == 0) {
+            PyObject *val = Py_BuildValue("(OLL)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns, 1LL);
+            if (val) (void)PyDict_SetItem(slot->seen, key, val);
+            Py_XDECREF(val);
+            aioscope_finding f;
+            aioscope_finding_init(&f);
+            char name[128], msg[1200];
+            char *what = asc_dl_describe(&s, (int)i);
+            f.kind = strdup("stuck-task");
+            f.severity = AIOSCOPE_SEV_INFO;
+            f.has_task = 1;
+            f.task_id = asc_dl_task_id(t->task, name, sizeof name);
+            f.task_name = strdup(name);
+            f.count = 1;
+            f.duration_s = f.max_duration_s = (double)(now - t->since_ns) / 1e9;
+            snprintf(msg, sizeof msg, "%s made no progress for %.1f s: it waits on %s", name,
+                     f.duration_s, what ? what : "?");
+            f.message = strdup(msg);
+            free(what);
+            if (asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
+            if (asc_tasks_created_at(t->task, &f.created_at) < 0) PyErr_Clear();
+            asc_emit(&f);
+        }
+        Py_XDECREF(key);
+        PyErr_Clear();
+    }
+
+done:
+    /* Candidates not seen now are kept for a while (a timeout may have broken the deadlock for
+     * a moment), then forgotten. */
+    if (candidates_now) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(slot->candidates, &pos, &k, &v)) {
+            if (PyDict_Contains(candidates_now, k) == 1 || !PyList_Check(v)) continue;
+            if (now - PyLong_AsLongLong(PyList_GET_ITEM(v, 1)) < ASC_DL_FORGET_NS)
+                (void)PyDict_SetItem(candidates_now, k, v);
+        }
+        Py_SETREF(slot->candidates, candidates_now);
+    }
+    PyErr_Clear();
+    free(members);
+    asc_dl_snap_clear(&s);
+}
+
+/* ---- per loop state, the heartbeat entry, init -------------------------------------------------- */
+
+/* The loop a slot's weakref points to (borrowed, may be NULL when dead). */
+static PyObject *asc_dl_slot_loop(asc_dl_slot *slot) {
+    return slot->loop_ref ? asc_dl_weak_target(slot->loop_ref) : NULL;
+}
+
+static asc_dl_slot *asc_dl_slot_for(PyObject *loop) {
+    asc_dl_slot *free_slot = NULL;
+    for (int i = 0; i < ASC_DL_MAX_LOOPS; i++) {
+        asc_dl_slot *slot = &asc_dl.slots[i];
+        PyObject *l = asc_dl_slot_loop(slot);
+        if (l == loop) return slot;
+        if (!l && !free_slot) free_slot = slot;
+    }
+    if (!free_slot) return NULL;
+    asc_dl_slot *slot = free_slot;
+    Py_CLEAR(slot->loop_ref);
+    Py_CLEAR(slot->seen);
+    Py_CLEAR(slot->candidates);
+    Py_CLEAR(slot->reported);
+    slot->loop_ref = PyWeakref_NewRef(loop, NULL);
+    slot->seen = PyDict_New();
+    slot->candidates = PyDict_New();
+    slot->reported = PySet_New(NULL);
+    slot->next_ns = 0;
+    slot->period_ns = 0;
+    if (!slot->loop_ref || !slot->seen || !slot->candidates || !slot->reported) {
+        PyErr_Clear();
+        Py_CLEAR(slot->loop_ref);
+        return NULL;
+    }
+    return slot;
+}
+
+/* Look up what the check compares against, once asyncio is there (the first heartbeat). */
+static int asc_dl_prepare(void) {
+    asc_dl.all_tasks = asc_dl_lookup("asyncio", "all_tasks", 0);
+    asc_dl.task_type = asc_dl_lookup("asyncio", "Task", 0);
+    asc_dl.gathering_type = asc_dl_lookup("asyncio.tasks", "_GatheringFuture", 0);
+    asc_dl.lock_type = asc_dl_lookup("asyncio", "Lock", 0);
+    asc_dl.cond_type = asc_dl_lookup("asyncio", "Condition", 0);
+    asc_dl.sem_type = asc_dl_lookup("asyncio", "Semaphore", 0);
+    asc_dl.code_lock_acquire = asc_dl_lookup("asyncio.locks", "Lock.acquire", 1);
+    asc_dl.code_sem_acquire = asc_dl_lookup("asyncio.locks", "Semaphore.acquire", 1);
+    asc_dl.code_cond_wait = asc_dl_lookup("asyncio.locks", "Condition.wait", 1);
+    asc_dl.code_event_wait = asc_dl_lookup("asyncio.locks", "Event.wait", 1);
+    asc_dl.code_qget = asc_dl_lookup("asyncio.queues", "Queue.get", 1);
+    asc_dl.code_qput = asc_dl_lookup("asyncio.queues", "Queue.put", 1);
+    asc_dl.code_qjoin = asc_dl_lookup("asyncio.queues", "Queue.join", 1);
+    asc_dl.code_sleep = asc_dl_lookup("asyncio.tasks", "sleep", 1);
+    asc_dl.code_serve = asc_dl_lookup("asyncio.base_events", "Server.serve_forever", 1);
+    asc_dl.code_wait = asc_dl_lookup("asyncio.tasks", "_wait", 1);
+    asc_dl.code_wait_for = asc_dl_lookup("asyncio.tasks", "wait_for", 1);
+    /* 3.11+; 3.13 waits in TaskGroup._aexit, called by __aexit__. */
+    asc_dl.code_tg_aexit = asc_dl_lookup("asyncio.taskgroups", "TaskGroup.__aexit__", 1);
+    asc_dl.code_tg_aexit2 = asc_dl_lookup("asyncio.taskgroups", "TaskGroup._aexit", 1);
+    asc_dl.aexit_func = asc_dl_lookup("asyncio.locks", "_ContextManagerMixin.__aexit__", 0);
+    asc_dl.release_waiter = asc_dl_lookup("asyncio.tasks", "_release_waiter", 0);
+    asc_dl.on_timeout = asc_dl_lookup("asyncio.timeouts", "Timeout._on_timeout", 0);
+    asc_dl.dis_get_instructions = asc_dl_lookup("dis", "get_instructions", 0);
+    PyErr_Clear();
+    /* Without these the check cannot say anything for sure. */
+    return asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&
+                   asc_dl.aexit_func ? 0 : -1;
+}
+
+void asc_deadlock_on_heartbeat(PyObject *loop) {
+    if (asc_dl.ready <= 0 || !asc_cfg.enabled) {
+        if (asc_dl.ready != 0 || !asc_cfg.enabled) return;
+        asc_dl.ready = asc_dl_prepare() == 0 ? 1 : -1;
+        if (asc_dl.ready < 0) return;
+    }
+    int64_t now = asc_dl_now_ns();
+    asc_dl_slot *slot = asc_dl_slot_for(loop);
+    if (!slot || now < slot->next_ns) return;
+    /* The beat runs between the program's callbacks; keep any exception state it may see. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    asc_dl_check(slot, loop, now, slot->period_ns ? slot->period_ns : ASC_DL_PERIOD_NS);
+    int64_t cost = asc_dl_now_ns() - now, period = ASC_DL_PERIOD_NS;
+    if (cost * ASC_DL_COST_FACTOR > period) period = cost * ASC_DL_COST_FACTOR;
+    slot->period_ns = period;
+    slot->next_ns = now + period;
+    PyErr_Clear();
+    PyErr_Restore(et, ev, tb);
+}
+
+int asc_deadlock_init(PyObject *module) {
+    (void)module;
+    const char *after = getenv("AIOSCOPE_DEADLOCK_AFTER");
+    asc_dl.after_s = 1.0;
+    if (after && *after) {
+        char *end = NULL;
+        double v = strtod(after, &end);
+        if (end != after && *end == '\0' && v >= 0.0 && v <= 1e6) asc_dl.after_s = v;
+    }
+    const char *on = getenv("AIOSCOPE_ON_DEADLOCK");
+    asc_dl.exit_on_deadlock = on && strcmp(on, "exit") == 0;
+    return 0;
+}
