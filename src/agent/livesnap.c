@@ -1,0 +1,640 @@
+/* livesnap.c: a snapshot of the running program's threads and tasks, taken from inside it.
+ *
+ * With the GIL held, the interpreter's state is consistent, so the agent reads it through the C
+ * API rather than through memory: every thread's Python stack (sys._current_frames), every
+ * asyncio task (the registry asyncio keeps: _all_tasks on 3.8-3.11, _scheduled_tasks and
+ * _eager_tasks on 3.12/3.13), each task's coroutine chain down to what it waits on, who awaits
+ * whom (a task, a gather, a TaskGroup, asyncio.wait), and the agent's own counters (busy time,
+ * steps, age, spawner: steps.c). The result is the one snapshot model of include/aioscope/
+ * snapshot.h, which the control socket (control.c) sends as JSON and snapshot() / print_tasks()
+ * give to the program itself.
+ *
+ * Speed matters here, because the program's loop waits while we hold the GIL: a C Task's fields
+ * (state, coroutine, the future it waits on, its loop) are read directly at the offsets of the
+ * attach library's generated layout tables, strings are interned once per snapshot, and Python
+ * attributes are used only where nothing cheaper is sound (frame lines, sleep deadlines). Every
+ * walk is bounded. Every function here runs with the GIL held. */
+#include "agent/agent.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/livesnap.h"
+#include "aioscope/snapshot.h"
+#include "attach/layouts.h"
+
+#if PY_VERSION_HEX < 0x030B0000
+#include <frameobject.h>
+#endif
+
+/* A coroutine chain deeper than this is cut (the innermost frames are the interesting ones only
+ * for the "awaiting" classification, which uses the last frame read). */
+#define ASC_MAX_CORO_DEPTH 64
+/* Thread stacks deeper than this keep their innermost frames. */
+#define ASC_MAX_THREAD_FRAMES 256
+/* A gather / wait / TaskGroup with more children than this links only the first ones. */
+#define ASC_MAX_CHILDREN 4096
+
+static struct {
+    int ready;
+    const asc_layout *layout;  /* NULL: read tasks through attributes */
+    PyTypeObject *task_type;   /* _asyncio.Task (borrowed: asyncio keeps it) */
+    PyObject *tasks_mod;       /* owned: asyncio.tasks */
+    PyObject *current_tasks;   /* owned: {loop: task} */
+    PyObject *s_get_name, *s_cr_frame, *s_cr_await, *s_gi_frame, *s_gi_yieldfrom, *s_ag_await,
+        *s_f_locals, *s_thread_id, *s_children, *s_when, *s_tasks, *s_fs, *s_self, *s_exception,
+        *s_log_traceback, *s_cancelling, *s_must_cancel, *s_h;
+} asc_ls;
+
+static int asc_ls_init(void) {
+    if (asc_ls.ready) return 0;
+#define ASC_INTERN(field, text)                                                                  \
+    if (!(asc_ls.field = PyUnicode_InternFromString(text))) return -1;
+    ASC_INTERN(s_get_name, "get_name")
+    ASC_INTERN(s_cr_frame, "cr_frame")
+    ASC_INTERN(s_cr_await, "cr_await")
+    ASC_INTERN(s_gi_frame, "gi_frame")
+    ASC_INTERN(s_gi_yieldfrom, "gi_yieldfrom")
+    ASC_INTERN(s_ag_await, "ag_await")
+    ASC_INTERN(s_f_locals, "f_locals")
+    ASC_INTERN(s_thread_id, "_thread_id")
+    ASC_INTERN(s_children, "_children")
+    ASC_INTERN(s_when, "_when")
+    ASC_INTERN(s_tasks, "_tasks")
+    ASC_INTERN(s_fs, "fs")
+    ASC_INTERN(s_self, "self")
+    ASC_INTERN(s_exception, "_exception")
+    ASC_INTERN(s_log_traceback, "_log_traceback")
+    ASC_INTERN(s_cancelling, "cancelling")
+    ASC_INTERN(s_must_cancel, "_must_cancel")
+    ASC_INTERN(s_h, "h")
+#undef ASC_INTERN
+    asc_ls.tasks_mod = PyImport_ImportModule("asyncio.tasks");
+    if (!asc_ls.tasks_mod) return -1;
+    PyObject *t = PyObject_GetAttrString(asc_ls.tasks_mod, "Task");
+    if (!t) return -1;
+    /* Direct field reads are sound only on the C Task (and subclasses), whose layout the tables
+     * describe; asyncio.tasks.Task is the C one unless _asyncio failed to import. */
+    if (PyType_Check(t) && strcmp(((PyTypeObject *)t)->tp_name, "_asyncio.Task") == 0) {
+        asc_ls.task_type = (PyTypeObject *)t;
+        asc_ls.layout = asc_layout_find(PY_VERSION_HEX);
+    }
+    Py_DECREF(t);
+    asc_ls.current_tasks = PyObject_GetAttrString(asc_ls.tasks_mod, "_current_tasks");
+    if (!asc_ls.current_tasks) PyErr_Clear();
+    asc_ls.ready = 1;
+    return 0;
+}
+
+/* ---- reading one object ------------------------------------------------------------------- */
+
+/* A task field at a layout offset (borrowed; NULL when empty), or through an attribute when the
+ * object is not a C task (new reference dropped at once: the task keeps the value alive). */
+static PyObject *asc_task_field(PyObject *task, int32_t off) {
+    if (off < 0) return NULL;
+    return *(PyObject **)((char *)task + off);
+}
+
+static int asc_is_c_task(PyObject *obj) {
+    return asc_ls.layout && asc_ls.task_type && PyObject_TypeCheck(obj, asc_ls.task_type);
+}
+
+/* UTF-8 of a str (cached in the object by CPython), interned into the snapshot. */
+static const char *asc_str(aioscope_snapshot *snap, PyObject *s, const char *dflt) {
+    const char *u = s && PyUnicode_Check(s) ? PyUnicode_AsUTF8(s) : NULL;
+    if (!u) {
+        PyErr_Clear();
+        u = dflt;
+    }
+    return aioscope_snapshot_intern(snap, u);
+}
+
+/* file / function / line of a frame object. */
+static void asc_frame_info(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out) {
+#if PY_VERSION_HEX >= 0x03090000
+    PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame); /* new reference */
+#else
+    PyCodeObject *code = ((PyFrameObject *)frame)->f_code;
+    Py_INCREF(code);
+#endif
+    out->file = asc_str(snap, code->co_filename, "?");
+#if PY_VERSION_HEX >= 0x030B0000
+    out->function = asc_str(snap, code->co_qualname, "?");
+#else
+    out->function = asc_str(snap, code->co_name, "?");
+#endif
+    out->line = PyFrame_GetLineNumber((PyFrameObject *)frame);
+    Py_DECREF(code);
+}
+
+static PyObject *asc_frame_back(PyObject *frame) {
+#if PY_VERSION_HEX >= 0x03090000
+    return (PyObject *)PyFrame_GetBack((PyFrameObject *)frame); /* new reference */
+#else
+    PyObject *b = (PyObject *)((PyFrameObject *)frame)->f_back;
+    Py_XINCREF(b);
+    return b;
+#endif
+}
+
+/* Attribute or NULL, never an exception. */
+static PyObject *asc_getattr(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (!v) PyErr_Clear();
+    return v;
+}
+
+/* A local variable of a frame (new reference) or NULL. Materialises f_locals: used only for the
+ * few asyncio frames whose locals say what they wait on. */
+static PyObject *asc_frame_local(PyObject *frame, PyObject *name) {
+    PyObject *locals = asc_getattr(frame, asc_ls.s_f_locals);
+    if (!locals) return NULL;
+    PyObject *v = PyObject_GetItem(locals, name);
+    Py_DECREF(locals);
+    if (!v) PyErr_Clear();
+    return v;
+}
+
+/* ---- awaited-by links --------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t child, parent;
+} asc_link;
+
+typedef struct {
+    asc_link *v;
+    size_t n, cap;
+} asc_links;
+
+static void asc_link_add(asc_links *l, PyObject *child, PyObject *parent) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        asc_link *v = realloc(l->v, cap * sizeof *v);
+        if (!v) return; /* out of memory: this link is lost, the snapshot is still sound */
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n].child = (uint64_t)(uintptr_t)child;
+    l->v[l->n].parent = (uint64_t)(uintptr_t)parent;
+    l->n++;
+}
+
+/* Every future in an iterable (a gather's children, wait()'s set, a TaskGroup's tasks) is awaited
+ * by parent. */
+static void asc_link_all(asc_links *l, PyObject *iterable, PyObject *parent) {
+    if (!iterable) return;
+    PyObject *it = PyObject_GetIter(iterable);
+    if (!it) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *item;
+    for (int i = 0; i < ASC_MAX_CHILDREN && (item = PyIter_Next(it)); i++) {
+        asc_link_add(l, item, parent);
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    PyErr_Clear();
+}
+
+/* ---- what a task waits on -------------------------------------------------------------------- */
+
+static int asc_ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* The type name of a frame's `self` (Lock, Event, Queue, ...), or dflt. */
+static const char *asc_self_type(PyObject *frame, char *buf, size_t cap, const char *dflt,
+                                 uint64_t *id) {
+    PyObject *self = asc_frame_local(frame, asc_ls.s_self);
+    if (!self) return dflt;
+    snprintf(buf, cap, "%s", Py_TYPE(self)->tp_name);
+    *id = (uint64_t)(uintptr_t)self;
+    Py_DECREF(self);
+    return buf;
+}
+
+/* Fill t->awaiting / awaiting_id from the future the task waits on (waiter, borrowed, may be
+ * NULL) and the innermost frame of its coroutine chain (inner, borrowed, may be NULL); add the
+ * links from what it waits on back to the task. */
+static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObject *task,
+                              aioscope_snap_task *t, PyObject *waiter, PyObject *inner,
+                              const aioscope_snap_frame *inner_info) {
+    char buf[160];
+    const char *what = NULL;
+    uint64_t id = waiter ? (uint64_t)(uintptr_t)waiter : 0;
+    const char *fn = inner_info ? inner_info->function : "";
+    const char *file = inner_info ? inner_info->file : "";
+    int in_asyncio = strstr(file, "/asyncio/") != NULL;
+
+    if (waiter && asc_ls.task_type && PyObject_TypeCheck(waiter, asc_ls.task_type)) {
+        what = "task";
+        asc_link_add(links, waiter, task);
+    } else if (waiter && strcmp(Py_TYPE(waiter)->tp_name, "_GatheringFuture") == 0) {
+        what = "gather";
+        PyObject *children = asc_getattr(waiter, asc_ls.s_children);
+        asc_link_all(links, children, task);
+        Py_XDECREF(children);
+    } else if (in_asyncio && inner) {
+        if (asc_ends_with(file, "tasks.py") && strcmp(fn, "sleep") == 0) {
+            /* sleep() keeps its TimerHandle in the local `h`; its deadline is in loop time,
+             * which is time.monotonic() for asyncio's loops, the clock we read too. */
+            PyObject *handle = asc_frame_local(inner, asc_ls.s_h);
+            PyObject *when = handle ? asc_getattr(handle, asc_ls.s_when) : NULL;
+            double w = when ? PyFloat_AsDouble(when) : -1.0;
+            if (w == -1.0) PyErr_Clear();
+            Py_XDECREF(when);
+            Py_XDECREF(handle);
+            if (w > 0) {
+                double left = w - (double)asc_live_now_ns() / 1e9;
+                snprintf(buf, sizeof buf, "sleep (%.3f s left)", left > 0 ? left : 0.0);
+                what = buf;
+            } else {
+                what = "sleep";
+            }
+        } else if (asc_ends_with(file, "locks.py")) {
+            what = asc_self_type(inner, buf, sizeof buf, "lock", &id);
+        } else if (asc_ends_with(file, "queues.py")) {
+            char tn[96];
+            uint64_t qid = 0;
+            const char *q = asc_self_type(inner, tn, sizeof tn, "Queue", &qid);
+            const char *method = strrchr(fn, '.'); /* co_qualname "Queue.get" on 3.11+ */
+            snprintf(buf, sizeof buf, "%s.%s", q, method ? method + 1 : fn);
+            what = buf;
+            if (qid) id = qid;
+        } else if (asc_ends_with(file, "streams.py")) {
+            what = strstr(fn, "drain") ? "socket write" : "socket read";
+        } else if (asc_ends_with(file, "selector_events.py") ||
+                   asc_ends_with(file, "proactor_events.py") ||
+                   asc_ends_with(file, "base_events.py")) {
+            if (strstr(fn, "sock_recv") || strstr(fn, "sock_accept")) what = "socket read";
+            else if (strstr(fn, "sock_send") || strstr(fn, "sock_connect")) what = "socket write";
+            else if (strstr(fn, "executor")) what = "executor job";
+        } else if (asc_ends_with(file, "threads.py")) {
+            what = "executor job"; /* asyncio.to_thread */
+        } else if (asc_ends_with(file, "taskgroups.py")) {
+            what = "TaskGroup";
+            PyObject *self = asc_frame_local(inner, asc_ls.s_self);
+            PyObject *children = self ? asc_getattr(self, asc_ls.s_tasks) : NULL;
+            asc_link_all(links, children, task);
+            Py_XDECREF(children);
+            Py_XDECREF(self);
+        } else if (asc_ends_with(file, "tasks.py") &&
+                   (strcmp(fn, "wait") == 0 || strcmp(fn, "_wait") == 0)) {
+            what = "wait";
+            PyObject *fs = asc_frame_local(inner, asc_ls.s_fs);
+            asc_link_all(links, fs, task);
+            Py_XDECREF(fs);
+        } else if (asc_ends_with(file, "tasks.py") && strstr(fn, "wait_for")) {
+            what = "wait_for";
+        }
+    }
+    if (!what && waiter) {
+        /* A future made by run_in_executor (wrap_future) has _chain_future's callback. */
+        PyObject *r = PyObject_Repr(waiter);
+        const char *rs = r ? PyUnicode_AsUTF8(r) : NULL;
+        if (rs && strstr(rs, "_call_check_cancel")) what = "executor job";
+        else what = Py_TYPE(waiter)->tp_name;
+        Py_XDECREF(r);
+        PyErr_Clear();
+    }
+    t->awaiting = what ? aioscope_snapshot_intern(snap, what) : NULL;
+    t->awaiting_id = what ? id : 0;
+}
+
+/* ---- one task ------------------------------------------------------------------------------ */
+
+/* The coroutine chain of a task, outermost (the task's own coroutine) first. Returns the
+ * innermost frame read (new reference) or NULL. */
+static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
+                                     aioscope_snap_task *t) {
+    aioscope_snap_frame tmp[ASC_MAX_CORO_DEPTH];
+    size_t n = 0;
+    PyObject *inner = NULL;
+    PyObject *obj = coro;
+    Py_XINCREF(obj);
+    while (obj && n < ASC_MAX_CORO_DEPTH) {
+        PyObject *frame, *next;
+        if (PyCoro_CheckExact(obj)) {
+            frame = asc_getattr(obj, asc_ls.s_cr_frame);
+            next = asc_getattr(obj, asc_ls.s_cr_await);
+        } else if (PyGen_Check(obj)) {
+            frame = asc_getattr(obj, asc_ls.s_gi_frame);
+            next = asc_getattr(obj, asc_ls.s_gi_yieldfrom);
+        } else {
+            break; /* a future's iterator, an async generator's asend, a foreign awaitable */
+        }
+        Py_DECREF(obj);
+        obj = next;
+        if (!frame || frame == Py_None) {
+            Py_XDECREF(frame);
+            break;
+        }
+        asc_frame_info(snap, frame, &tmp[n++]);
+        Py_XSETREF(inner, frame);
+        if (obj == Py_None) Py_CLEAR(obj);
+    }
+    Py_XDECREF(obj);
+    if (n) {
+        t->coro = malloc(n * sizeof *t->coro);
+        if (t->coro) {
+            memcpy(t->coro, tmp, n * sizeof *t->coro);
+            t->ncoro = n;
+        }
+    }
+    return inner;
+}
+
+/* Read one task into t. now_ns: the snapshot's clock. */
+static void asc_read_task(aioscope_snapshot *snap, asc_links *links, PyObject *task,
+                          aioscope_snap_task *t, int64_t now_ns) {
+    memset(t, 0, sizeof *t);
+    t->id = (uint64_t)(uintptr_t)task;
+    t->thread = -1;
+    t->age_s = -1.0;
+    t->steps = -1;
+    t->busy_s = -1.0;
+    PyObject *coro = NULL, *waiter = NULL, *loop = NULL;
+    int state = 0;
+    if (asc_is_c_task(task)) {
+        state = *(int *)((char *)task + asc_ls.layout->task_state);
+        coro = asc_task_field(task, asc_ls.layout->task_coro);
+        waiter = asc_task_field(task, asc_ls.layout->task_fut_waiter);
+        loop = asc_task_field(task, asc_ls.layout->task_loop);
+    }
+    t->state = state == 1 ? AIOSCOPE_TASK_CANCELLED
+             : state == 2 ? AIOSCOPE_TASK_FINISHED
+                          : AIOSCOPE_TASK_PENDING;
+    t->loop = (uint64_t)(uintptr_t)loop;
+
+    PyObject *name = PyObject_CallMethodObjArgs(task, asc_ls.s_get_name, NULL);
+    t->name = asc_str(snap, name, "?");
+    Py_XDECREF(name);
+
+    if (t->state == AIOSCOPE_TASK_PENDING) {
+        PyObject *inner = asc_read_coro_chain(snap, coro, t);
+        asc_classify_wait(snap, links, task, t, waiter, inner,
+                          t->ncoro ? &t->coro[t->ncoro - 1] : NULL);
+        Py_XDECREF(inner);
+        /* cancelling() counts pending cancellations on 3.11+; _must_cancel is a cancel() not yet
+         * delivered (every version). */
+        PyObject *mc = asc_getattr(task, asc_ls.s_must_cancel);
+        t->cancelling = mc == Py_True;
+        Py_XDECREF(mc);
+#if PY_VERSION_HEX >= 0x030B0000
+        if (!t->cancelling) {
+            PyObject *n = PyObject_CallMethodObjArgs(task, asc_ls.s_cancelling, NULL);
+            t->cancelling = n && PyLong_Check(n) && PyLong_AsLong(n) > 0;
+            Py_XDECREF(n);
+            PyErr_Clear();
+        }
+#endif
+    } else if (t->state == AIOSCOPE_TASK_FINISHED) {
+        /* An exception nothing retrieved yet: _log_traceback stays true until someone calls
+         * exception() or result(). Reading _exception does not count as retrieving it. */
+        PyObject *lt = asc_getattr(task, asc_ls.s_log_traceback);
+        if (lt == Py_True) {
+            PyObject *exc = asc_getattr(task, asc_ls.s_exception);
+            if (exc && exc != Py_None) {
+                PyObject *msg = PyObject_Str(exc);
+                const char *m = msg ? PyUnicode_AsUTF8(msg) : NULL;
+                char buf[512];
+                snprintf(buf, sizeof buf, "%s%s%s", Py_TYPE(exc)->tp_name, m && *m ? ": " : "",
+                         m ? m : "");
+                t->exception = aioscope_snapshot_intern(snap, buf);
+                Py_XDECREF(msg);
+                PyErr_Clear();
+            }
+            Py_XDECREF(exc);
+        }
+        Py_XDECREF(lt);
+    }
+
+    asc_task_stats *st = asc_tasks_stats(task);
+    if (st) {
+        t->busy_s = (double)st->busy_ns / 1e9;
+        t->steps = st->steps;
+        t->spawned_by = st->spawned_by;
+        if (st->created_ns) t->age_s = (double)(now_ns - st->created_ns) / 1e9;
+    }
+    PyErr_Clear();
+}
+
+/* ---- the task registry ----------------------------------------------------------------------- */
+
+/* Append every task of one registry (a WeakSet or a set) to *list. */
+static int asc_collect_registry(PyObject *registry, PyObject *list) {
+    if (!registry) return 0;
+    /* A WeakSet keeps weak references in .data; iterating .data directly avoids the WeakSet's
+     * Python-level iterator (and its _IterationGuard). */
+    PyObject *data = PyObject_GetAttrString(registry, "data");
+    if (!data) PyErr_Clear();
+    PyObject *it = PyObject_GetIter(data ? data : registry);
+    Py_XDECREF(data);
+    if (!it) return -1;
+    PyObject *item;
+    while ((item = PyIter_Next(it))) {
+        PyObject *obj = item;
+        if (PyWeakref_Check(item)) {
+            obj = PyWeakref_GetObject(item); /* borrowed; Py_None once dead */
+            if (obj == Py_None) {
+                Py_DECREF(item);
+                continue;
+            }
+        }
+        int rc = PyList_Append(list, obj);
+        Py_DECREF(item);
+        if (rc < 0) {
+            Py_DECREF(it);
+            return -1;
+        }
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *asc_all_tasks(void) {
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    static const char *const names[] = {"_all_tasks", "_scheduled_tasks", "_eager_tasks"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        PyObject *reg = PyObject_GetAttrString(asc_ls.tasks_mod, names[i]);
+        if (!reg) {
+            PyErr_Clear();
+            continue;
+        }
+        /* _all_tasks is a function on 3.12+ (asyncio.all_tasks' helper): only sets count. */
+        int rc = PyCallable_Check(reg) ? 0 : asc_collect_registry(reg, list);
+        Py_DECREF(reg);
+        if (rc < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+/* ---- threads ------------------------------------------------------------------------------- */
+
+static int asc_read_threads(aioscope_snapshot *snap) {
+    PyObject *frames = _PyThread_CurrentFrames(); /* {thread id: innermost frame} */
+    if (!frames) return -1;
+    Py_ssize_t n = PyDict_GET_SIZE(frames);
+    snap->threads = calloc(n ? (size_t)n : 1, sizeof *snap->threads);
+    if (!snap->threads) {
+        Py_DECREF(frames);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *frame;
+    while (PyDict_Next(frames, &pos, &key, &frame)) {
+        aioscope_snap_thread *th = &snap->threads[snap->nthreads++];
+        th->thread_id = PyLong_AsUnsignedLongLong(key);
+        th->running_task = -1;
+        aioscope_snap_frame tmp[ASC_MAX_THREAD_FRAMES];
+        size_t k = 0;
+        PyObject *f = frame;
+        Py_INCREF(f);
+        while (f && k < ASC_MAX_THREAD_FRAMES) {
+            asc_frame_info(snap, f, &tmp[k++]);
+            PyObject *back = asc_frame_back(f);
+            Py_DECREF(f);
+            f = back;
+        }
+        Py_XDECREF(f);
+        th->frames = malloc((k ? k : 1) * sizeof *th->frames);
+        if (th->frames) {
+            memcpy(th->frames, tmp, k * sizeof *th->frames);
+            th->nframes = k;
+        }
+    }
+    Py_DECREF(frames);
+    PyErr_Clear();
+    /* The OS thread ids: threading keeps them on its Thread objects (3.8+). */
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *active = threading ? PyObject_GetAttrString(threading, "_active") : NULL;
+    if (active && PyDict_Check(active)) {
+        for (size_t i = 0; i < snap->nthreads; i++) {
+            PyObject *k = PyLong_FromUnsignedLongLong(snap->threads[i].thread_id);
+            PyObject *t = k ? PyDict_GetItemWithError(active, k) : NULL; /* borrowed */
+            PyObject *nid = t ? PyObject_GetAttrString(t, "native_id") : NULL;
+            if (nid && PyLong_Check(nid)) snap->threads[i].native_id = PyLong_AsUnsignedLongLong(nid);
+            Py_XDECREF(nid);
+            Py_XDECREF(k);
+            PyErr_Clear();
+        }
+    }
+    Py_XDECREF(active);
+    Py_XDECREF(threading);
+    PyErr_Clear();
+    return 0;
+}
+
+static long asc_thread_index(aioscope_snapshot *snap, uint64_t thread_id) {
+    for (size_t i = 0; i < snap->nthreads; i++)
+        if (snap->threads[i].thread_id == thread_id) return (long)i;
+    return -1;
+}
+
+/* Which thread runs each loop (loop._thread_id, set while it runs), which task it is running now
+ * (_current_tasks), and whether it is polling (its innermost frame is the selector's select). */
+static void asc_place_loops(aioscope_snapshot *snap, PyObject *tasks) {
+    PyObject *seen = PyDict_New();
+    if (!seen) {
+        PyErr_Clear();
+        return;
+    }
+    for (size_t i = 0; i < snap->ntasks; i++) {
+        PyObject *task = PyList_GET_ITEM(tasks, (Py_ssize_t)i);
+        aioscope_snap_task *t = &snap->tasks[i];
+        if (!t->loop) continue;
+        PyObject *loop = asc_is_c_task(task) ? asc_task_field(task, asc_ls.layout->task_loop) : NULL;
+        if (!loop) continue;
+        PyObject *idx = PyDict_GetItemWithError(seen, loop);
+        long th = -1;
+        if (idx) {
+            th = PyLong_AsLong(idx);
+        } else {
+            PyObject *tid = asc_getattr(loop, asc_ls.s_thread_id);
+            if (tid && PyLong_Check(tid)) th = asc_thread_index(snap, PyLong_AsUnsignedLongLong(tid));
+            Py_XDECREF(tid);
+            PyObject *v = PyLong_FromLong(th);
+            if (v) PyDict_SetItem(seen, loop, v);
+            Py_XDECREF(v);
+            if (th >= 0) {
+                aioscope_snap_thread *thr = &snap->threads[th];
+                thr->loop = t->loop;
+                PyObject *cur = asc_ls.current_tasks && PyDict_Check(asc_ls.current_tasks)
+                                    ? PyDict_GetItemWithError(asc_ls.current_tasks, loop)
+                                    : NULL;
+                if (cur) thr->running_task = aioscope_snapshot_find_task(snap, (uint64_t)(uintptr_t)cur);
+                /* "select" or, with 3.11's qualified names, "EpollSelector.select". */
+                int polling = thr->nframes > 0 && asc_ends_with(thr->frames[0].function, "select") &&
+                              asc_ends_with(thr->frames[0].file, "selectors.py");
+                thr->loop_state = polling ? AIOSCOPE_LOOP_POLLING : AIOSCOPE_LOOP_RUNNING;
+            }
+        }
+        PyErr_Clear();
+        t->thread = (th >= 0 && snap->threads[th].running_task == (long)i) ? th : -1;
+    }
+    Py_DECREF(seen);
+    PyErr_Clear();
+}
+
+/* ---- the snapshot ------------------------------------------------------------------------- */
+
+/* Resolve the collected links into each task's awaited_by list. */
+static void asc_apply_links(aioscope_snapshot *snap, const asc_links *l) {
+    for (size_t i = 0; i < l->n; i++) {
+        long c = aioscope_snapshot_find_task(snap, l->v[i].child);
+        if (c < 0) continue; /* a plain future, not a task */
+        aioscope_snap_task *t = &snap->tasks[c];
+        uint64_t *v = realloc(t->awaited_by, (t->nawaited_by + 1) * sizeof *v);
+        if (!v) continue;
+        v[t->nawaited_by++] = l->v[i].parent;
+        t->awaited_by = v;
+    }
+}
+
+int asc_live_collect(aioscope_snapshot **out) {
+    *out = NULL;
+    if (asc_ls_init() < 0) return -1;
+    aioscope_snapshot *snap = aioscope_snapshot_new();
+    if (!snap) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    snap->pid = (int)getpid();
+    snap->py_version_hex = PY_VERSION_HEX;
+    snap->source = "agent";
+    snap->has_agent_fields = 1;
+    asc_links links = {0};
+    PyObject *tasks = NULL;
+    if (asc_read_threads(snap) < 0) goto err;
+    tasks = asc_all_tasks();
+    if (!tasks) goto err;
+    Py_ssize_t n = PyList_GET_SIZE(tasks);
+    snap->tasks = calloc(n ? (size_t)n : 1, sizeof *snap->tasks);
+    if (!snap->tasks) {
+        PyErr_NoMemory();
+        goto err;
+    }
+    int64_t now = asc_live_now_ns();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        asc_read_task(snap, &links, PyList_GET_ITEM(tasks, i), &snap->tasks[i], now);
+        snap->ntasks++;
+    }
+    asc_apply_links(snap, &links);
+    asc_place_loops(snap, tasks);
+    free(links.v);
+    Py_DECREF(tasks);
+    *out = snap;
+    return 0;
+err:
+    free(links.v);
+    Py_XDECREF(tasks);
+    aioscope_snapshot_free(snap);
+    return -1;
+}

@@ -1,0 +1,311 @@
+/* steps.c: per-task busy time, step count, age and spawner, for `aioscope ps` and `top`.
+ *
+ * Every step of a C Task (3.8-3.13) is scheduled through the loop's call_soon, looked up as a
+ * method on the loop each time: the first step and every bare `yield` (sleep(0), cancellation)
+ * schedule a TaskStepMethWrapper, and a task waiting on a future is woken by the future's
+ * done-callback, which the future schedules with call_soon as well (TaskWakeupMethWrapper on
+ * 3.8/3.9, a builtin method named task_wakeup from 3.10). An instance attribute wins over the
+ * class's method, so for each loop that starts we put a small C callable in loop.__dict__
+ * ["call_soon"]. It passes every call through to the class's call_soon unchanged, except that a
+ * task's step callback is wrapped in an asc_step object which, when the loop runs it, times the
+ * step (two vDSO clock reads) and adds it to the task's counters. The cost is one extra C call
+ * per call_soon and one small allocation (from a free list) plus two clock reads per task step;
+ * nothing at all for callbacks that are not task steps.
+ *
+ * The counters live in the task itself (asc_task_stats in the Task subclass of tasks.c); a task
+ * created by the program's own task factory has none and shows as "not measured". The first time
+ * a task schedules a step (in Task.__init__) its creation time and the task that was running on
+ * the loop at that moment (its spawner) are noted.
+ *
+ * Not covered: uvloop (its loop has no __dict__ and a C call_soon), pure-Python tasks
+ * (asyncio.tasks._PyTask), and the first step of 3.12's eager tasks (run inside __init__). */
+#include "agent/agent.h"
+
+#include <string.h>
+#include <time.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#define PyVectorcall_NARGS _PyVectorcall_NARGS
+#define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL /* provisional name in 3.8 */
+#else
+#define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
+#endif
+
+/* A call_soon call has a callback, its positional arguments and context=: more than this many
+ * arguments is not a task step (those pass one argument at most), so it goes through unwrapped. */
+#define ASC_MAX_CALL_ARGS 8
+/* Free asc_step objects kept for reuse: one loop iteration rarely schedules more task steps. */
+#define ASC_STEP_FREELIST 256
+
+int64_t asc_live_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static struct {
+    PyTypeObject *step_wrapper_type;   /* _asyncio's TaskStepMethWrapper, once seen */
+    PyTypeObject *wakeup_wrapper_type; /* TaskWakeupMethWrapper (3.8/3.9), once seen */
+    const PyMethodDef *wakeup_def;     /* the PyMethodDef of task_wakeup (3.10+), once seen */
+    PyObject *current_tasks;           /* owned: asyncio.tasks._current_tasks {loop: task} */
+    PyObject *str_call_soon;           /* owned, interned */
+    PyObject *freelist[ASC_STEP_FREELIST];
+    int nfree;
+} asc_st;
+
+/* ---- the step wrapper: what the loop runs instead of the task's callback --------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback; /* owned: the task's own step/wakeup callback */
+    PyObject *task;     /* owned */
+    vectorcallfunc vectorcall;
+} asc_step;
+
+static PyTypeObject asc_step_type;
+
+static PyObject *asc_step_run(asc_step *self, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames) {
+    /* The callback may end the task and drop the last other reference to it: keep both alive
+     * until the counters are updated. */
+    PyObject *task = self->task;
+    Py_INCREF(task);
+    int64_t t0 = asc_live_now_ns();
+    PyObject *r = PyObject_Vectorcall(self->callback, args, nargsf, kwnames);
+    int64_t t1 = asc_live_now_ns();
+    asc_task_stats *st = asc_tasks_stats(task);
+    if (st) {
+        st->busy_ns += t1 - t0;
+        st->steps++;
+        if (asc_trace_active) asc_trace_step(task, st, t0, t1); /* --trace (trace.c) */
+    }
+    Py_DECREF(task);
+    return r;
+}
+
+static PyObject *asc_step_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames) {
+    return asc_step_run((asc_step *)self, args, nargsf, kwnames);
+}
+
+static void asc_step_dealloc(PyObject *self) {
+    asc_step *s = (asc_step *)self;
+    Py_CLEAR(s->callback);
+    Py_CLEAR(s->task);
+    if (asc_st.nfree < ASC_STEP_FREELIST) {
+        asc_st.freelist[asc_st.nfree++] = self;
+        return;
+    }
+    PyObject_Free(self);
+}
+
+/* Handle.__repr__ and the loop's exception handler show the callback: show the task's own. */
+static PyObject *asc_step_repr(PyObject *self) { return PyObject_Repr(((asc_step *)self)->callback); }
+
+/* Anything else asked of the wrapper (__self__, __name__, ...) is the task callback's answer. */
+static PyObject *asc_step_getattro(PyObject *self, PyObject *name) {
+    return PyObject_GetAttr(((asc_step *)self)->callback, name);
+}
+
+static PyTypeObject asc_step_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.TaskStep",
+    .tp_basicsize = sizeof(asc_step),
+    .tp_dealloc = asc_step_dealloc,
+    .tp_repr = asc_step_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_getattro = asc_step_getattro,
+    .tp_flags = Py_TPFLAGS_DEFAULT | ASC_TPFLAGS_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(asc_step, vectorcall),
+};
+
+static PyObject *asc_step_new(PyObject *callback, PyObject *task) {
+    asc_step *s;
+    if (asc_st.nfree > 0) {
+        s = (asc_step *)asc_st.freelist[--asc_st.nfree];
+        (void)PyObject_INIT(s, &asc_step_type);
+    } else {
+        s = PyObject_New(asc_step, &asc_step_type);
+        if (!s) return NULL;
+    }
+    Py_INCREF(callback);
+    Py_INCREF(task);
+    s->callback = callback;
+    s->task = task;
+    s->vectorcall = asc_step_vectorcall;
+    return (PyObject *)s;
+}
+
+/* ---- recognising a task's step callback ------------------------------------------------------ */
+
+/* The task a call_soon callback steps, borrowed, or NULL when it is not a task step. The wrapper
+ * types are private to _asyncio, so they are recognised by name the first time and by pointer
+ * after. Their layout ({PyObject_HEAD; TaskObj *task; ...}) is the same on 3.8-3.13; the size
+ * check guards the read. */
+static PyObject *asc_task_of_callback(PyObject *cb) {
+    PyTypeObject *tp = Py_TYPE(cb);
+    if (tp == asc_st.step_wrapper_type || tp == asc_st.wakeup_wrapper_type)
+        return *(PyObject **)((char *)cb + sizeof(PyObject));
+    if (PyCFunction_Check(cb)) {
+        PyCFunctionObject *f = (PyCFunctionObject *)cb;
+        if (f->m_ml == asc_st.wakeup_def) return f->m_self;
+        if (!asc_st.wakeup_def && f->m_self && strcmp(f->m_ml->ml_name, "task_wakeup") == 0 &&
+            asc_tasks_stats(f->m_self)) {
+            asc_st.wakeup_def = f->m_ml;
+            return f->m_self;
+        }
+        return NULL;
+    }
+    if (tp->tp_basicsize < (Py_ssize_t)(sizeof(PyObject) + sizeof(PyObject *))) return NULL;
+    if (!asc_st.step_wrapper_type && strcmp(tp->tp_name, "TaskStepMethWrapper") == 0) {
+        asc_st.step_wrapper_type = tp;
+        return *(PyObject **)((char *)cb + sizeof(PyObject));
+    }
+    if (!asc_st.wakeup_wrapper_type && strcmp(tp->tp_name, "TaskWakeupMethWrapper") == 0) {
+        asc_st.wakeup_wrapper_type = tp;
+        return *(PyObject **)((char *)cb + sizeof(PyObject));
+    }
+    return NULL;
+}
+
+/* ---- the per-loop call_soon ------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop; /* owned; the loop's __dict__ holds us: a cycle the GC breaks */
+    PyObject *orig; /* owned: the class's call_soon (a function), called with the loop first */
+    vectorcallfunc vectorcall;
+} asc_call_soon;
+
+static PyTypeObject asc_call_soon_type;
+
+/* A task scheduled for the first time: note when, and which task spawned it. */
+static void asc_note_first_schedule(PyObject *loop, asc_task_stats *st) {
+    st->created_ns = asc_live_now_ns();
+    if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
+        PyObject *cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
+        if (cur) st->spawned_by = (uintptr_t)cur;
+        else PyErr_Clear();
+    }
+}
+
+static PyObject *asc_call_soon_run(asc_call_soon *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *stack[1 + ASC_MAX_CALL_ARGS];
+    if (nargs < 1 || nargs + nkw > ASC_MAX_CALL_ARGS) {
+        /* Not a shape asyncio uses for task steps: let the real call_soon judge it. */
+        PyObject *bound = PyMethod_New(self->orig, self->loop);
+        if (!bound) return NULL;
+        PyObject *r = PyObject_Vectorcall(bound, args, (size_t)nargs, kwnames);
+        Py_DECREF(bound);
+        return r;
+    }
+    stack[0] = self->loop;
+    memcpy(stack + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *wrapped = NULL;
+    PyObject *task = asc_cfg.enabled ? asc_task_of_callback(args[0]) : NULL;
+    asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
+    if (st) {
+        if (st->created_ns == 0) {
+            asc_note_first_schedule(self->loop, st);
+            if (asc_trace_active) asc_trace_task_created(task, st, (PyObject *)st->spawned_by);
+        }
+        wrapped = asc_step_new(args[0], task);
+        if (wrapped) stack[1] = wrapped;
+        else PyErr_Clear(); /* out of memory: schedule the step unmeasured */
+    }
+    PyObject *r = PyObject_Vectorcall(self->orig, stack, (size_t)(1 + nargs), kwnames);
+    Py_XDECREF(wrapped);
+    return r;
+}
+
+static PyObject *asc_call_soon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames) {
+    return asc_call_soon_run((asc_call_soon *)self, args, PyVectorcall_NARGS(nargsf), kwnames);
+}
+
+static int asc_call_soon_traverse(PyObject *self, visitproc visit, void *arg) {
+    Py_VISIT(((asc_call_soon *)self)->loop);
+    Py_VISIT(((asc_call_soon *)self)->orig);
+    return 0;
+}
+
+static int asc_call_soon_clear(PyObject *self) {
+    Py_CLEAR(((asc_call_soon *)self)->loop);
+    Py_CLEAR(((asc_call_soon *)self)->orig);
+    return 0;
+}
+
+static void asc_call_soon_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    asc_call_soon_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *asc_call_soon_repr(PyObject *self) {
+    asc_call_soon *cs = (asc_call_soon *)self;
+    if (!cs->loop) return PyUnicode_FromString("<call_soon>");
+    return PyUnicode_FromFormat("<bound method call_soon of %R>", cs->loop);
+}
+
+static PyTypeObject asc_call_soon_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.CallSoon",
+    .tp_basicsize = sizeof(asc_call_soon),
+    .tp_dealloc = asc_call_soon_dealloc,
+    .tp_repr = asc_call_soon_repr,
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = asc_call_soon_traverse,
+    .tp_clear = asc_call_soon_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(asc_call_soon, vectorcall),
+};
+
+/* ---- init ------------------------------------------------------------------------------------ */
+
+int asc_steps_init(PyObject *module) {
+    if (PyType_Ready(&asc_step_type) < 0 || PyType_Ready(&asc_call_soon_type) < 0) return -1;
+    asc_st.str_call_soon = PyUnicode_InternFromString("call_soon");
+    if (!asc_st.str_call_soon) return -1;
+    PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+    if (!tasks) return -1;
+    asc_st.current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+    Py_DECREF(tasks);
+    if (!asc_st.current_tasks) PyErr_Clear(); /* no spawner information, nothing worse */
+    return 0;
+}
+
+int asc_steps_on_loop_start(PyObject *loop) {
+    /* A loop without an instance dict (uvloop) cannot be given an instance attribute. */
+    PyObject **dictptr = _PyObject_GetDictPtr(loop);
+    if (!dictptr) return 0;
+    PyObject *cur = PyObject_GetAttr(loop, asc_st.str_call_soon);
+    if (!cur) return -1;
+    int ours = Py_TYPE(cur) == &asc_call_soon_type;
+    Py_DECREF(cur);
+    if (ours) return 0;
+    /* The class's function (a subclass's override included): called with the loop first, just as
+     * the method lookup would have bound it. A program that set its own loop.call_soon on the
+     * instance keeps it (we do not stack on top of instance attributes). */
+    if (*dictptr && PyDict_GetItemWithError(*dictptr, asc_st.str_call_soon)) return 0;
+    if (PyErr_Occurred()) return -1;
+    PyObject *orig = PyObject_GetAttr((PyObject *)Py_TYPE(loop), asc_st.str_call_soon);
+    if (!orig) return -1;
+    if (!PyFunction_Check(orig)) {
+        Py_DECREF(orig); /* a C call_soon (an extension loop): not a function we can re-bind */
+        return 0;
+    }
+    asc_call_soon *cs = PyObject_GC_New(asc_call_soon, &asc_call_soon_type);
+    if (!cs) {
+        Py_DECREF(orig);
+        return -1;
+    }
+    Py_INCREF(loop);
+    cs->loop = loop;
+    cs->orig = orig;
+    cs->vectorcall = asc_call_soon_vectorcall;
+    PyObject_GC_Track((PyObject *)cs);
+    int rc = PyObject_GenericSetAttr(loop, asc_st.str_call_soon, (PyObject *)cs);
+    Py_DECREF(cs);
+    return rc;
+}
