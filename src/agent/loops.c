@@ -95,6 +95,7 @@ static struct {
     PyObject *orig_set_running_loop; /* owned */
     PyObject *seen_loops;            /* owned weakref.WeakSet: every loop that ever ran */
     PyObject *current_task;          /* owned: asyncio.current_task */
+    PyObject *get_running_loop;      /* owned: asyncio.events._get_running_loop */
     PyObject *str_call_later;        /* owned, interned */
     PyObject *str_cancel;
     PyObject *period_s;              /* owned float: the period for call_later */
@@ -109,6 +110,7 @@ static struct {
 static PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
     return PyObject_CallFunctionObjArgs(fn, arg, NULL);
 }
+static PyObject *PyObject_CallNoArgs(PyObject *fn) { return PyObject_CallFunctionObjArgs(fn, NULL); }
 #endif
 /* The exception being handled, if any, put aside while the agent runs Python code in the middle of
  * the program's (PyErr_Fetch is deprecated from 3.12 on). */
@@ -625,16 +627,19 @@ static void asc_chain_exception_handler(PyObject *loop) {
     Py_XDECREF(method);
 }
 
-/* A loop started running in the calling thread. */
-static void asc_loop_started(PyObject *loop) {
+/* A loop started running in the calling thread. check_running: make sure it really runs. */
+static void asc_loop_started(PyObject *loop, int check_running) {
+    PyObject *r;
     /* _set_running_loop is also called by hand (tests, nest_asyncio-style code) for a loop that
      * is not running; such a loop has no beat to miss. */
-    PyObject *r = PyObject_CallMethod(loop, "is_running", NULL);
-    int running = r ? PyObject_IsTrue(r) : -1;
-    Py_XDECREF(r);
-    if (running <= 0) {
-        PyErr_Clear();
-        return;
+    if (check_running) {
+        r = PyObject_CallMethod(loop, "is_running", NULL);
+        int running = r ? PyObject_IsTrue(r) : -1;
+        Py_XDECREF(r);
+        if (running <= 0) {
+            PyErr_Clear();
+            return;
+        }
     }
     int seen = PySequence_Contains(asc_lp.seen_loops, loop);
     if (seen == 0) {
@@ -699,7 +704,7 @@ PyObject *asc_loops_set_running_loop(PyObject *self, PyObject *loop) {
     }
     if (loop == Py_None && asc_cfg.enabled) asc_loop_stopped();
     PyObject *r = PyObject_CallOneArg(asc_lp.orig_set_running_loop, loop);
-    if (r && loop != Py_None && asc_cfg.enabled) asc_loop_started(loop);
+    if (r && loop != Py_None && asc_cfg.enabled) asc_loop_started(loop, 1);
     return r;
 }
 
@@ -723,6 +728,51 @@ static int asc_hook_attr(PyObject *mod, const char *name, PyObject *hook) {
     Py_DECREF(cur);
     return rc;
 }
+/* uvloop imported before install() kept the original _set_running_loop (it reads
+ * asyncio._set_running_loop once, at import), so its loops would go unnoticed; for that case
+ * uvloop.Loop.run_forever (a Python class over the Cython base: its attributes can be set, and
+ * the base's run_until_complete calls self.run_forever() through the attribute) is wrapped
+ * instead. self is the original method descriptor, args (loop,). */
+static PyObject *asc_uvloop_run_forever(PyObject *orig, PyObject *args, PyObject *kwargs) {
+    int arm = asc_cfg.enabled && PyTuple_GET_SIZE(args) >= 1 && !asc_slot_of_this_thread();
+    if (arm) {
+        /* Not when another loop runs in this thread: run_forever is about to refuse anyway. */
+        PyObject *running = PyObject_CallNoArgs(asc_lp.get_running_loop);
+        arm = running == Py_None;
+        Py_XDECREF(running);
+        PyErr_Clear();
+    }
+    if (arm) asc_loop_started(PyTuple_GET_ITEM(args, 0), 0);
+    PyObject *r = PyObject_Call(orig, args, kwargs);
+    if (arm) {
+        asc_saved_error saved;
+        asc_save_error(&saved);
+        asc_loop_stopped();
+        asc_restore_error(&saved);
+    }
+    return r;
+}
+
+static PyMethodDef asc_uvloop_run_forever_def = {
+    "run_forever", (PyCFunction)(void (*)(void))asc_uvloop_run_forever, METH_VARARGS | METH_KEYWORDS,
+    "uvloop's run_forever, noticed by aioscope."};
+
+/* When uvloop.loop is already imported, wrap uvloop.Loop.run_forever (see above). */
+static void asc_hook_early_uvloop(void) {
+    PyObject *modules = PyImport_GetModuleDict(); /* borrowed */
+    if (!PyDict_GetItemString(modules, "uvloop.loop")) return;
+    PyObject *uvloop = PyDict_GetItemString(modules, "uvloop"); /* borrowed */
+    PyObject *cls = uvloop ? PyObject_GetAttrString(uvloop, "Loop") : NULL;
+    PyObject *orig = cls ? PyObject_GetAttrString(cls, "run_forever") : NULL;
+    PyObject *fn = orig ? PyCFunction_New(&asc_uvloop_run_forever_def, orig) : NULL;
+    PyObject *method = fn ? PyInstanceMethod_New(fn) : NULL;
+    if (!method || PyObject_SetAttrString(cls, "run_forever", method) < 0) PyErr_Clear();
+    Py_XDECREF(method);
+    Py_XDECREF(fn);
+    Py_XDECREF(orig);
+    Py_XDECREF(cls);
+}
+
 
 int asc_loops_init(PyObject *module) {
     int rc = -1;
@@ -738,7 +788,7 @@ int asc_loops_init(PyObject *module) {
     asc_lp.orig_set_running_loop = PyObject_GetAttrString(events, "_set_running_loop");
     hook = PyObject_GetAttrString(module, "_set_running_loop");
     if (!asc_lp.str_call_later || !asc_lp.str_cancel || !asc_lp.seen_loops ||
-        !asc_lp.current_task || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s)
+        !asc_lp.current_task || !asc_lp.get_running_loop || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s)
         goto done;
     /* asyncio.events._set_running_loop: BaseEventLoop.run_forever calls it through the module.
      * asyncio._set_running_loop: uvloop reads it at import. */
@@ -755,6 +805,7 @@ done:
     Py_XDECREF(weakref);
     Py_XDECREF(events);
     Py_XDECREF(asyncio);
+    asc_lp.get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
     return rc;
 }
 
@@ -765,6 +816,7 @@ void asc_loops_at_exit(void) {
     if (!loops) {
         asc_drop_error("at exit");
         return;
+    asc_hook_early_uvloop();
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loops); i++) {
         if (asc_tasks_report_pending(PyList_GET_ITEM(loops, i)) < 0) asc_drop_error("pending at exit");

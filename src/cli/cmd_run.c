@@ -10,7 +10,7 @@
  *
  * Exit status: the program's own (128+N when a signal N killed it); 2 for aioscope's own errors
  * before the program started; 3 when --fail-on LEVEL was given and a finding at or above LEVEL
- * was reported. */
+ * was reported; 4 when --on-deadlock exit ended the program on a deadlock. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -27,6 +27,7 @@
 #include "cli/commands.h"
 
 #define ASC_EXIT_FAIL_ON 3
+#define ASC_EXIT_DEADLOCK 4 /* --on-deadlock exit: the agent ended the program on a deadlock */
 
 /* A line of the event stream longer than this is not ours (a finding with a 500-frame stack is
  * well under it); it is skipped rather than read into memory without bound. */
@@ -50,11 +51,17 @@ static const char run_usage[] =
     "                            (LEVEL: error, warning or info)\n"
     "  --block-threshold SECONDS report the event loop as blocked when it does not get back to\n"
     "                            polling within SECONDS (default 0.1)\n"
+    "  --on-deadlock ACTION      report (default): report a deadlock on stderr at once and go on;\n"
+    "                            exit: report it, then end the program with status 4 (for CI)\n"
+    "  --deadlock-after SECONDS  report a deadlock once it has lasted SECONDS (default 1)\n"
+    "  --stuck-after SECONDS     report a task that made no progress for SECONDS while its loop\n"
+    "                            kept running, as stuck-task (info; default 30)\n"
     "  -h, --help                show this help\n"
     "\n"
     "exit status: the program's own (128+N if signal N killed it); 2 for aioscope's own errors\n"
     "(bad arguments, script or interpreter not found, unsupported Python, agent not built for\n"
-    "it, unwritable --json path), before the program starts; 3 when --fail-on trips.\n";
+    "it, unwritable --json path), before the program starts; 3 when --fail-on trips; 4 when\n"
+    "--on-deadlock exit ended the program on a deadlock.\n";
 
 typedef struct {
     const char *python;
@@ -62,6 +69,8 @@ typedef struct {
     int quiet;
     int fail_on; /* -1: not given */
     const char *block_threshold;
+    int on_deadlock_exit;
+    const char *deadlock_after, *stuck_after;
     char **target; /* what follows the options */
     int ntarget;
     int mode; /* 's' script, 'm' module, 'c' command */
@@ -81,13 +90,17 @@ static void forward_signal(int sig, siginfo_t *info, void *ctx) {
 }
 
 static int parse_args(int argc, char **argv, run_options *o) {
-    enum { OPT_PYTHON = 1000, OPT_JSON, OPT_QUIET, OPT_FAIL_ON, OPT_BLOCK };
+    enum { OPT_PYTHON = 1000, OPT_JSON, OPT_QUIET, OPT_FAIL_ON, OPT_BLOCK, OPT_ON_DEADLOCK,
+           OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER };
     static const struct option longopts[] = {
         {"python", required_argument, NULL, OPT_PYTHON},
         {"json", required_argument, NULL, OPT_JSON},
         {"quiet", no_argument, NULL, OPT_QUIET},
         {"fail-on", required_argument, NULL, OPT_FAIL_ON},
         {"block-threshold", required_argument, NULL, OPT_BLOCK},
+        {"on-deadlock", required_argument, NULL, OPT_ON_DEADLOCK},
+        {"deadlock-after", required_argument, NULL, OPT_DEADLOCK_AFTER},
+        {"stuck-after", required_argument, NULL, OPT_STUCK_AFTER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -120,6 +133,28 @@ static int parse_args(int argc, char **argv, run_options *o) {
                 return -1;
             }
             o->block_threshold = optarg;
+            break;
+        }
+        case OPT_ON_DEADLOCK:
+            if (strcmp(optarg, "exit") != 0 && strcmp(optarg, "report") != 0) {
+                asc_cli_error("--on-deadlock takes exit or report, not '%s'", optarg);
+                return -1;
+            }
+            o->on_deadlock_exit = strcmp(optarg, "exit") == 0;
+            break;
+        case OPT_DEADLOCK_AFTER:
+        case OPT_STUCK_AFTER: {
+            /* 0 is allowed for --deadlock-after (report at the first confirming check). */
+            char *end;
+            double v = strtod(optarg, &end);
+            int deadlock = c == OPT_DEADLOCK_AFTER;
+            if (end == optarg || *end || v < 0 || (!deadlock && v == 0) || v > 86400) {
+                asc_cli_error("--%s takes a number of seconds (%s s <= 86400), not '%s'",
+                              deadlock ? "deadlock-after" : "stuck-after", deadlock ? "0 <=" : "0 <", optarg);
+                return -1;
+            }
+            if (deadlock) o->deadlock_after = optarg;
+            else o->stuck_after = optarg;
             break;
         }
         case 'm':
@@ -248,6 +283,9 @@ static int setup_env(const char *home, const char *events, const run_options *o)
     setenv("AIOSCOPE_HOME", home, 1);
     setenv("AIOSCOPE_EVENTS", events, 1);
     if (o->block_threshold) setenv("AIOSCOPE_BLOCK_THRESHOLD", o->block_threshold, 1);
+    if (o->on_deadlock_exit) setenv("AIOSCOPE_ON_DEADLOCK", "exit", 1);
+    if (o->deadlock_after) setenv("AIOSCOPE_DEADLOCK_AFTER", o->deadlock_after, 1);
+    if (o->stuck_after) setenv("AIOSCOPE_STUCK_AFTER", o->stuck_after, 1);
     return 0;
 }
 
@@ -440,6 +478,9 @@ int asc_cmd_run(int argc, char **argv) {
                           aioscope_severity_name((aioscope_severity)o.fail_on), exit_code);
         rc = ASC_EXIT_FAIL_ON;
     }
+    /* --on-deadlock exit: the agent ended the program right after reporting the deadlock. */
+    for (size_t i = 0; o.on_deadlock_exit && i < r->nfindings; i++)
+        if (r->findings[i].kind && strcmp(r->findings[i].kind, "deadlock") == 0) rc = ASC_EXIT_DEADLOCK;
     aioscope_report_free(r);
     return rc;
 }
