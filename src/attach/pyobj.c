@@ -34,19 +34,23 @@ int asc_obj_check(aioscope_target *t, uint64_t obj, uint64_t type) {
     return (type == 0 || actual == type) ? 0 : AIOSCOPE_EBADDATA;
 }
 
-/* A NUL-terminated C string of at most cap-1 bytes at addr. Reads in one call when the string
- * does not cross a page end, else byte ranges up to the page end (a string may sit right before
- * an unmapped page). */
+/* A NUL-terminated C string of at most cap-1 bytes at addr. Reads up to the page end in one
+ * call (a string may sit right before an unmapped page); when a backend refuses that range,
+ * falls back to one byte at a time. */
 static int asc__read_cstr(aioscope_target *t, uint64_t addr, char *out, size_t cap) {
     size_t got = 0;
+    int bytewise = 0;
     while (got + 1 < cap) {
         uint64_t a = addr + got;
-        size_t chunk = 4096 - (size_t)(a & 4095);
+        size_t chunk = bytewise ? 1 : 4096 - (size_t)(a & 4095);
         if (chunk > cap - 1 - got) chunk = cap - 1 - got;
         int rc = asc_mem_read(&t->mem, a, out + got, chunk);
-        if (rc < 0) return rc;
-        char *nul = memchr(out + got, 0, chunk);
-        if (nul) return 0;
+        if (rc < 0) {
+            if (bytewise || chunk == 1) return rc;
+            bytewise = 1;
+            continue;
+        }
+        if (memchr(out + got, 0, chunk)) return 0;
         got += chunk;
     }
     out[cap - 1] = 0;

@@ -189,3 +189,108 @@ uint64_t fp_set(fakepy *fp, const uint64_t *items, size_t n, size_t slots) {
     fp_put64(s, L->set_table, table);
     return s;
 }
+
+uint64_t fp_type(fakepy *fp, const char *name, int64_t dictoffset) {
+    uint64_t t = fp_alloc(fp, 1024);
+    size_t n = strlen(name);
+    uint64_t str = fp_alloc(fp, n + 1);
+    memcpy((void *)(uintptr_t)str, name, n + 1);
+    fp_settype(t, fp->types.type);
+    fp_put64(t, fp->L->type_name, str);
+    fp_put64(t, fp->L->type_dictoffset, (uint64_t)dictoffset);
+    return t;
+}
+
+uint64_t fp_instance(fakepy *fp, uint64_t type, uint64_t dict) {
+    uint64_t o = fp_alloc(fp, 64);
+    fp_settype(o, type);
+    fp_put64(o, 16, dict);
+    return o;
+}
+
+uint64_t fp_weakref(fakepy *fp, uint64_t obj) {
+    uint64_t w = fp_alloc(fp, 64);
+    fp_settype(w, fp->types.weakref);
+    fp_put64(w, fp->L->wr_object, obj);
+    return w;
+}
+
+uint64_t fp_coro(fakepy *fp, uint64_t code, int off, uint64_t awaited) {
+    const asc_layout *L = fp->L;
+    uint64_t c = fp_alloc(fp, 512);
+    uint64_t slot = fp_alloc(fp, 16); /* a one-item value stack for the awaited object */
+    fp_put64(slot, 0, awaited);
+    fp_settype(c, fp->types.coro);
+    uint64_t code_start;
+    if (fp->minor <= 10) {
+        uint64_t co_code;
+        memcpy(&co_code, (void *)(uintptr_t)(code + (uint64_t)L->code_code), 8);
+        code_start = co_code + (uint64_t)L->bytes_sval;
+        uint64_t f = fp_frame(fp, code, off, 0);
+        fp_put64(c, L->coro_frame, f);
+        if (awaited) {
+            /* _PyGen_yf: YIELD_FROM (72) after the last instruction, awaited on the stack top. */
+            fp_put8(code_start, off + 2, 72);
+            if (fp->minor == 10) {
+                fp_put64(f, L->frame_valuestack, slot);
+                fp_put32(f, L->frame_stackdepth, 1);
+            } else {
+                fp_put64(f, L->frame_stacktop, slot + 8);
+            }
+        }
+        return c;
+    }
+    code_start = code + (uint64_t)L->code_code_adaptive;
+    uint64_t f = c + (uint64_t)L->coro_iframe;
+    fp_put64(f, L->iframe_code, code);
+    fp_put64(f, L->iframe_instr, code_start + (uint64_t)off);
+    fp_put8(c, L->coro_frame_state, (uint8_t)-1); /* suspended (3.13: in yield-from) */
+    if (awaited) {
+        if (fp->minor < 13) {
+            fp_put8(code_start, off + 2, 151); /* RESUME with oparg 2: after an await */
+            fp_put8(code_start, off + 3, 2);
+        }
+        fp_put32(f, L->iframe_stacktop, 1);
+        fp_put64(f, L->iframe_localsplus, awaited);
+    } else if (fp->minor >= 13) {
+        fp_put8(c, L->coro_frame_state, (uint8_t)-2); /* FRAME_SUSPENDED */
+    }
+    return c;
+}
+
+uint64_t fp_task(fakepy *fp, uint64_t task_type, const char *name, uint64_t coro, uint64_t fut_waiter) {
+    const asc_layout *L = fp->L;
+    uint64_t t = fp_alloc(fp, 256);
+    fp_settype(t, task_type);
+    fp_put32(t, L->task_state, 0);
+    fp_put64(t, L->task_coro, coro);
+    fp_put64(t, L->task_name, fp_str(fp, name));
+    fp_put64(t, L->task_fut_waiter, fut_waiter);
+    return t;
+}
+
+uint64_t fp_runtime(fakepy *fp, uint64_t thread_frame, uint64_t task_type, const uint64_t *tasks,
+                    size_t ntasks, uint64_t *set_out) {
+    const asc_layout *L = fp->L;
+    uint64_t refs[64];
+    size_t slots = 8;
+    while (slots < ntasks * 2) slots *= 2;
+    for (size_t i = 0; i < ntasks && i < 64; i++) refs[i] = fp_weakref(fp, tasks[i]);
+    uint64_t set = fp_set(fp, refs, ntasks < 64 ? ntasks : 64, slots);
+    const char *wk[] = {"data"};
+    uint64_t wv[] = {set};
+    uint64_t weakset = fp_instance(fp, fp_type(fp, "WeakSet", 16), fp_dict(fp, wk, wv, 1));
+    const char *ak[] = {"Task", fp->minor <= 11 ? "_all_tasks" : "_scheduled_tasks"};
+    uint64_t av[] = {task_type, weakset};
+    uint64_t module = fp_alloc(fp, 64);
+    fp_put64(module, L->module_dict, fp_dict(fp, ak, av, 2));
+    const char *mk[] = {"sys", "_asyncio"};
+    uint64_t mv[] = {fp_str(fp, "not a module"), module};
+    uint64_t interp = fp_alloc(fp, (size_t)L->interp_modules + 64);
+    fp_put64(interp, L->interp_modules, fp_dict(fp, mk, mv, 2));
+    fp_put64(interp, L->interp_threads_head, fp_tstate(fp, thread_frame));
+    uint64_t runtime = fp_alloc(fp, (size_t)L->runtime_interpreters_head + 64);
+    fp_put64(runtime, L->runtime_interpreters_head, interp);
+    if (set_out) *set_out = set;
+    return runtime;
+}

@@ -60,4 +60,19 @@ uint64_t fp_dict(fakepy *fp, const char *const *keys, const uint64_t *vals, size
 /* A set holding items (slot i = items[i]), table of `slots` slots (a power of two >= n). */
 uint64_t fp_set(fakepy *fp, const uint64_t *items, size_t n, size_t slots);
 
+/* A type object named name (tp_name), with instances' __dict__ at dictoffset (0: none). */
+uint64_t fp_type(fakepy *fp, const char *name, int64_t dictoffset);
+/* An instance of type with a __dict__ (at the type's dictoffset 16) holding dict. */
+uint64_t fp_instance(fakepy *fp, uint64_t type, uint64_t dict);
+uint64_t fp_weakref(fakepy *fp, uint64_t obj);
+/* A coroutine suspended at byte offset off of code, awaiting `awaited` (0: nothing). */
+uint64_t fp_coro(fakepy *fp, uint64_t code, int off, uint64_t awaited);
+/* A task of task_type named name running coro, waiting on fut_waiter (0: none). */
+uint64_t fp_task(fakepy *fp, uint64_t task_type, const char *name, uint64_t coro, uint64_t fut_waiter);
+/* A whole interpreter: _PyRuntime -> one interpreter -> one thread (stack: thread_frame), and
+ * sys.modules['_asyncio'] with `Task` = task_type and the all-tasks WeakSet holding tasks.
+ * Returns the _PyRuntime address; *set_out is the set inside the WeakSet. */
+uint64_t fp_runtime(fakepy *fp, uint64_t thread_frame, uint64_t task_type, const uint64_t *tasks,
+                    size_t ntasks, uint64_t *set_out);
+
 #endif
