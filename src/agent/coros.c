@@ -15,8 +15,10 @@
  * coroutine's __name__ (LOAD_GLOBAL/LOAD_NAME/LOAD_ATTR/LOAD_METHOD/LOAD_FAST/LOAD_DEREF...) at
  * or before the frame's current instruction; that load starts the creating call. When the frame
  * that held the coroutine has already finished (a local of a coroutine that returned), the
- * current task's coroutine is searched the same way; failing all that, the innermost user
- * frame, and last the coroutine's own `async def` line. Opcode numbers come from dis.opmap at
+ * current task's coroutine is searched the same way, then the functions and methods of the
+ * module the innermost user frame runs in (a coroutine kept in a local of a plain function
+ * that has returned); failing all that, the innermost user frame, and last the coroutine's own
+ * `async def` line. Opcode numbers come from dis.opmap at
  * init, never from a table of ours. */
 #include "agent/agent.h"
 
@@ -216,6 +218,91 @@ static int asc_search_current_task(PyObject *name, PyCodeObject **code_out, int 
     return 0;
 }
 
+/* Search a code object and the code nested in it (functions, lambdas, comprehensions defined
+ * inside), whole; depth-bounded. */
+static int asc_search_code_tree(PyCodeObject *co, PyObject *name, int depth, PyCodeObject **code_out, int *line)
+{
+    if (!asc_is_user_file(co->co_filename))
+        return 0;
+    int l = asc_find_load_line(co, name, -1);
+    if (l > 0) {
+        Py_INCREF(co);
+        *code_out = co;
+        *line = l;
+        return 1;
+    }
+    if (depth >= 4)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(co->co_consts); i++) {
+        PyObject *c = PyTuple_GET_ITEM(co->co_consts, i);
+        if (PyCode_Check(c) && asc_search_code_tree((PyCodeObject *)c, name, depth + 1, code_out, line))
+            return 1;
+    }
+    return 0;
+}
+
+static int asc_search_callable(PyObject *obj, PyObject *name, PyCodeObject **code_out, int *line)
+{
+    PyObject *func = obj;
+    if (PyObject_TypeCheck(obj, &PyStaticMethod_Type) || PyObject_TypeCheck(obj, &PyClassMethod_Type)) {
+        func = PyObject_GetAttrString(obj, "__func__");
+        if (func == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        Py_DECREF(func); /* still referenced by obj */
+    }
+    if (!PyFunction_Check(func))
+        return 0;
+    return asc_search_code_tree((PyCodeObject *)PyFunction_GET_CODE(func), name, 0, code_out, line);
+}
+
+/* The coroutine was kept in a local of a function that has returned since (its frame is gone,
+ * and the caller's line shows only the call of that function): search the functions and
+ * methods of the module the innermost user frame runs in. */
+static int asc_search_module(PyObject *name, PyCodeObject **code_out, int *line)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    for (int depth = 0; f && depth < 256; depth++) {
+        PyCodeObject *co = asc_frame_code(f);
+        int user = asc_is_user_file(co->co_filename);
+        Py_DECREF(co);
+        if (user)
+            break;
+        PyFrameObject *back = asc_frame_back(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    if (f == NULL)
+        return 0;
+    PyObject *globals = PyObject_GetAttrString((PyObject *)f, "f_globals");
+    Py_DECREF(f);
+    if (globals == NULL || !PyDict_Check(globals)) {
+        Py_XDECREF(globals);
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *values = PyDict_Values(globals);
+    Py_DECREF(globals);
+    int found = 0;
+    for (Py_ssize_t i = 0; values && i < PyList_GET_SIZE(values) && !found; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (PyType_Check(v)) {
+            PyObject *d = ((PyTypeObject *)v)->tp_dict;
+            PyObject *key, *member;
+            Py_ssize_t pos = 0;
+            while (!found && d && PyDict_Next(d, &pos, &key, &member))
+                found = asc_search_callable(member, name, code_out, line);
+        } else {
+            found = asc_search_callable(v, name, code_out, line);
+        }
+    }
+    Py_XDECREF(values);
+    PyErr_Clear();
+    return found;
+}
+
 static int asc_set_site_from_code(aioscope_location *loc, PyCodeObject *co, int line)
 {
     /* A codeloc wants a byte offset; building the location directly from the line is simpler:
@@ -265,7 +352,8 @@ static void asc_report_unawaited(PyObject *coro)
 
     PyCodeObject *found = NULL;
     int line = 0;
-    if (asc_search_stack(name, &found, &line) || asc_search_current_task(name, &found, &line)) {
+    if (asc_search_stack(name, &found, &line) || asc_search_current_task(name, &found, &line) ||
+        asc_search_module(name, &found, &line)) {
         (void)asc_set_site_from_code(&f.site, found, line);
         Py_DECREF(found);
     } else if (!asc_site_is_user(&f.site)) {

@@ -32,6 +32,7 @@ static struct {
     PyObject *socket_type;     /* socket.socket */
     PyObject *socket_sites;    /* dict: id(sock) -> (weakref, code, lasti) */
     PyObject *shown_once;      /* set: keys of warnings already shown for "default"/"once"/"module" */
+    PyObject *loop_type;       /* asyncio.base_events.BaseEventLoop */
 } asc_lk;
 
 /* ---- recording where resources are opened ----------------------------------------------------- */
@@ -104,12 +105,19 @@ static PyObject *asc_recalled_site(PyObject *obj)
     return site;
 }
 
-/* __init__ wrapper: self is the original __init__ function. */
+/* __init__ wrapper: self is the original __init__ function. An event loop also gets its task
+ * factory here, not only when it starts running: tasks a program creates on a loop before
+ * running it (loop.create_task(...); loop.run_forever()) then remember their creation site too. */
 static PyObject *asc_init_wrapper(PyObject *orig, PyObject *args, PyObject *kwargs)
 {
     PyObject *r = PyObject_Call(orig, args, kwargs);
-    if (r && asc_cfg.enabled && PyTuple_GET_SIZE(args) > 0)
-        asc_remember_site(PyTuple_GET_ITEM(args, 0));
+    if (r && asc_cfg.enabled && PyTuple_GET_SIZE(args) > 0) {
+        PyObject *self = PyTuple_GET_ITEM(args, 0);
+        asc_remember_site(self);
+        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1)
+            (void)asc_tasks_on_loop_start(self);
+        PyErr_Clear();
+    }
     return r;
 }
 
@@ -353,6 +361,11 @@ int asc_leaks_init(PyObject *module)
     }
     asc_lk.socket_type = PyObject_GetAttrString(socket, "socket");
     Py_DECREF(socket);
+    PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
+    asc_lk.loop_type = base_events ? PyObject_GetAttrString(base_events, "BaseEventLoop") : NULL;
+    Py_XDECREF(base_events);
+    if (asc_lk.loop_type == NULL)
+        return -1;
     asc_lk.socket_sites = PyDict_New();
     asc_lk.shown_once = PySet_New(NULL);
     asc_lk.orig_show = PyObject_GetAttrString(asc_lk.warnings, "_showwarnmsg");

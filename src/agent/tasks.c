@@ -36,6 +36,7 @@ typedef struct {
     asc_codeloc created; /* where the task was created */
     asc_codeloc cancel_site; /* where it was suspended when cancel() took effect */
     int flags;
+    asc_task_stats stats; /* busy time, steps, age, spawner: written by steps.c (live view) */
 } asc_task_extra;
 
 enum {
@@ -50,6 +51,7 @@ static struct {
     Py_ssize_t extra_offset;  /* base->tp_basicsize: where asc_task_extra starts */
     destructor base_dealloc;
     PyObject *base_cancel;    /* Task.cancel, a method descriptor */
+    PyObject *base_set_name;  /* Task.set_name */
     PyObject *factory;        /* our task factory (a builtin function) */
     PyObject *on_cancel_done; /* done callback added to cancelled tasks */
     PyObject *orig_cancel_all;  /* asyncio.runners._cancel_all_tasks */
@@ -61,6 +63,12 @@ static asc_task_extra *asc_extra(PyObject *task)
     if (asc_t.type == NULL || !PyObject_TypeCheck(task, asc_t.type))
         return NULL;
     return (asc_task_extra *)((char *)task + asc_t.extra_offset);
+}
+
+asc_task_stats *asc_tasks_stats(PyObject *task)
+{
+    asc_task_extra *x = asc_extra(task);
+    return x ? &x->stats : NULL;
 }
 
 /* ---- the subclass --------------------------------------------------------------------------- */
@@ -201,7 +209,22 @@ out:
     Py_RETURN_NONE;
 }
 
+#if PY_VERSION_HEX >= 0x030D0000
+/* 3.13.0's BaseEventLoop.create_task calls task.set_name(name) after a task factory even when
+ * name is None, which would rename every task to "None" under our factory (without a factory
+ * the task keeps its default "Task-N"). So set_name(None) is a no-op on our tasks. */
+static PyObject *asc_task_set_name(PyObject *self, PyObject *value)
+{
+    if (value == Py_None)
+        Py_RETURN_NONE;
+    return PyObject_CallFunctionObjArgs(asc_t.base_set_name, self, value, NULL);
+}
+#endif
+
 static PyMethodDef asc_task_methods[] = {
+#if PY_VERSION_HEX >= 0x030D0000
+    {"set_name", asc_task_set_name, METH_O, "Task.set_name(); None keeps the default name."},
+#endif
     {"cancel", (PyCFunction)(void (*)(void))asc_task_cancel, METH_FASTCALL | METH_KEYWORDS,
      "Task.cancel(), watched by aioscope for swallowed cancellations."},
     {NULL, NULL, 0, NULL},
@@ -274,9 +297,53 @@ static PyObject *asc_weakref_target(PyObject *wref)
 #endif
 }
 
-/* loop.set_task_factory(f) as the program sees it: its own factory replaces ours (its tasks
- * still get the findings that need no subclass); None puts ours back. self is a weak reference
- * to the loop, so the wrapper does not keep the loop alive. */
+#define ASC_CREATED_ATTR "_aioscope_created_at"
+
+/* A program's task factory, chained: its tasks are not our subclass, so the creation site goes
+ * into an attribute of the task (Task instances take attributes). The site is captured before
+ * the program's factory runs, whose own frame would otherwise be the innermost user frame.
+ * self is the program's factory. Only programs with their own factory pay for this. */
+static PyObject *asc_chain_factory(PyObject *user, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames)
+{
+    asc_codeloc site;
+    asc_capture_creation_site(&site);
+    PyObject *task = PyObject_Vectorcall(user, args, (size_t)nargs, kwnames);
+    if (task && site.code && asc_extra(task) == NULL) {
+        PyObject *t = Py_BuildValue("(Oi)", site.code, site.lasti);
+        if (t == NULL || PyObject_SetAttrString(task, ASC_CREATED_ATTR, t) < 0)
+            PyErr_Clear();
+        Py_XDECREF(t);
+    }
+    asc_codeloc_clear(&site);
+    return task;
+}
+
+static PyMethodDef asc_chain_factory_def = {
+    "_aioscope_chained_task_factory", (PyCFunction)(void (*)(void))asc_chain_factory,
+    METH_FASTCALL | METH_KEYWORDS, "The program's task factory, with aioscope noting where tasks are created."};
+
+static int asc_is_chain(PyObject *f)
+{
+    return f && PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml == &asc_chain_factory_def;
+}
+
+/* What to hand the loop's own set_task_factory for what the program asked for. New ref. */
+static PyObject *asc_factory_for(PyObject *requested)
+{
+    if (requested == Py_None) {
+        Py_INCREF(asc_t.factory);
+        return asc_t.factory;
+    }
+    if (!PyCallable_Check(requested)) { /* let the loop raise its own TypeError */
+        Py_INCREF(requested);
+        return requested;
+    }
+    return PyCFunction_New(&asc_chain_factory_def, requested);
+}
+
+/* loop.set_task_factory(f) as the program sees it: its factory is chained (None puts ours
+ * back). self is a weak reference to the loop, so the wrapper does not keep the loop alive. */
 static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
 {
     PyObject *loop = asc_weakref_target(wref);
@@ -285,13 +352,15 @@ static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
         return NULL;
     }
     PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
-    PyObject *r = meth ? PyObject_CallFunctionObjArgs(meth, loop, factory == Py_None ? asc_t.factory : factory, NULL)
-                       : NULL;
+    PyObject *f = meth ? asc_factory_for(factory) : NULL;
+    PyObject *r = f ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
+    Py_XDECREF(f);
     Py_XDECREF(meth);
     Py_DECREF(loop);
     return r;
 }
 
+/* loop.get_task_factory() as the program sees it: its own factory, or None. */
 static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
 {
     PyObject *loop = asc_weakref_target(wref);
@@ -305,11 +374,17 @@ static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
         Py_DECREF(f);
         Py_RETURN_NONE;
     }
+    if (asc_is_chain(f)) {
+        PyObject *user = ((PyCFunctionObject *)f)->m_self;
+        Py_INCREF(user);
+        Py_DECREF(f);
+        return user;
+    }
     return f;
 }
 
 static PyMethodDef asc_set_factory_def = {"set_task_factory", asc_loop_set_task_factory, METH_O,
-                                          "Set the loop's task factory (aioscope keeps its own for None)."};
+                                          "Set the loop's task factory (aioscope chains it)."};
 static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_factory, METH_NOARGS,
                                           "The loop's task factory, as the program set it."};
 
@@ -322,27 +397,32 @@ int asc_tasks_on_loop_start(PyObject *loop)
         PyErr_Clear();
         return 0;
     }
-    int has_user_factory = current != Py_None && current != asc_t.factory;
-    int ours_already = current == asc_t.factory;
-    Py_DECREF(current);
-    if (ours_already || has_user_factory)
-        return 0; /* a program's factory stays as it is */
-    PyObject *r = PyObject_CallMethod(loop, "set_task_factory", "O", asc_t.factory);
-    if (r == NULL) {
-        PyErr_Clear();
-        return 0;
+    if (current == asc_t.factory || asc_is_chain(current)) {
+        Py_DECREF(current);
+        return 0; /* this loop has ours already (it ran before) */
     }
-    Py_DECREF(r);
-    /* Per-instance wrappers; loops without an instance __dict__ (uvloop's) cannot have them:
-     * there a later set_task_factory() of the program simply replaces ours. */
+    /* Per-instance wrappers of set/get_task_factory, so that the program keeps seeing (and
+     * setting) its own factory. A loop that takes no instance attributes keeps its factory
+     * unchanged when it has one; without one it gets ours, which a later set_task_factory() of
+     * the program then replaces. */
     PyObject *wref = PyWeakref_NewRef(loop, NULL);
     PyObject *set = wref ? PyCFunction_New(&asc_set_factory_def, wref) : NULL;
     PyObject *get = wref ? PyCFunction_New(&asc_get_factory_def, wref) : NULL;
-    if (set && get && PyObject_SetAttrString(loop, "set_task_factory", set) == 0)
-        (void)PyObject_SetAttrString(loop, "get_task_factory", get);
+    int wrapped = set && get && PyObject_SetAttrString(loop, "set_task_factory", set) == 0 &&
+                  PyObject_SetAttrString(loop, "get_task_factory", get) == 0;
+    PyErr_Clear();
+    if (wrapped || current == Py_None) {
+        PyObject *f = asc_factory_for(current);
+        PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
+        PyObject *r = f && meth ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(meth);
+        Py_XDECREF(f);
+    }
     Py_XDECREF(set);
     Py_XDECREF(get);
     Py_XDECREF(wref);
+    Py_DECREF(current);
     PyErr_Clear();
     return 0;
 }
@@ -359,8 +439,16 @@ static void asc_fill_task(aioscope_finding *f, PyObject *task)
         f->task_name = strdup(s);
     Py_XDECREF(name);
     asc_task_extra *x = asc_extra(task);
-    if (x && x->created.code)
+    if (x && x->created.code) {
         (void)asc_codeloc_to_location(&x->created, &f->created_at);
+    } else if (x == NULL) { /* made by the program's own factory: the attribute, if any */
+        PyObject *t = PyObject_GetAttrString(task, ASC_CREATED_ATTR);
+        if (t && PyTuple_Check(t) && PyTuple_GET_SIZE(t) == 2) {
+            asc_codeloc loc = {PyTuple_GET_ITEM(t, 0), (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 1))};
+            (void)asc_codeloc_to_location(&loc, &f->created_at);
+        }
+        Py_XDECREF(t);
+    }
     PyErr_Clear();
 }
 
@@ -584,7 +672,8 @@ int asc_tasks_init(PyObject *module)
     asc_t.base_dealloc = asc_t.base->tp_dealloc;
     asc_t.base_cancel = PyObject_GetAttrString(base, "cancel");
     asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
-    if (asc_t.base_cancel == NULL)
+    asc_t.base_set_name = PyObject_GetAttrString(base, "set_name");
+    if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL)
         return -1;
 
     PyType_Slot slots[] = {
