@@ -708,26 +708,6 @@ PyObject *asc_loops_set_running_loop(PyObject *self, PyObject *loop) {
     return r;
 }
 
-/* ---- init and exit ------------------------------------------------------------------------- */
-
-int asc_loops_module_init(PyObject *module) {
-    if (PyType_Ready(&asc_heartbeat_type) < 0) return -1;
-    return 0;
-}
-
-/* Replace name in mod with our hook when it is the original function (a module that imported
- * asyncio's names keeps its own binding: asyncio re-exports events' names in the package). */
-static int asc_hook_attr(PyObject *mod, const char *name, PyObject *hook) {
-    PyObject *cur = PyObject_GetAttrString(mod, name);
-    if (!cur) {
-        PyErr_Clear();
-        return 0;
-    }
-    int rc = 0;
-    if (cur == asc_lp.orig_set_running_loop) rc = PyObject_SetAttrString(mod, name, hook);
-    Py_DECREF(cur);
-    return rc;
-}
 /* uvloop imported before install() kept the original _set_running_loop (it reads
  * asyncio._set_running_loop once, at import), so its loops would go unnoticed; for that case
  * uvloop.Loop.run_forever (a Python class over the Cython base: its attributes can be set, and
@@ -773,6 +753,26 @@ static void asc_hook_early_uvloop(void) {
     Py_XDECREF(cls);
 }
 
+/* ---- init and exit ------------------------------------------------------------------------- */
+
+int asc_loops_module_init(PyObject *module) {
+    if (PyType_Ready(&asc_heartbeat_type) < 0) return -1;
+    return 0;
+}
+
+/* Replace name in mod with our hook when it is the original function (a module that imported
+ * asyncio's names keeps its own binding: asyncio re-exports events' names in the package). */
+static int asc_hook_attr(PyObject *mod, const char *name, PyObject *hook) {
+    PyObject *cur = PyObject_GetAttrString(mod, name);
+    if (!cur) {
+        PyErr_Clear();
+        return 0;
+    }
+    int rc = 0;
+    if (cur == asc_lp.orig_set_running_loop) rc = PyObject_SetAttrString(mod, name, hook);
+    Py_DECREF(cur);
+    return rc;
+}
 
 int asc_loops_init(PyObject *module) {
     int rc = -1;
@@ -785,6 +785,7 @@ int asc_loops_init(PyObject *module) {
     asc_lp.str_cancel = PyUnicode_InternFromString("cancel");
     asc_lp.seen_loops = PyObject_CallMethod(weakref, "WeakSet", NULL);
     asc_lp.current_task = PyObject_GetAttrString(asyncio, "current_task");
+    asc_lp.get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
     asc_lp.orig_set_running_loop = PyObject_GetAttrString(events, "_set_running_loop");
     hook = PyObject_GetAttrString(module, "_set_running_loop");
     if (!asc_lp.str_call_later || !asc_lp.str_cancel || !asc_lp.seen_loops ||
@@ -795,6 +796,7 @@ int asc_loops_init(PyObject *module) {
     if (asc_hook_attr(events, "_set_running_loop", hook) < 0 ||
         asc_hook_attr(asyncio, "_set_running_loop", hook) < 0)
         goto done;
+    asc_hook_early_uvloop();
     if (pthread_atfork(asc_atfork_prepare, asc_atfork_parent, asc_atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "aioscope: pthread_atfork failed");
         goto done;
@@ -805,7 +807,6 @@ done:
     Py_XDECREF(weakref);
     Py_XDECREF(events);
     Py_XDECREF(asyncio);
-    asc_lp.get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
     return rc;
 }
 
@@ -816,7 +817,6 @@ void asc_loops_at_exit(void) {
     if (!loops) {
         asc_drop_error("at exit");
         return;
-    asc_hook_early_uvloop();
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(loops); i++) {
         if (asc_tasks_report_pending(PyList_GET_ITEM(loops, i)) < 0) asc_drop_error("pending at exit");
