@@ -92,7 +92,7 @@ if want e2e; then
         # LSan reports a leak by a non-zero exit status, which those tests check.
         jobs=$(nproc 2>/dev/null || echo 2)
         if AIOSCOPE_BIN="$REPO/build-asan/aioscope" AIOSCOPE_HOME="$REPO/build/python" \
-            AIOSCOPE_E2E_PYTHONS="$e2e_python" AIOSCOPE_ROBUSTNESS_TASKS=100000 \
+            AIOSCOPE_E2E_PYTHONS="$e2e_python" ROBUSTNESS_TASKS=100000 \
             python3 -m pytest -q -n "$jobs" -p no:cacheprovider \
             -k "asyncio and not uvloop or robustness or cli" \
             tests/e2e/test_run_programs.py $(ls tests/e2e/test_run_cli.py tests/e2e/test_robustness.py 2>/dev/null); then
