@@ -56,6 +56,10 @@ static const char run_usage[] =
     "  --deadlock-after SECONDS  report a deadlock once it has lasted SECONDS (default 1)\n"
     "  --stuck-after SECONDS     report a task that made no progress for SECONDS while its loop\n"
     "                            kept running, as stuck-task (info; default 30)\n"
+    "  --trace FILE              also record a timeline of tasks, steps, loop iterations, blocked\n"
+    "                            periods, locks and findings to FILE (Chrome trace JSON: open it\n"
+    "                            in ui.perfetto.dev or chrome://tracing; see docs/trace.md)\n"
+    "  --trace-limit N           keep at most the last N trace events (default 500000)\n"
     "  -h, --help                show this help\n"
     "\n"
     "exit status: the program's own (128+N if signal N killed it); 2 for aioscope's own errors\n"
@@ -71,6 +75,8 @@ typedef struct {
     const char *block_threshold;
     int on_deadlock_exit;
     const char *deadlock_after, *stuck_after;
+    char trace_path[PATH_MAX]; /* --trace, made absolute: the program may chdir */
+    const char *trace_limit;
     char **target; /* what follows the options */
     int ntarget;
     int mode; /* 's' script, 'm' module, 'c' command */
@@ -91,7 +97,7 @@ static void forward_signal(int sig, siginfo_t *info, void *ctx) {
 
 static int parse_args(int argc, char **argv, run_options *o) {
     enum { OPT_PYTHON = 1000, OPT_JSON, OPT_QUIET, OPT_FAIL_ON, OPT_BLOCK, OPT_ON_DEADLOCK,
-           OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER };
+           OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER, OPT_TRACE, OPT_TRACE_LIMIT };
     static const struct option longopts[] = {
         {"python", required_argument, NULL, OPT_PYTHON},
         {"json", required_argument, NULL, OPT_JSON},
@@ -101,6 +107,8 @@ static int parse_args(int argc, char **argv, run_options *o) {
         {"on-deadlock", required_argument, NULL, OPT_ON_DEADLOCK},
         {"deadlock-after", required_argument, NULL, OPT_DEADLOCK_AFTER},
         {"stuck-after", required_argument, NULL, OPT_STUCK_AFTER},
+        {"trace", required_argument, NULL, OPT_TRACE},
+        {"trace-limit", required_argument, NULL, OPT_TRACE_LIMIT},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -133,6 +141,24 @@ static int parse_args(int argc, char **argv, run_options *o) {
                 return -1;
             }
             o->block_threshold = optarg;
+            break;
+        }
+        case OPT_TRACE:
+            if (optarg[0] == '/' || !getcwd(o->trace_path, sizeof o->trace_path))
+                snprintf(o->trace_path, sizeof o->trace_path, "%s", optarg);
+            else
+                snprintf(o->trace_path + strlen(o->trace_path), sizeof o->trace_path - strlen(o->trace_path),
+                         "/%s", optarg);
+            break;
+        case OPT_TRACE_LIMIT: {
+            char *end;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            /* The agent's bounds (trace.c): fewer events show nothing; more would need > 2 GB. */
+            if (end == optarg || *end || optarg[0] == '-' || v < 100 || v > 50000000) {
+                asc_cli_error("--trace-limit takes a number of events from 100 to 50000000, not '%s'", optarg);
+                return -1;
+            }
+            o->trace_limit = optarg;
             break;
         }
         case OPT_ON_DEADLOCK:
@@ -283,6 +309,8 @@ static int setup_env(const char *home, const char *events, const run_options *o)
     setenv("AIOSCOPE_HOME", home, 1);
     setenv("AIOSCOPE_EVENTS", events, 1);
     if (o->block_threshold) setenv("AIOSCOPE_BLOCK_THRESHOLD", o->block_threshold, 1);
+    if (o->trace_path[0]) setenv("AIOSCOPE_TRACE", o->trace_path, 1);
+    if (o->trace_limit) setenv("AIOSCOPE_TRACE_LIMIT", o->trace_limit, 1);
     if (o->on_deadlock_exit) setenv("AIOSCOPE_ON_DEADLOCK", "exit", 1);
     if (o->deadlock_after) setenv("AIOSCOPE_DEADLOCK_AFTER", o->deadlock_after, 1);
     if (o->stuck_after) setenv("AIOSCOPE_STUCK_AFTER", o->stuck_after, 1);
@@ -377,6 +405,18 @@ int asc_cmd_run(int argc, char **argv) {
             return ASC_EXIT_USAGE;
         }
         close(fd);
+    }
+    /* The same for --trace; the agent writes it at the end (a file we created is removed again). */
+    if (o.trace_path[0]) {
+        int existed = access(o.trace_path, F_OK) == 0;
+        int fd = open(o.trace_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0) {
+            asc_cli_error("cannot write the trace to '%s': %s", o.trace_path, strerror(errno));
+            free(child_argv);
+            return ASC_EXIT_USAGE;
+        }
+        close(fd);
+        if (!existed) unlink(o.trace_path);
     }
 
     char home[PATH_MAX];

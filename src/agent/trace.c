@@ -1,0 +1,957 @@
+/* trace.c: the timeline of `aioscope run --trace FILE`, in the Chrome trace-event JSON format.
+ *
+ * What is recorded (docs/trace.md has the file's structure):
+ *   - a track per task, each step of the task a slice named by its coroutine's qualified name;
+ *   - task creation (an instant on the new task's track and a flow arrow from the step of the
+ *     task that created it to the new task's first step) and completion (an instant);
+ *   - a track per event loop with each loop iteration (BaseEventLoop._run_once) as a slice;
+ *   - a "blocked" track per loop with each blocked period reported as a blocking-call finding,
+ *     its stack and site in the slice's args;
+ *   - every finding as an instant event with the finding's JSON in its args;
+ *   - asyncio.Lock wait and hold spans, as async slices of the task that waited and held.
+ *
+ * Cost. Nothing is installed unless AIOSCOPE_TRACE names a file: asc_trace_active stays 0 and
+ * the hooks in steps.c and module.c test it and return. While tracing, the task steps come from
+ * steps.c, which already times every step for the live view: recording one is a store into the
+ * ring plus one call of task.done(). Loop iterations are timed by a small C callable put in the
+ * loop's instance __dict__ as _run_once (as steps.c does for call_soon); Lock.acquire/release
+ * are replaced on the class by C method descriptors. uvloop has neither an instance __dict__
+ * nor Python-level steps, so under uvloop the trace has tasks' creation and completion,
+ * findings and blocked periods, but no per-step slices or iterations.
+ *
+ * Memory is bounded: events go into one ring of fixed-size records (ASC_TRACE_DEFAULT_LIMIT, or
+ * AIOSCOPE_TRACE_LIMIT from --trace-limit) that overwrites the oldest, so a long run keeps its
+ * end, which is what explains how it ended. Names (coroutine names, task names) are interned in
+ * a table of at most ASC_TRACE_MAX_NAMES strings; tasks with the default name "Task-N" keep
+ * only N. Findings carry their JSON as an owned string, freed when the ring overwrites them.
+ *
+ * The file is written at exit (module.c's atexit callback, which also runs after an uncaught
+ * exception or KeyboardInterrupt), and on SIGTERM when the program has no handler of its own:
+ * the handler writes the trace, then lets SIGTERM kill the process as it would have. A write
+ * goes to FILE.tmp first and is renamed over FILE, so a reader never sees half a trace. */
+#include "agent/agent.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aioscope/json.h"
+
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL
+#else
+#define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
+#endif
+
+/* Events kept by default: 40 bytes each, so 20 MB of ring and a file of roughly 50-80 MB,
+ * which Perfetto opens comfortably; --trace-limit changes it. */
+#define ASC_TRACE_DEFAULT_LIMIT 500000
+/* Smallest and largest accepted limits: below a few hundred events a trace shows nothing
+ * useful; above 50 million the ring alone would take 2 GB. */
+#define ASC_TRACE_MIN_LIMIT 100
+#define ASC_TRACE_MAX_LIMIT 50000000
+/* Distinct names kept; a program generating names without bound (a task name per request)
+ * shows the later ones as "?" rather than growing memory. */
+#define ASC_TRACE_MAX_NAMES 65536
+/* Loops with a track of their own; more loops than this share the last one. */
+#define ASC_TRACE_MAX_LOOPS 64
+
+/* Track numbers (the trace's "tid"): loops 1..64, their blocked tracks 101..164, tasks from
+ * 1000 on, in creation order. Perfetto sorts tracks by these numbers. */
+#define ASC_TRACK_LOOP0 1
+#define ASC_TRACK_BLOCKED0 101
+#define ASC_TRACK_TASK0 1000
+/* Task tracks go up by 2 from ASC_TRACK_TASK0: a task's lock spans are on the next number, a
+ * track of their own, since a wait crosses the task's step slices without nesting in them. */
+#define ASC_TRACK_STEP 2
+
+/* trace_flags of a task: its first step ends a flow arrow; its name was read at a step (create_task
+ * names a task after the factory made it, so the name seen at creation may be the default). */
+#define ASC_TF_FLOW 1u
+#define ASC_TF_NAMED 2u
+
+/* A label with this bit is the N of a default task name "Task-N", not a name-table index. */
+#define ASC_LABEL_NUM 0x80000000u
+
+enum {
+    ASC_EV_STEP = 1,   /* X on a task track: name = coroutine */
+    ASC_EV_ITER,       /* X on a loop track */
+    ASC_EV_TASK_NEW,   /* i on the task's track; aux = the spawner's track (0: none) */
+    ASC_EV_FLOW_END,   /* f at the first step of a task that has a spawner */
+    ASC_EV_TASK_DONE,  /* i on the task's track; flags: 1 cancelled */
+    ASC_EV_BLOCKED,    /* X on a loop's blocked track; text = the finding */
+    ASC_EV_FINDING,    /* i; text = the finding */
+    ASC_EV_LOCK_WAIT,  /* async span on a task; aux = the lock's id; flags: 1 cancelled */
+    ASC_EV_LOCK_HOLD,  /* async span on a task; aux = the lock's id */
+};
+
+/* One record of the ring. */
+typedef struct {
+    int64_t ts;      /* CLOCK_MONOTONIC ns: start of a span, or the instant */
+    int64_t dur;     /* ns, spans only */
+    char *text;      /* owned JSON for args (findings), or NULL */
+    uint64_t aux;
+    uint32_t track;
+    uint32_t name;   /* name-table index of the slice's name (0: "?") */
+    uint32_t label;  /* the task's label: name-table index, or ASC_LABEL_NUM | N */
+    uint8_t type;
+    uint8_t flags;
+} asc_tev;
+
+int asc_trace_active;
+
+static struct {
+    char *path;               /* owned: AIOSCOPE_TRACE */
+    asc_tev *ring;            /* owned, limit records */
+    size_t limit;
+    uint64_t written;         /* records ever written; the ring holds the last min(written, limit) */
+    int64_t t0;               /* ns: the trace's time zero */
+    long pid;
+    uint32_t next_task_track;
+    /* Names: name_index maps str -> int; names[i] is the UTF-8 copy (owned); 0 is "?". */
+    PyObject *name_index;     /* owned dict */
+    char **names;
+    uint32_t nnames;
+    uint32_t name_iteration, name_blocked, name_lock_wait, name_lock_hold;
+    /* Loops with a track: identity only (borrowed; a stale pointer is only compared). */
+    struct {
+        PyObject *loop;
+        unsigned long thread;
+    } loops[ASC_TRACE_MAX_LOOPS];
+    int nloops;
+    PyObject *str_done, *str_cancelled, *str_get_name, *str_get_coro, *str_qualname, *str_run_once;
+    PyObject *current_task;   /* owned: asyncio.current_task */
+    PyObject *orig_acquire, *orig_release; /* owned: asyncio.Lock's own methods */
+    PyObject *lock_holds;     /* owned dict {id(lock): (track, start_ns)} */
+    PyObject *orig_sigterm;   /* owned: the handler we replaced (SIG_DFL) */
+    int dumped;
+} asc_tr;
+
+/* ---- the ring ------------------------------------------------------------------------------- */
+
+static asc_tev *asc_trace_slot(void) {
+    asc_tev *e = &asc_tr.ring[asc_tr.written % asc_tr.limit];
+    if (asc_tr.written >= asc_tr.limit) free(e->text); /* the oldest record goes */
+    asc_tr.written++;
+    memset(e, 0, sizeof *e);
+    return e;
+}
+
+static void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
+                          uint32_t label, uint64_t aux, uint8_t flags) {
+    asc_tev *e = asc_trace_slot();
+    e->type = type;
+    e->ts = ts;
+    e->dur = dur;
+    e->track = track;
+    e->name = name;
+    e->label = label;
+    e->aux = aux;
+    e->flags = flags;
+}
+
+/* ---- names ---------------------------------------------------------------------------------- */
+
+/* The index of a str in the name table, adding it when there is room; 0 ("?") otherwise. */
+static uint32_t asc_trace_intern(PyObject *s) {
+    if (!s || !PyUnicode_Check(s)) return 0;
+    PyObject *idx = PyDict_GetItemWithError(asc_tr.name_index, s); /* borrowed */
+    if (idx) return (uint32_t)PyLong_AsUnsignedLong(idx);
+    if (PyErr_Occurred() || asc_tr.nnames >= ASC_TRACE_MAX_NAMES) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *utf8 = PyUnicode_AsUTF8(s);
+    char *copy = utf8 ? strdup(utf8) : NULL;
+    PyObject *n = copy ? PyLong_FromUnsignedLong(asc_tr.nnames) : NULL;
+    if (!n || PyDict_SetItem(asc_tr.name_index, s, n) < 0) {
+        Py_XDECREF(n);
+        free(copy);
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(n);
+    asc_tr.names[asc_tr.nnames] = copy;
+    return asc_tr.nnames++;
+}
+
+static uint32_t asc_trace_intern_c(const char *s) {
+    PyObject *o = PyUnicode_FromString(s);
+    uint32_t i = asc_trace_intern(o);
+    Py_XDECREF(o);
+    PyErr_Clear();
+    return i;
+}
+
+/* ---- tasks ---------------------------------------------------------------------------------- */
+
+/* The task's label from its name: "Task-N" keeps only N. */
+static void asc_trace_read_name(PyObject *task, asc_task_stats *st) {
+    PyObject *name = PyObject_CallMethodObjArgs(task, asc_tr.str_get_name, NULL);
+    const char *n = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    char *end = NULL;
+    unsigned long num = n && strncmp(n, "Task-", 5) == 0 ? strtoul(n + 5, &end, 10) : 0;
+    if (end && *end == '\0' && end != n + 5 && num < ASC_LABEL_NUM) st->trace_label = ASC_LABEL_NUM | (uint32_t)num;
+    else st->trace_label = asc_trace_intern(name);
+    Py_XDECREF(name);
+    PyErr_Clear();
+}
+
+/* Gives a task its track, its coroutine's name and its label, the first time it is seen. */
+static void asc_trace_adopt(PyObject *task, asc_task_stats *st) {
+    st->trace_track = asc_tr.next_task_track;
+    asc_tr.next_task_track += ASC_TRACK_STEP;
+    asc_trace_read_name(task, st);
+    PyObject *coro = PyObject_CallMethodObjArgs(task, asc_tr.str_get_coro, NULL);
+    PyObject *qual = coro && coro != Py_None ? PyObject_GetAttr(coro, asc_tr.str_qualname) : NULL;
+    st->trace_name = asc_trace_intern(qual);
+    Py_XDECREF(qual);
+    Py_XDECREF(coro);
+    PyErr_Clear();
+}
+
+void asc_trace_task_created(PyObject *task, asc_task_stats *st, PyObject *spawner) {
+    if (!asc_trace_active || !st || st->trace_track) return;
+    asc_trace_adopt(task, st);
+    asc_task_stats *sp = spawner ? asc_tasks_stats(spawner) : NULL;
+    /* A spawner not seen yet (the main task, whose first step ran before its loop was hooked)
+     * gets its track now, so that the arrow has a start. */
+    if (sp && !sp->trace_track) asc_trace_adopt(spawner, sp);
+    uint32_t from = sp ? sp->trace_track : 0;
+    if (from) st->trace_flags |= ASC_TF_FLOW;
+    asc_trace_put(ASC_EV_TASK_NEW, asc_live_now_ns(), 0, st->trace_track, st->trace_name,
+                  st->trace_label, from, 0);
+}
+
+void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) {
+    if (!asc_trace_active || !st) return;
+    if (!st->trace_track) asc_trace_adopt(task, st); /* created before the trace could see it */
+    if (!(st->trace_flags & ASC_TF_NAMED)) {
+        st->trace_flags |= ASC_TF_NAMED;
+        asc_trace_read_name(task, st);
+    }
+    if (st->trace_flags & ASC_TF_FLOW) {
+        st->trace_flags &= ~ASC_TF_FLOW;
+        asc_trace_put(ASC_EV_FLOW_END, t0, 0, st->trace_track, st->trace_name, st->trace_label, 0, 0);
+    }
+    asc_trace_put(ASC_EV_STEP, t0, t1 - t0, st->trace_track, st->trace_name, st->trace_label, 0, 0);
+    /* Did this step end the task? done() is cheap and, unlike exception(), changes nothing. */
+    PyObject *done = PyObject_CallMethodObjArgs(task, asc_tr.str_done, NULL);
+    if (done == Py_True) {
+        PyObject *c = PyObject_CallMethodObjArgs(task, asc_tr.str_cancelled, NULL);
+        asc_trace_put(ASC_EV_TASK_DONE, t1, 0, st->trace_track, st->trace_name, st->trace_label, 0,
+                      c == Py_True ? 1 : 0);
+        Py_XDECREF(c);
+    }
+    Py_XDECREF(done);
+    PyErr_Clear();
+}
+
+/* ---- loops ---------------------------------------------------------------------------------- */
+
+/* The track of a loop (registering it), or of the loop last seen in the calling thread. */
+static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
+    for (int i = 0; i < asc_tr.nloops; i++) {
+        if (loop ? asc_tr.loops[i].loop == loop : asc_tr.loops[i].thread == thread) {
+            if (loop) asc_tr.loops[i].thread = thread;
+            return ASC_TRACK_LOOP0 + (uint32_t)i;
+        }
+    }
+    if (!loop) return 0;
+    int i = asc_tr.nloops < ASC_TRACE_MAX_LOOPS ? asc_tr.nloops++ : ASC_TRACE_MAX_LOOPS - 1;
+    asc_tr.loops[i].loop = loop;
+    asc_tr.loops[i].thread = thread;
+    return ASC_TRACK_LOOP0 + (uint32_t)i;
+}
+
+/* loop._run_once, timed: an instance attribute called by run_forever as self._run_once(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *loop; /* owned; the loop's __dict__ holds us: a cycle the GC breaks */
+    PyObject *orig; /* owned: the class's _run_once function */
+    vectorcallfunc vectorcall;
+} asc_run_once;
+
+static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames) {
+    asc_run_once *ro = (asc_run_once *)self;
+    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames) {
+        PyErr_SetString(PyExc_TypeError, "_run_once() takes no arguments");
+        return NULL;
+    }
+    PyObject *loop = ro->loop;
+    Py_INCREF(loop);
+    int64_t t0 = asc_live_now_ns();
+    PyObject *r = PyObject_Vectorcall(ro->orig, &loop, 1, NULL);
+    if (asc_trace_active) {
+        uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
+        asc_trace_put(ASC_EV_ITER, t0, asc_live_now_ns() - t0, track, asc_tr.name_iteration, 0, 0, 0);
+    }
+    Py_DECREF(loop);
+    return r;
+}
+
+static int asc_run_once_traverse(PyObject *self, visitproc visit, void *arg) {
+    Py_VISIT(((asc_run_once *)self)->loop);
+    Py_VISIT(((asc_run_once *)self)->orig);
+    return 0;
+}
+
+static int asc_run_once_clear(PyObject *self) {
+    Py_CLEAR(((asc_run_once *)self)->loop);
+    Py_CLEAR(((asc_run_once *)self)->orig);
+    return 0;
+}
+
+static void asc_run_once_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    asc_run_once_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject asc_run_once_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.RunOnce",
+    .tp_basicsize = sizeof(asc_run_once),
+    .tp_dealloc = asc_run_once_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = asc_run_once_traverse,
+    .tp_clear = asc_run_once_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(asc_run_once, vectorcall),
+};
+
+/* A task step scheduled before its loop was hooked (asyncio.run's main task is created, and
+ * its first step scheduled, before the loop runs): steps.c never sees it, so the handles
+ * already in loop._ready get their task-step callbacks wrapped in this, once, at loop start.
+ * Without it the main task's first step, which creates the first tasks, would be missing, and
+ * the creation arrows would start from nowhere. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback; /* owned */
+    PyObject *task;     /* owned */
+} asc_early_step;
+
+static PyObject *asc_early_step_call(PyObject *self, PyObject *args, PyObject *kwargs) {
+    asc_early_step *s = (asc_early_step *)self;
+    PyObject *task = s->task;
+    Py_INCREF(task);
+    int64_t t0 = asc_live_now_ns();
+    PyObject *r = PyObject_Call(s->callback, args, kwargs);
+    int64_t t1 = asc_live_now_ns();
+    asc_task_stats *st = asc_tasks_stats(task);
+    if (st && asc_trace_active) {
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *exc = PyErr_GetRaisedException();
+        asc_trace_step(task, st, t0, t1);
+        PyErr_SetRaisedException(exc);
+#else
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        asc_trace_step(task, st, t0, t1);
+        PyErr_Restore(et, ev, etb);
+#endif
+    }
+    Py_DECREF(task);
+    return r;
+}
+
+static void asc_early_step_dealloc(PyObject *self) {
+    Py_CLEAR(((asc_early_step *)self)->callback);
+    Py_CLEAR(((asc_early_step *)self)->task);
+    PyObject_Free(self);
+}
+
+/* Handle.__repr__ and error messages show the task's own callback. */
+static PyObject *asc_early_step_repr(PyObject *self) { return PyObject_Repr(((asc_early_step *)self)->callback); }
+
+static PyTypeObject asc_early_step_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.EarlyStep",
+    .tp_basicsize = sizeof(asc_early_step),
+    .tp_dealloc = asc_early_step_dealloc,
+    .tp_repr = asc_early_step_repr,
+    .tp_call = asc_early_step_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+};
+
+static void asc_trace_wrap_ready(PyObject *loop) {
+    PyObject *ready = PyObject_GetAttrString(loop, "_ready");
+    PyObject *it = ready ? PyObject_GetIter(ready) : NULL;
+    PyObject *h;
+    /* _ready holds what is due now: a handful of handles at a loop's start. */
+    while (it && (h = PyIter_Next(it)) != NULL) {
+        PyObject *cb = PyObject_GetAttrString(h, "_callback");
+        PyObject *task = cb && Py_TYPE(cb) != &asc_early_step_type ? PyObject_GetAttrString(cb, "__self__") : NULL;
+        if (task && asc_tasks_stats(task)) {
+            asc_early_step *w = PyObject_New(asc_early_step, &asc_early_step_type);
+            if (w) {
+                Py_INCREF(cb);
+                Py_INCREF(task);
+                w->callback = cb;
+                w->task = task;
+                (void)PyObject_SetAttrString(h, "_callback", (PyObject *)w);
+                Py_DECREF(w);
+            }
+        }
+        PyErr_Clear();
+        Py_XDECREF(task);
+        Py_XDECREF(cb);
+        Py_DECREF(h);
+    }
+    PyErr_Clear();
+    Py_XDECREF(it);
+    Py_XDECREF(ready);
+}
+
+int asc_trace_on_loop_start(PyObject *loop) {
+    if (!asc_trace_active) return 0;
+    (void)asc_trace_loop_track(loop, PyThread_get_thread_ident());
+    asc_trace_wrap_ready(loop);
+    /* Loops without an instance dict (uvloop) or with a C _run_once are not timed. */
+    PyObject **dictptr = _PyObject_GetDictPtr(loop);
+    if (!dictptr) return 0;
+    if (*dictptr && PyDict_GetItemWithError(*dictptr, asc_tr.str_run_once)) return 0; /* ours, or the program's */
+    if (PyErr_Occurred()) return -1;
+    PyObject *orig = PyObject_GetAttr((PyObject *)Py_TYPE(loop), asc_tr.str_run_once);
+    if (!orig) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (!PyFunction_Check(orig)) {
+        Py_DECREF(orig);
+        return 0;
+    }
+    asc_run_once *ro = PyObject_GC_New(asc_run_once, &asc_run_once_type);
+    if (!ro) {
+        Py_DECREF(orig);
+        return -1;
+    }
+    Py_INCREF(loop);
+    ro->loop = loop;
+    ro->orig = orig;
+    ro->vectorcall = asc_run_once_call;
+    PyObject_GC_Track((PyObject *)ro);
+    int rc = PyObject_GenericSetAttr(loop, asc_tr.str_run_once, (PyObject *)ro);
+    Py_DECREF(ro);
+    return rc;
+}
+
+/* ---- findings ------------------------------------------------------------------------------- */
+
+void asc_trace_finding(const aioscope_finding *f) {
+    if (!asc_trace_active || !f) return;
+    int64_t now = asc_live_now_ns();
+    uint32_t track = asc_trace_loop_track(NULL, PyThread_get_thread_ident());
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_finding_to_json(f, &b);
+    if (b.oom || !b.data) {
+        aioscope_buf_free(&b);
+        return;
+    }
+    if (f->kind && strcmp(f->kind, "blocking-call") == 0 && f->duration_s > 0) {
+        /* The period ended now (the late heartbeat ran) and lasted duration_s. */
+        int64_t dur = (int64_t)(f->duration_s * 1e9);
+        char *copy = strdup(b.data);
+        if (copy) {
+            uint32_t btrack = track ? track - ASC_TRACK_LOOP0 + ASC_TRACK_BLOCKED0 : ASC_TRACK_BLOCKED0;
+            asc_trace_put(ASC_EV_BLOCKED, now - dur, dur, btrack, asc_tr.name_blocked, 0, 0, 0);
+            asc_tr.ring[(asc_tr.written - 1) % asc_tr.limit].text = copy;
+        }
+    }
+    uint32_t name = asc_trace_intern_c(f->kind ? f->kind : "finding");
+    asc_trace_put(ASC_EV_FINDING, now, 0, track, name, 0, 0, 0);
+    asc_tr.ring[(asc_tr.written - 1) % asc_tr.limit].text = b.data; /* ownership moves */
+}
+
+/* ---- asyncio.Lock: wait and hold ------------------------------------------------------------ */
+
+/* The track of the task running now on the calling thread's loop (0: none traced). */
+static uint32_t asc_trace_current_track(void) {
+    PyObject *t = asc_tr.current_task ? PyObject_CallObject(asc_tr.current_task, NULL) : NULL;
+    asc_task_stats *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
+    if (st && !st->trace_track) asc_trace_adopt(t, st);
+    uint32_t track = st ? st->trace_track : 0;
+    Py_XDECREF(t);
+    PyErr_Clear();
+    return track;
+}
+
+/* What Lock.acquire() returns while tracing: the original coroutine, wrapped so that its end
+ * (the lock acquired, or the wait given up) is seen. It forwards the coroutine protocol that
+ * `await` uses on a non-coroutine awaitable: __await__ gives itself, the interpreter drives it
+ * with tp_iternext, send(), throw() and close(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *coro;  /* owned: Lock.acquire's own coroutine */
+    PyObject *it;    /* owned: coro.__await__(), made on first use */
+    PyObject *lock;  /* owned */
+    uint32_t track;
+    int64_t t0;
+    int finished;
+} asc_lockwait;
+
+static PyTypeObject asc_lockwait_type;
+
+/* The wait ended: r is the coroutine's result (NULL with StopIteration or another exception
+ * set). Records the wait span, and the start of the hold when the lock was acquired. */
+static void asc_lockwait_end(asc_lockwait *w, int acquired) {
+    if (w->finished || !asc_trace_active) return;
+    w->finished = 1;
+    int64_t now = asc_live_now_ns();
+    uint64_t id = (uint64_t)(uintptr_t)w->lock;
+    asc_trace_put(ASC_EV_LOCK_WAIT, w->t0, now - w->t0, w->track, asc_tr.name_lock_wait, 0, id,
+                  acquired ? 0 : 1);
+    if (!acquired) return;
+    PyObject *key = PyLong_FromVoidPtr(w->lock);
+    PyObject *val = Py_BuildValue("(kL)", (unsigned long)w->track, (long long)now);
+    if (!key || !val || PyDict_SetItem(asc_tr.lock_holds, key, val) < 0) PyErr_Clear();
+    Py_XDECREF(key);
+    Py_XDECREF(val);
+}
+
+/* After the wrapped iterator returned r: a value means still waiting; NULL means it finished
+ * (StopIteration: acquired) or raised (not acquired). The error is left as it was. */
+static PyObject *asc_lockwait_after(asc_lockwait *w, PyObject *r) {
+    if (r) return r;
+    int acquired = !PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+    asc_lockwait_end(w, acquired);
+    PyErr_SetRaisedException(exc);
+#else
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    asc_lockwait_end(w, acquired);
+    PyErr_Restore(t, v, tb);
+#endif
+    return NULL;
+}
+
+static int asc_lockwait_ready(asc_lockwait *w) {
+    if (w->it) return 0;
+    PyAsyncMethods *am = Py_TYPE(w->coro)->tp_as_async;
+    w->it = am && am->am_await ? am->am_await(w->coro) : PyObject_GetIter(w->coro);
+    return w->it ? 0 : -1;
+}
+
+static PyObject *asc_lockwait_iternext(PyObject *self) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    if (asc_lockwait_ready(w) < 0) return NULL;
+    return asc_lockwait_after(w, Py_TYPE(w->it)->tp_iternext(w->it));
+}
+
+static PyObject *asc_lockwait_send(PyObject *self, PyObject *value) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    if (asc_lockwait_ready(w) < 0) return NULL;
+    PyObject *r = value == Py_None ? Py_TYPE(w->it)->tp_iternext(w->it)
+                                   : PyObject_CallMethod(w->it, "send", "O", value);
+    return asc_lockwait_after(w, r);
+}
+
+static PyObject *asc_lockwait_throw(PyObject *self, PyObject *args) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    if (asc_lockwait_ready(w) < 0) return NULL;
+    PyObject *meth = PyObject_GetAttrString(w->it, "throw");
+    PyObject *r = meth ? PyObject_Call(meth, args, NULL) : NULL;
+    Py_XDECREF(meth);
+    return asc_lockwait_after(w, r);
+}
+
+static PyObject *asc_lockwait_close(PyObject *self, PyObject *unused) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    if (!w->it) return PyObject_CallMethod(w->coro, "close", NULL);
+    return PyObject_CallMethod(w->it, "close", NULL);
+}
+
+static PyObject *asc_lockwait_await(PyObject *self) {
+    Py_INCREF(self);
+    return self;
+}
+
+static void asc_lockwait_dealloc(PyObject *self) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(w->coro);
+    Py_CLEAR(w->it);
+    Py_CLEAR(w->lock);
+    PyObject_GC_Del(self);
+}
+
+static int asc_lockwait_traverse(PyObject *self, visitproc visit, void *arg) {
+    asc_lockwait *w = (asc_lockwait *)self;
+    Py_VISIT(w->coro);
+    Py_VISIT(w->it);
+    Py_VISIT(w->lock);
+    return 0;
+}
+
+static PyMethodDef asc_lockwait_methods[] = {
+    {"send", asc_lockwait_send, METH_O, NULL},
+    {"throw", asc_lockwait_throw, METH_VARARGS, NULL},
+    {"close", asc_lockwait_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods asc_lockwait_async = {.am_await = asc_lockwait_await};
+
+static PyTypeObject asc_lockwait_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.LockAcquire",
+    .tp_basicsize = sizeof(asc_lockwait),
+    .tp_dealloc = asc_lockwait_dealloc,
+    .tp_as_async = &asc_lockwait_async,
+    .tp_traverse = asc_lockwait_traverse,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = asc_lockwait_iternext,
+    .tp_methods = asc_lockwait_methods,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+};
+
+/* Lock.acquire(self) while tracing. */
+static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
+    int64_t t0 = asc_live_now_ns();
+    PyObject *coro = PyObject_CallFunctionObjArgs(asc_tr.orig_acquire, lock, NULL);
+    if (!coro || !asc_trace_active) return coro;
+    asc_lockwait *w = PyObject_GC_New(asc_lockwait, &asc_lockwait_type);
+    if (!w) {
+        PyErr_Clear();
+        return coro; /* untraced, but the program runs on */
+    }
+    w->coro = coro;
+    w->it = NULL;
+    Py_INCREF(lock);
+    w->lock = lock;
+    w->track = asc_trace_current_track();
+    w->t0 = t0;
+    w->finished = 0;
+    PyObject_GC_Track((PyObject *)w);
+    return (PyObject *)w;
+}
+
+/* Lock.release(self) while tracing: the hold span ends when the original release succeeds. */
+static PyObject *asc_lock_release(PyObject *lock, PyObject *unused) {
+    PyObject *r = PyObject_CallFunctionObjArgs(asc_tr.orig_release, lock, NULL);
+    if (!r || !asc_trace_active) return r;
+    PyObject *key = PyLong_FromVoidPtr(lock);
+    PyObject *val = key ? PyDict_GetItemWithError(asc_tr.lock_holds, key) : NULL; /* borrowed */
+    if (val && PyTuple_Check(val) && PyTuple_GET_SIZE(val) == 2) {
+        uint32_t track = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(val, 0));
+        int64_t start = PyLong_AsLongLong(PyTuple_GET_ITEM(val, 1));
+        asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track,
+                      asc_tr.name_lock_hold, 0, (uint64_t)(uintptr_t)lock, 0);
+        (void)PyDict_DelItem(asc_tr.lock_holds, key);
+    }
+    Py_XDECREF(key);
+    PyErr_Clear();
+    return r;
+}
+
+static PyMethodDef asc_lock_acquire_def = {"acquire", asc_lock_acquire, METH_NOARGS,
+                                           "Lock.acquire(), with its wait and hold on aioscope's timeline."};
+static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOARGS,
+                                           "Lock.release(), with its hold on aioscope's timeline."};
+
+/* Replace asyncio.Lock's acquire/release on the class with our method descriptors. */
+static int asc_trace_hook_locks(void) {
+    if (PyType_Ready(&asc_lockwait_type) < 0) return -1;
+    PyObject *locks = PyImport_ImportModule("asyncio.locks");
+    PyObject *lock_type = locks ? PyObject_GetAttrString(locks, "Lock") : NULL;
+    Py_XDECREF(locks);
+    if (!lock_type || !PyType_Check(lock_type)) {
+        Py_XDECREF(lock_type);
+        return -1;
+    }
+    asc_tr.orig_acquire = PyObject_GetAttrString(lock_type, "acquire");
+    asc_tr.orig_release = PyObject_GetAttrString(lock_type, "release");
+    PyObject *acq = asc_tr.orig_acquire ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_acquire_def) : NULL;
+    PyObject *rel = asc_tr.orig_release ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_release_def) : NULL;
+    int rc = acq && rel && PyObject_SetAttrString(lock_type, "acquire", acq) == 0 &&
+                     PyObject_SetAttrString(lock_type, "release", rel) == 0
+                 ? 0
+                 : -1;
+    Py_XDECREF(acq);
+    Py_XDECREF(rel);
+    Py_DECREF(lock_type);
+    return rc;
+}
+
+/* ---- writing the file ----------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t label, name;
+    uint8_t seen, locks;
+} asc_track_info;
+
+static void asc_put_ts(FILE *out, const char *key, int64_t ns) {
+    /* Microseconds with nanosecond digits: the unit of the format. */
+    if (ns < 0) ns = 0;
+    fprintf(out, ",\"%s\":%lld.%03d", key, (long long)(ns / 1000), (int)(ns % 1000));
+}
+
+static void asc_put_str(FILE *out, const char *s) {
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_buf_json_string(&b, s);
+    if (!b.oom && b.data) fwrite(b.data, 1, b.len, out);
+    else fputs("\"?\"", out);
+    aioscope_buf_free(&b);
+}
+
+static const char *asc_name(uint32_t i) { return i < asc_tr.nnames && asc_tr.names[i] ? asc_tr.names[i] : "?"; }
+
+/* "Task-7" or the task's own name. */
+static void asc_put_label(FILE *out, uint32_t label) {
+    if (label & ASC_LABEL_NUM) fprintf(out, "\"Task-%u\"", label & ~ASC_LABEL_NUM);
+    else asc_put_str(out, asc_name(label));
+}
+
+static void asc_put_head(FILE *out, const char *ph, int *first) {
+    fputs(*first ? "\n{" : ",\n{", out);
+    *first = 0;
+    fprintf(out, "\"ph\":\"%s\",\"pid\":%ld", ph, asc_tr.pid);
+}
+
+static int asc_trace_write(const char *path) {
+    size_t tmplen = strlen(path) + 16;
+    char *tmp = malloc(tmplen);
+    if (!tmp) return -1;
+    snprintf(tmp, tmplen, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fprintf(stderr, "aioscope: cannot write the trace to %s: %s\n", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    static char iobuf[1 << 16];
+    setvbuf(out, iobuf, _IOFBF, sizeof iobuf);
+
+    size_t ntracks = (asc_tr.next_task_track - ASC_TRACK_TASK0) / ASC_TRACK_STEP + 1;
+    asc_track_info *tracks = calloc(ntracks, sizeof *tracks);
+    int loop_seen[ASC_TRACE_MAX_LOOPS] = {0}, blocked_seen[ASC_TRACE_MAX_LOOPS] = {0};
+    uint64_t kept = asc_tr.written < asc_tr.limit ? asc_tr.written : asc_tr.limit;
+    uint64_t start = asc_tr.written - kept;
+    int first = 1;
+
+    fputs("{\"traceEvents\":[", out);
+    for (uint64_t k = start; k < asc_tr.written; k++) {
+        const asc_tev *e = &asc_tr.ring[k % asc_tr.limit];
+        int64_t ts = e->ts - asc_tr.t0;
+        asc_track_info *ti = NULL;
+        if (e->track >= ASC_TRACK_TASK0 && tracks) {
+            size_t i = (e->track - ASC_TRACK_TASK0) / ASC_TRACK_STEP;
+            if (i < ntracks) ti = &tracks[i];
+        }
+        switch (e->type) {
+        case ASC_EV_STEP:
+        case ASC_EV_ITER:
+        case ASC_EV_BLOCKED:
+            asc_put_head(out, "X", &first);
+            fprintf(out, ",\"tid\":%u,\"cat\":\"%s\",\"name\":", e->track,
+                    e->type == ASC_EV_STEP ? "step" : e->type == ASC_EV_ITER ? "loop" : "blocked");
+            asc_put_str(out, asc_name(e->name));
+            asc_put_ts(out, "ts", ts);
+            asc_put_ts(out, "dur", e->dur);
+            if (e->text) fprintf(out, ",\"args\":%s", e->text);
+            fputc('}', out);
+            if (e->type == ASC_EV_ITER && e->track - ASC_TRACK_LOOP0 < ASC_TRACE_MAX_LOOPS)
+                loop_seen[e->track - ASC_TRACK_LOOP0] = 1;
+            if (e->type == ASC_EV_BLOCKED && e->track - ASC_TRACK_BLOCKED0 < ASC_TRACE_MAX_LOOPS)
+                blocked_seen[e->track - ASC_TRACK_BLOCKED0] = 1;
+            break;
+        case ASC_EV_TASK_NEW:
+            asc_put_head(out, "i", &first);
+            fprintf(out, ",\"tid\":%u,\"s\":\"t\",\"cat\":\"task\",\"name\":\"task created\"", e->track);
+            asc_put_ts(out, "ts", ts);
+            fputs(",\"args\":{\"task\":", out);
+            asc_put_label(out, e->label);
+            fputs(",\"coro\":", out);
+            asc_put_str(out, asc_name(e->name));
+            if (e->aux) fprintf(out, ",\"spawned_by_track\":%llu", (unsigned long long)e->aux);
+            fputs("}}", out);
+            if (e->aux) {
+                asc_put_head(out, "s", &first);
+                fprintf(out, ",\"tid\":%llu,\"cat\":\"spawn\",\"name\":\"spawn\",\"id\":%u",
+                        (unsigned long long)e->aux, e->track);
+                asc_put_ts(out, "ts", ts);
+                fputc('}', out);
+            }
+            break;
+        case ASC_EV_FLOW_END:
+            asc_put_head(out, "f", &first);
+            fprintf(out, ",\"tid\":%u,\"cat\":\"spawn\",\"name\":\"spawn\",\"id\":%u,\"bp\":\"e\"", e->track,
+                    e->track);
+            asc_put_ts(out, "ts", ts);
+            fputc('}', out);
+            break;
+        case ASC_EV_TASK_DONE:
+            asc_put_head(out, "i", &first);
+            fprintf(out, ",\"tid\":%u,\"s\":\"t\",\"cat\":\"task\",\"name\":\"%s\"", e->track,
+                    e->flags & 1 ? "task cancelled" : "task done");
+            asc_put_ts(out, "ts", ts);
+            fputc('}', out);
+            break;
+        case ASC_EV_FINDING:
+            asc_put_head(out, "i", &first);
+            fprintf(out, ",\"tid\":%u,\"s\":\"p\",\"cat\":\"finding\",\"name\":", e->track);
+            asc_put_str(out, asc_name(e->name));
+            asc_put_ts(out, "ts", ts);
+            if (e->text) fprintf(out, ",\"args\":%s", e->text);
+            fputc('}', out);
+            break;
+        case ASC_EV_LOCK_WAIT:
+        case ASC_EV_LOCK_HOLD:
+            if (!e->track) break; /* outside any traced task: no track to put it on */
+            asc_put_head(out, "X", &first);
+            fprintf(out, ",\"tid\":%u,\"cat\":\"lock\",\"name\":", e->track + 1);
+            asc_put_str(out, asc_name(e->name));
+            asc_put_ts(out, "ts", ts);
+            asc_put_ts(out, "dur", e->dur);
+            fprintf(out, ",\"args\":{\"lock\":\"0x%llx\"%s}}", (unsigned long long)e->aux,
+                    e->flags & 1 ? ",\"acquired\":false" : "");
+            if (ti) ti->locks = 1;
+            break;
+        default: break;
+        }
+        if (ti && e->type != ASC_EV_LOCK_WAIT && e->type != ASC_EV_LOCK_HOLD) {
+            ti->seen = 1;
+            ti->label = e->label;
+            ti->name = e->name;
+        }
+    }
+
+    /* Metadata: the process and every track's name; loops first, then tasks in creation order. */
+    asc_put_head(out, "M", &first);
+    fputs(",\"name\":\"process_name\",\"args\":{\"name\":\"aioscope trace\"}}", out);
+    for (int i = 0; i < ASC_TRACE_MAX_LOOPS; i++) {
+        if (i >= asc_tr.nloops && !loop_seen[i] && !blocked_seen[i]) continue;
+        asc_put_head(out, "M", &first);
+        fprintf(out, ",\"tid\":%d,\"name\":\"thread_name\",\"args\":{\"name\":\"event loop %d\"}}",
+                ASC_TRACK_LOOP0 + i, i + 1);
+        asc_put_head(out, "M", &first);
+        fprintf(out, ",\"tid\":%d,\"name\":\"thread_name\",\"args\":{\"name\":\"event loop %d: blocked\"}}",
+                ASC_TRACK_BLOCKED0 + i, i + 1);
+    }
+    for (size_t i = 0; tracks && i < ntracks; i++) {
+        if (!tracks[i].seen && !tracks[i].locks) continue;
+        uint32_t tid = ASC_TRACK_TASK0 + (uint32_t)i * ASC_TRACK_STEP;
+        for (int lk = 0; lk < (tracks[i].locks ? 2 : 1); lk++) {
+            asc_put_head(out, "M", &first);
+            fprintf(out, ",\"tid\":%u,\"name\":\"thread_name\",\"args\":{\"name\":", tid + lk);
+            aioscope_buf b;
+            aioscope_buf_init(&b);
+            if (tracks[i].label & ASC_LABEL_NUM) aioscope_buf_printf(&b, "Task-%u", tracks[i].label & ~ASC_LABEL_NUM);
+            else aioscope_buf_puts(&b, asc_name(tracks[i].label));
+            aioscope_buf_printf(&b, " (%s)%s", asc_name(tracks[i].name), lk ? " locks" : "");
+            asc_put_str(out, b.data ? b.data : "?");
+            aioscope_buf_free(&b);
+            fputs("}}", out);
+        }
+    }
+    fprintf(out,
+            "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"aioscope\":\"%s\",\"events_recorded\":%llu,"
+            "\"events_kept\":%llu,\"events_dropped\":%llu,\"limit\":%zu}}\n",
+            AIOSCOPE_VERSION, (unsigned long long)asc_tr.written, (unsigned long long)kept,
+            (unsigned long long)(asc_tr.written - kept), asc_tr.limit);
+    free(tracks);
+    int rc = ferror(out) ? -1 : 0;
+    if (fclose(out) != 0) rc = -1;
+    if (rc == 0 && rename(tmp, path) != 0) rc = -1;
+    if (rc < 0) {
+        fprintf(stderr, "aioscope: cannot write the trace to %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    return rc;
+}
+
+void asc_trace_at_exit(void) {
+    /* A forked child inherits the ring; only the process that started tracing writes the file. */
+    if (!asc_trace_active || asc_tr.dumped || (long)getpid() != asc_tr.pid) return;
+    asc_tr.dumped = 1;
+    (void)asc_trace_write(asc_tr.path);
+}
+
+/* The SIGTERM handler (a Python-level handler, so it runs in the main thread with the GIL):
+ * write the trace, then die of SIGTERM as the program would have without us. */
+static PyObject *asc_trace_on_sigterm(PyObject *self, PyObject *args) {
+    asc_trace_at_exit();
+    signal(SIGTERM, SIG_DFL);
+    kill(getpid(), SIGTERM);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef asc_sigterm_def = {"_aioscope_trace_sigterm", asc_trace_on_sigterm, METH_VARARGS,
+                                      "aioscope: writes the trace, then lets SIGTERM end the program."};
+
+/* SIGTERM ends a Python program without atexit; when the program has no handler of its own we
+ * put one that writes the trace first. A program that sets its own later replaces ours (and
+ * usually exits normally, through atexit). */
+static void asc_trace_hook_sigterm(void) {
+    PyObject *signal_mod = PyImport_ImportModule("signal");
+    PyObject *cur = signal_mod ? PyObject_CallMethod(signal_mod, "getsignal", "i", SIGTERM) : NULL;
+    PyObject *dfl = signal_mod ? PyObject_GetAttrString(signal_mod, "SIG_DFL") : NULL;
+    if (cur && dfl && PyObject_RichCompareBool(cur, dfl, Py_EQ) == 1) {
+        PyObject *h = PyCFunction_New(&asc_sigterm_def, NULL);
+        PyObject *r = h ? PyObject_CallMethod(signal_mod, "signal", "iO", SIGTERM, h) : NULL;
+        Py_XDECREF(r);
+        Py_XDECREF(h);
+    }
+    Py_XDECREF(cur);
+    Py_XDECREF(dfl);
+    Py_XDECREF(signal_mod);
+    PyErr_Clear(); /* not in the main thread, or no signal module: no SIGTERM dump */
+}
+
+/* ---- init ----------------------------------------------------------------------------------- */
+
+int asc_trace_init(PyObject *module) {
+    const char *path = getenv("AIOSCOPE_TRACE");
+    if (!path || !*path || asc_trace_active) return 0;
+    size_t limit = ASC_TRACE_DEFAULT_LIMIT;
+    const char *ls = getenv("AIOSCOPE_TRACE_LIMIT");
+    if (ls && *ls) {
+        char *end = NULL;
+        unsigned long long v = strtoull(ls, &end, 10);
+        if (end != ls && *end == '\0' && v >= ASC_TRACE_MIN_LIMIT && v <= ASC_TRACE_MAX_LIMIT) limit = (size_t)v;
+    }
+    asc_tr.path = strdup(path);
+    asc_tr.ring = calloc(limit, sizeof *asc_tr.ring);
+    asc_tr.names = calloc(ASC_TRACE_MAX_NAMES, sizeof *asc_tr.names);
+    asc_tr.name_index = PyDict_New();
+    asc_tr.lock_holds = PyDict_New();
+    if (!asc_tr.path || !asc_tr.ring || !asc_tr.names || !asc_tr.name_index || !asc_tr.lock_holds) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    asc_tr.limit = limit;
+    asc_tr.t0 = asc_live_now_ns();
+    asc_tr.pid = (long)getpid();
+    asc_tr.next_task_track = ASC_TRACK_TASK0;
+    asc_tr.names[0] = strdup("?");
+    asc_tr.nnames = 1;
+    if (PyType_Ready(&asc_run_once_type) < 0 || PyType_Ready(&asc_early_step_type) < 0) return -1;
+#define ASC_INTERN(field, s) \
+    if (!(asc_tr.field = PyUnicode_InternFromString(s))) return -1;
+    ASC_INTERN(str_done, "done");
+    ASC_INTERN(str_cancelled, "cancelled");
+    ASC_INTERN(str_get_name, "get_name");
+    ASC_INTERN(str_get_coro, "get_coro");
+    ASC_INTERN(str_qualname, "__qualname__");
+    ASC_INTERN(str_run_once, "_run_once");
+#undef ASC_INTERN
+    asc_tr.name_iteration = asc_trace_intern_c("loop iteration");
+    asc_tr.name_blocked = asc_trace_intern_c("blocked");
+    asc_tr.name_lock_wait = asc_trace_intern_c("lock wait");
+    asc_tr.name_lock_hold = asc_trace_intern_c("lock held");
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    asc_tr.current_task = asyncio ? PyObject_GetAttrString(asyncio, "current_task") : NULL;
+    Py_XDECREF(asyncio);
+    if (!asc_tr.current_task) return -1;
+    if (asc_trace_hook_locks() < 0) PyErr_Clear(); /* no lock spans; the rest still works */
+    asc_trace_hook_sigterm();
+    asc_trace_active = 1;
+    return 0;
+}
