@@ -248,7 +248,8 @@ class Result:
 
 
 def program_env(loop="asyncio", extra=None):
-    env = dict(os.environ)
+    # The harness's own AIOSCOPE_* settings (AIOSCOPE_BIN) are not the program's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOSCOPE")}
     # The programs choose their loop from this (see programs/_e2e.py); it is not aioscope's.
     env["E2E_LOOP"] = loop
     env.pop("PYTHONASYNCIODEBUG", None)

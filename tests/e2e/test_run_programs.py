@@ -75,18 +75,18 @@ def test_lost_exception_carries_the_traceback(python, run_aioscope):
 
 
 def test_block_threshold_option(python, run_aioscope):
-    """--block-threshold moves the line: at 0.25 s only the 0.3 s sleep is a finding; at 5 ms the
-    10 ms sleeps are one too."""
+    """--block-threshold moves the line: at 0.25 s only the 0.3 s sleep is a finding; at 20 ms the
+    50 ms sleeps are one too."""
     program = programs("buggy_blocking_merged")[0]
     config = program.line_of("EXPECT: blocking-call@config")
     flush = program.line_of("EXPECT: blocking-call@flush")
-    short = program.line_of("time.sleep(0.01)")
+    short = program.line_of("time.sleep(0.05)")
 
     high = run_aioscope(python, program.path, options=["--block-threshold", "0.25"])
     assert sorted(f["site"]["line"] for f in high.of_kind("blocking-call")) == [flush], \
         describe_findings(high.findings)
 
-    low = run_aioscope(python, program.path, options=["--block-threshold", "0.005"])
+    low = run_aioscope(python, program.path, options=["--block-threshold", "0.02"])
     by_line = {f["site"]["line"]: f for f in low.of_kind("blocking-call")}
     assert set(by_line) == {config, flush, short}, describe_findings(low.findings)
     assert by_line[short]["count"] == 5
