@@ -30,7 +30,8 @@ static int asc__pid_read(void *ctx, uint64_t addr, void *buf, size_t len) {
     }
 }
 
-/* 16 384 slots of 4 KiB: 64 MiB of address space, touched only as pages are cached. */
+/* 16 384 slots of 4 KiB (64 MiB at most), each allocated when first used: a small snapshot
+ * touches a few hundred pages. */
 #define ASC_CACHE_SLOTS 16384
 /* Reads longer than this go straight to the backend (set tables, long strings). */
 #define ASC_CACHE_MAX_READ (4 * ASC_PAGE_SIZE)
@@ -54,17 +55,15 @@ void asc_mem_init_custom(asc_mem *m, asc_read_fn read, void *ctx) {
 }
 
 int asc_mem_cache_begin(asc_mem *m) {
-    if (!m->cache) {
-        m->cache = calloc(ASC_CACHE_SLOTS, sizeof *m->cache);
-        if (!m->cache) return AIOSCOPE_ENOMEM;
-        m->cache_slots = ASC_CACHE_SLOTS;
-        return 0;
-    }
-    for (size_t i = 0; i < m->cache_slots; i++) m->cache[i].page = 0;
+    asc_mem_cache_end(m);
+    m->cache = calloc(ASC_CACHE_SLOTS, sizeof *m->cache);
+    if (!m->cache) return AIOSCOPE_ENOMEM;
+    m->cache_slots = ASC_CACHE_SLOTS;
     return 0;
 }
 
 void asc_mem_cache_end(asc_mem *m) {
+    for (size_t i = 0; i < m->cache_slots; i++) free(m->cache[i]);
     free(m->cache);
     m->cache = NULL;
     m->cache_slots = 0;
@@ -77,16 +76,20 @@ static int asc__cached_read(asc_mem *m, uint64_t addr, uint8_t *buf, size_t len)
         uint64_t page = addr & ~(uint64_t)(ASC_PAGE_SIZE - 1);
         size_t off = (size_t)(addr - page), n = ASC_PAGE_SIZE - off;
         if (n > len) n = len;
-        asc_page *slot = &m->cache[(page / ASC_PAGE_SIZE * 0x9E3779B97F4A7C15ULL >> 40) % m->cache_slots];
-        if (slot->page != page + 1) {
+        asc_page **slot = &m->cache[(page / ASC_PAGE_SIZE * 0x9E3779B97F4A7C15ULL >> 40) % m->cache_slots];
+        if (!*slot) {
+            if (!(*slot = malloc(sizeof **slot))) return -1;
+            (*slot)->page = 0;
+        }
+        if ((*slot)->page != page + 1) {
             m->nreads++;
-            if (m->read(m->ctx, page, slot->data, ASC_PAGE_SIZE) < 0) {
-                slot->page = 0;
+            if (m->read(m->ctx, page, (*slot)->data, ASC_PAGE_SIZE) < 0) {
+                (*slot)->page = 0;
                 return -1;
             }
-            slot->page = page + 1;
+            (*slot)->page = page + 1;
         }
-        memcpy(buf, slot->data + off, n);
+        memcpy(buf, (*slot)->data + off, n);
         buf += n;
         addr += n;
         len -= n;

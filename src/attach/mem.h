@@ -27,7 +27,7 @@ typedef struct asc_mem {
     void *ctx;       /* borrowed; the backend's state */
     int pid;         /* the process read by the pid backends; 0 for the fake one */
     uint64_t nreads; /* reads issued to the backend, for benchmarks and tests */
-    asc_page *cache; /* owned; NULL when caching is off */
+    asc_page **cache; /* owned; NULL when caching is off */
     size_t cache_slots;
 } asc_mem;
 

@@ -297,7 +297,7 @@ int asc_walk_tasks(aioscope_target *t, aioscope_snapshot *snap) {
         }
     }
     /* A task can be in both sets for an instant; keep one entry each. */
-    qsort(c.addrs, c.n, sizeof *c.addrs, asc__cmp_u64);
+    if (c.n > 1) qsort(c.addrs, c.n, sizeof *c.addrs, asc__cmp_u64);
     size_t uniq = 0;
     for (size_t i = 0; i < c.n; i++)
         if (!uniq || c.addrs[uniq - 1] != c.addrs[i]) c.addrs[uniq++] = c.addrs[i];
@@ -376,7 +376,7 @@ int asc_walk_tasks(aioscope_target *t, aioscope_snapshot *snap) {
     }
     for (size_t k = 0; k < snap->nthreads; k++)
         running[k] = snap->threads[k].running_task >= 0 ? snap->tasks[snap->threads[k].running_task].id : 0;
-    qsort(snap->tasks, snap->ntasks, sizeof *snap->tasks, asc__cmp_task);
+    if (snap->ntasks > 1) qsort(snap->tasks, snap->ntasks, sizeof *snap->tasks, asc__cmp_task);
     aioscope_snapshot_reindex(snap);
     for (size_t k = 0; k < snap->nthreads; k++)
         snap->threads[k].running_task = running[k] ? aioscope_snapshot_find_task(snap, running[k]) : -1;

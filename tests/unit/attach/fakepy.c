@@ -9,11 +9,35 @@
 enum { FT_CODE, FT_FRAME, FT_CORO, FT_GEN, FT_UNICODE, FT_LONG, FT_DICT, FT_SET, FT_WEAKREF, FT_LIST,
        FT_TUPLE, FT_BYTES, FT_METHOD, FT_TYPE, FT_COUNT };
 
+static void fp_init_types(fakepy *fp);
+
 void fp_init(fakepy *fp, uint32_t version) {
     memset(fp, 0, sizeof *fp);
     fp->version = version;
     fp->minor = (int)((version >> 16) & 0xff);
     fp->L = asc_layout_find(version);
+    fp_init_types(fp);
+}
+
+void fp_init_arena(fakepy *fp, uint32_t version, void *mem, size_t cap) {
+    memset(fp, 0, sizeof *fp);
+    fp->arena = mem;
+    fp->arena_cap = cap;
+    fp->version = version;
+    fp->minor = (int)((version >> 16) & 0xff);
+    fp->L = asc_layout_find(version);
+    fp_init_types(fp);
+}
+
+int fp_image_read(void *ctx, uint64_t addr, void *buf, size_t len) {
+    const fp_image *im = ctx;
+    if (addr < FP_IMAGE_BASE || addr - FP_IMAGE_BASE > im->len || len > im->len - (addr - FP_IMAGE_BASE))
+        return AIOSCOPE_EFAULT;
+    memcpy(buf, im->data + (addr - FP_IMAGE_BASE), len);
+    return 0;
+}
+
+static void fp_init_types(fakepy *fp) {
     uint64_t *slots[FT_COUNT] = {&fp->types.code, &fp->types.frame, &fp->types.coro, &fp->types.gen,
                                  &fp->types.unicode, &fp->types.long_, &fp->types.dict, &fp->types.set,
                                  &fp->types.weakref, &fp->types.list, &fp->types.tuple, &fp->types.bytes,
@@ -21,13 +45,25 @@ void fp_init(fakepy *fp, uint32_t version) {
     for (int i = 0; i < FT_COUNT; i++) *slots[i] = fp_alloc(fp, 512);
 }
 
+
 void fp_free(fakepy *fp) {
-    for (size_t i = 0; i < fp->nregions; i++) free(fp->regions[i].base);
+    for (size_t i = 0; i < fp->nregions && !fp->arena; i++) free(fp->regions[i].base);
     fp->nregions = 0;
 }
 
 uint64_t fp_alloc(fakepy *fp, size_t len) {
     if (fp->nregions >= FP_MAX_REGIONS) abort();
+    if (fp->arena) {
+        size_t need = (len + 48 + 15) & ~(size_t)15;
+        if (need > fp->arena_cap - fp->arena_used) abort();
+        uint8_t *a = fp->arena + fp->arena_used;
+        fp->arena_used += need;
+        memset(a, 0, need);
+        fp->regions[fp->nregions].base = a;
+        fp->regions[fp->nregions].len = len + 48;
+        fp->nregions++;
+        return (uint64_t)(uintptr_t)(a + 32);
+    }
     /* 16 spare bytes before the object: 3.11+ managed-dict words live at negative offsets. */
     uint8_t *p = aligned_alloc(16, (len + 16 + 32 + 15) & ~(size_t)15);
     if (!p) abort();

@@ -30,7 +30,32 @@ typedef struct {
     /* Fake type objects (their addresses are what asc_types holds). */
     uint8_t *type_objs[16];
     uint64_t reads;
+    /* Arena mode (fp_init_arena): objects are bump-allocated in one caller-provided block, so
+     * the whole heap can be saved as a relocation-free image (the fuzzer's seed inputs). */
+    uint8_t *arena;
+    size_t arena_cap, arena_used;
 } fakepy;
+
+/* The fuzzer's input format: this header, then the bytes of memory mapped at FP_IMAGE_BASE. */
+#define FP_IMAGE_BASE 0x10000000ULL
+typedef struct {
+    uint32_t version;
+    uint32_t reserved;
+    uint64_t runtime; /* _PyRuntime */
+    uint64_t tstate;  /* a thread state for aioscope_thread_stack */
+    asc_types types;
+} fp_image_header;
+
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+} fp_image;
+
+/* The asc_read_fn of an image mapped at FP_IMAGE_BASE (ctx: an fp_image). */
+int fp_image_read(void *ctx, uint64_t addr, void *buf, size_t len);
+/* Like fp_init, allocating from mem[0..cap) (which must be mapped at the address objects
+ * should have). */
+void fp_init_arena(fakepy *fp, uint32_t version, void *mem, size_t cap);
 
 void fp_init(fakepy *fp, uint32_t version);
 void fp_free(fakepy *fp);

@@ -3,7 +3,10 @@
  * with lines, the await tree; cyclic awaits, self-awaiting coroutines, corrupt and truncated
  * structures give errors or skipped tasks, never a crash or a hang. */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "aioscope/attach.h"
 #include "aioscope/error.h"
@@ -208,4 +211,59 @@ TEST(attach_snapshot_random_corruption_never_crashes) {
             fp_free(&fp);
         }
     }
+}
+
+/* The fuzzer's input format (fp_image_header + a memory image mapped at FP_IMAGE_BASE) read
+ * back through its backend finds the scene's tasks; with AIOSCOPE_FUZZ_SEED_DIR set, the images
+ * are also written there as seed inputs for tests/fuzz/fuzz_walkers. */
+TEST(attach_image_format_roundtrip_and_fuzz_seeds) {
+    size_t cap = 1 << 20;
+    void *mem = mmap((void *)(uintptr_t)FP_IMAGE_BASE, cap, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    CHECK(mem == (void *)(uintptr_t)FP_IMAGE_BASE);
+    const char *dir = getenv("AIOSCOPE_FUZZ_SEED_DIR");
+    for (size_t v = 0; v < NVERSIONS; v++) {
+        fakepy fp;
+        scene s;
+        fp_init_arena(&fp, versions[v], mem, cap);
+        build_scene(&fp, &s);
+        fp_image_header h;
+        memset(&h, 0, sizeof h);
+        h.version = versions[v];
+        h.runtime = s.runtime;
+        h.types = fp.types;
+        uint64_t interp;
+        memcpy(&interp, (void *)(uintptr_t)(s.runtime + (uint64_t)fp.L->runtime_interpreters_head), 8);
+        memcpy(&h.tstate, (void *)(uintptr_t)(interp + (uint64_t)fp.L->interp_threads_head), 8);
+        size_t len = sizeof h + fp.arena_used;
+        uint8_t *img = malloc(len);
+        CHECK(img != NULL);
+        memcpy(img, &h, sizeof h);
+        memcpy(img + sizeof h, mem, fp.arena_used);
+        memset(mem, 0xa5, fp.arena_used); /* prove every read comes from the image */
+        fp_image im = {img + sizeof h, fp.arena_used};
+        aioscope_target *t;
+        CHECK_EQ_INT(asc_target_open_mem(fp_image_read, &im, h.version, h.runtime, &h.types, &t), 0);
+        aioscope_snapshot *snap;
+        CHECK_EQ_INT(aioscope_target_snapshot(t, &snap), 0);
+        CHECK_EQ_INT(snap->ntasks, 3);
+        CHECK_EQ_STR(snap->tasks[2].name, "worker-1");
+        aioscope_frame frames[4];
+        size_t n;
+        CHECK_EQ_INT(aioscope_thread_stack(t, h.tstate, frames, 4, &n), 0);
+        CHECK_EQ_INT(n, 1);
+        CHECK_EQ_INT(frames[0].line, 12);
+        aioscope_snapshot_free(snap);
+        aioscope_target_close(t);
+        if (dir) {
+            char path[512];
+            snprintf(path, sizeof path, "%s/scene-3.%d.bin", dir, fp.minor);
+            FILE *f = fopen(path, "wb");
+            CHECK(f != NULL);
+            CHECK(fwrite(img, 1, len, f) == len);
+            fclose(f);
+        }
+        free(img);
+    }
+    munmap(mem, cap);
 }
