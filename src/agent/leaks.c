@@ -149,22 +149,26 @@ static int asc_wrap_init(const char *module_name, const char *cls_name)
 }
 
 /* ---- turning a warning into a finding -------------------------------------------------------------- */
-/* What kind of resource an "unclosed ..." text names, or NULL when it is not one of ours. */
+static const char asc_kind_transport[] = "transport", asc_kind_loop[] = "event loop",
+                  asc_kind_writer[] = "StreamWriter", asc_kind_socket[] = "socket";
+
+/* What kind of resource an "unclosed ..." text names (one of the asc_kind_* strings, compared
+ * by address), or NULL when it is not one of ours. */
 static const char *asc_resource_kind(const char *text, PyObject *source)
 {
     if (source && source != Py_None && PyObject_IsInstance(source, asc_lk.socket_type) == 1)
-        return "socket";
+        return asc_kind_socket;
     PyErr_Clear();
     if (strncmp(text, "unclosed transport ", 19) == 0)
-        return "transport";
+        return asc_kind_transport;
     if (strncmp(text, "unclosed event loop ", 20) == 0)
-        return "event loop";
+        return asc_kind_loop;
     if (strncmp(text, "unclosed <StreamWriter", 22) == 0)
-        return "StreamWriter";
+        return asc_kind_writer;
     if (strncmp(text, "unclosed <socket.socket", 23) == 0 || strncmp(text, "unclosed <ssl.SSLSocket", 23) == 0)
-        return "socket";
+        return asc_kind_socket;
     if (strncmp(text, "unclosed resource <", 19) == 0) /* uvloop's handles */
-        return "transport";
+        return asc_kind_transport;
     return NULL;
 }
 
@@ -190,11 +194,17 @@ static void asc_report_leak(PyObject *msg, const char *text, PyObject *source)
     if (source && source != Py_None) {
         owner = source;
         Py_INCREF(owner);
-    } else if (strcmp(kind, "StreamWriter") == 0) {
+    } else if (kind == asc_kind_writer) {
         owner = asc_self_of_warning_frame();
     }
     PyObject *site = asc_recalled_site(owner);
     Py_XDECREF(owner);
+    if (site == NULL && kind == asc_kind_socket) {
+        /* A socket whose opening we did not see. The usual one is a leaked transport's socket
+         * collected in the same cycle as the transport (the weak reference that keeps its site
+         * is cleared before finalizers run): the transport is reported, with its site. */
+        return;
+    }
 
     aioscope_finding f;
     aioscope_finding_init(&f);

@@ -24,6 +24,7 @@
  * its factory still get every finding that does not need the subclass. */
 #include "agent/agent.h"
 
+#include <frameobject.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -55,8 +56,11 @@ static struct {
     PyObject *factory;        /* our task factory (a builtin function) */
     PyObject *on_cancel_done; /* done callback added to cancelled tasks */
     PyObject *orig_cancel_all;  /* asyncio.runners._cancel_all_tasks */
+    PyObject *uv_cancel_all;    /* uvloop._cancel_all_tasks (uvloop.run below 3.11) */
     int has_cancelling;       /* Task.cancelling() exists (3.11+) */
 } asc_t;
+
+static PyMethodDef asc_uv_cancel_all_def;
 
 static asc_task_extra *asc_extra(PyObject *task)
 {
@@ -149,6 +153,37 @@ static void asc_check_kept_running(PyObject *task, asc_task_extra *x)
     PyErr_Clear();
 }
 
+/* 1 when cancel() is called from asyncio's TaskGroup or timeout (which wait_for uses from
+ * 3.12): they take their cancellation back with uncancel() on purpose, and 3.12.1's TaskGroup
+ * does not always (a child failing while __aexit__ waits leaves cancelling() at 1 though the
+ * parent handles the ExceptionGroup), so their cancellations are not watched at all. */
+static int asc_cancel_from_asyncio_scope(void)
+{
+    PyFrameObject *f = PyEval_GetFrame(); /* borrowed; cancel() is the rare path */
+    if (f == NULL)
+        return 0;
+#if PY_VERSION_HEX >= 0x03090000
+    PyCodeObject *code = PyFrame_GetCode(f);
+#else
+    PyCodeObject *code = f->f_code;
+    Py_INCREF(code);
+#endif
+    const char *file = PyUnicode_Check(code->co_filename) ? PyUnicode_AsUTF8(code->co_filename) : NULL;
+    int scope = 0;
+    if (file) {
+        size_t n = strlen(file);
+        static const char *const ends[] = {"/asyncio/taskgroups.py", "/asyncio/timeouts.py"};
+        for (size_t i = 0; i < 2; i++) {
+            size_t m = strlen(ends[i]);
+            if (n >= m && strcmp(file + n - m, ends[i]) == 0)
+                scope = 1;
+        }
+    }
+    Py_DECREF(code);
+    PyErr_Clear();
+    return scope;
+}
+
 static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
@@ -168,7 +203,8 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
     for (Py_ssize_t i = 0; i < nargs + nkw; i++)
         stack[1 + i] = args[i];
     PyObject *r = PyObject_Vectorcall(asc_t.base_cancel, stack, 1 + nargs, kwnames);
-    if (r != Py_True || !asc_cfg.enabled || (x->flags & ASC_TF_CANCEL_WATCHED))
+    if (r != Py_True || !asc_cfg.enabled || (x->flags & ASC_TF_CANCEL_WATCHED) ||
+        asc_cancel_from_asyncio_scope())
         return r;
 
     /* The cancellation took effect: note where the task is now and check how it ends. */
@@ -388,10 +424,63 @@ static PyMethodDef asc_set_factory_def = {"set_task_factory", asc_loop_set_task_
 static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_factory, METH_NOARGS,
                                           "The loop's task factory, as the program set it."};
 
+static int asc_install_factory(PyObject *loop);
+
+/* __init__ of a loop class that is not asyncio's (uvloop.Loop): the original, then our factory,
+ * so tasks created before the loop runs get it. self is the original __init__. */
+static PyObject *asc_loop_init_wrapper(PyObject *orig, PyObject *args, PyObject *kwargs)
+{
+    PyObject *r = PyObject_Call(orig, args, kwargs);
+    if (r && asc_cfg.enabled && PyTuple_GET_SIZE(args) > 0)
+        (void)asc_install_factory(PyTuple_GET_ITEM(args, 0));
+    return r;
+}
+
+static PyMethodDef asc_loop_init_def = {"__init__", (PyCFunction)(void (*)(void))asc_loop_init_wrapper,
+                                        METH_VARARGS | METH_KEYWORDS, "The loop's __init__, then aioscope's task factory."};
+
+/* The first time a loop of a new Python class runs (uvloop.Loop is a Python subclass of its C
+ * loop; asyncio's own loops are handled at creation by leaks.c's BaseEventLoop.__init__ hook),
+ * wrap the class's __init__. And uvloop.run() below 3.11 has its own copy of
+ * _cancel_all_tasks: wrap it as we wrap asyncio's. Both only once per class/module. */
+static void asc_hook_loop_class(PyObject *loop)
+{
+    PyTypeObject *tp = Py_TYPE(loop);
+    if ((tp->tp_flags & Py_TPFLAGS_HEAPTYPE) && PyDict_GetItemString(tp->tp_dict, "_aioscope_init_wrapped") == NULL) {
+        PyObject *orig = PyObject_GetAttrString((PyObject *)tp, "__init__");
+        PyObject *fn = orig ? PyCFunction_New(&asc_loop_init_def, orig) : NULL;
+        PyObject *meth = fn ? PyInstanceMethod_New(fn) : NULL;
+        if (meth && PyObject_SetAttrString((PyObject *)tp, "__init__", meth) == 0)
+            (void)PyObject_SetAttrString((PyObject *)tp, "_aioscope_init_wrapped", Py_True);
+        Py_XDECREF(meth);
+        Py_XDECREF(fn);
+        Py_XDECREF(orig);
+    }
+    PyErr_Clear();
+    PyObject *uv_name = PyUnicode_FromString("uvloop");
+    PyObject *uvloop = uv_name ? PyImport_GetModule(uv_name) : NULL; /* only when imported */
+    Py_XDECREF(uv_name);
+    if (uvloop && asc_t.uv_cancel_all == NULL) {
+        asc_t.uv_cancel_all = PyObject_GetAttrString(uvloop, "_cancel_all_tasks");
+        PyObject *wrapper = asc_t.uv_cancel_all ? PyCFunction_New(&asc_uv_cancel_all_def, NULL) : NULL;
+        if (wrapper)
+            (void)PyObject_SetAttrString(uvloop, "_cancel_all_tasks", wrapper);
+        Py_XDECREF(wrapper);
+    }
+    Py_XDECREF(uvloop);
+    PyErr_Clear();
+}
+
 int asc_tasks_on_loop_start(PyObject *loop)
 {
     if (asc_t.type == NULL)
         return 0;
+    asc_hook_loop_class(loop);
+    return asc_install_factory(loop);
+}
+
+static int asc_install_factory(PyObject *loop)
+{
     PyObject *current = PyObject_CallMethod(loop, "get_task_factory", NULL);
     if (current == NULL) {
         PyErr_Clear();
@@ -651,6 +740,15 @@ static PyObject *asc_cancel_all_tasks(PyObject *unused, PyObject *loop)
 
 static PyMethodDef asc_cancel_all_def = {"_cancel_all_tasks", asc_cancel_all_tasks, METH_O,
                                          "asyncio.runners._cancel_all_tasks, seen by aioscope first."};
+
+static PyObject *asc_uv_cancel_all_tasks(PyObject *unused, PyObject *loop)
+{
+    asc_tasks_report_pending(loop);
+    return PyObject_CallFunctionObjArgs(asc_t.uv_cancel_all, loop, NULL);
+}
+
+static PyMethodDef asc_uv_cancel_all_def = {"_cancel_all_tasks", asc_uv_cancel_all_tasks, METH_O,
+                                            "uvloop._cancel_all_tasks, seen by aioscope first."};
 
 /* ---- init ---------------------------------------------------------------------------------------- */
 int asc_tasks_init(PyObject *module)
