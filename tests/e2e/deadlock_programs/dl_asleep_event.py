@@ -1,0 +1,20 @@
+# LOOPS: asyncio
+# Every task waits on an Event that nobody can set any more; a timeout must not hide it.
+import asyncio
+
+import _dl
+
+
+async def wait_for_go(go):
+    await go.wait()  # EXPECT: deadlock
+
+
+async def main():
+    go = asyncio.Event()
+    try:
+        await asyncio.wait_for(wait_for_go(go), _dl.GUARD_S)
+    except asyncio.TimeoutError:
+        print("timed out", flush=True)
+
+
+_dl.run(main)

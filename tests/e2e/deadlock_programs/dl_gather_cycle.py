@@ -1,0 +1,25 @@
+# A task gathers a child that awaits the task itself.
+import asyncio
+
+import _dl
+
+tasks = {}
+
+
+async def child():
+    await asyncio.sleep(0.01)
+    await tasks["parent"]  # EXPECT: deadlock
+
+
+async def parent():
+    tasks["child"] = asyncio.ensure_future(child())
+    await asyncio.gather(tasks["child"])  # EXPECT: deadlock
+
+
+async def main():
+    tasks["parent"] = asyncio.ensure_future(parent())
+    await asyncio.sleep(0)
+    await _dl.guard(tasks["parent"], hard_exit=True)
+
+
+_dl.run(main)
