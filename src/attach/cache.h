@@ -24,6 +24,9 @@ struct asc_codeinfo {
     /* file and name as interned in the snapshot being filled (snap_owner), so that 100 000
      * frames of one code object do not hash the same strings 100 000 times. */
     const void *snap_owner;
+    /* The last line lookup: thousands of tasks are suspended at the same instruction. */
+    int64_t last_addrq;
+    int last_line;
     const char *snap_file, *snap_name;
 };
 

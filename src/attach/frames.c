@@ -59,6 +59,7 @@ int asc_code_info(aioscope_target *t, uint64_t code, const struct asc_codeinfo *
     char buf[ASC_MAX_STR];
     if (!ci) return AIOSCOPE_ENOMEM;
     ci->addr = code;
+    ci->last_line = -1; /* no memo yet */
     ci->firstlineno = firstlineno;
     ci->has_qualname = L->code_qualname >= 0;
     if ((rc = asc_read_str(t, filename, buf, sizeof buf)) < 0) goto fail;
@@ -110,7 +111,18 @@ static int64_t asc__svarint(const uint8_t *p, size_t len, size_t *at) {
     return (val & 1) ? -(int64_t)(val >> 1) : (int64_t)(val >> 1);
 }
 
+static int asc__addr2line(const struct asc_codeinfo *ci, int minor, int64_t addrq);
+
 int asc_code_addr2line(const struct asc_codeinfo *ci, int minor, int64_t addrq) {
+    struct asc_codeinfo *mut = (struct asc_codeinfo *)ci; /* the memo is not part of its value */
+    if (ci->last_line >= 0 && ci->last_addrq == addrq && addrq >= 0) return ci->last_line;
+    int line = asc__addr2line(ci, minor, addrq);
+    mut->last_addrq = addrq;
+    mut->last_line = line;
+    return line;
+}
+
+static int asc__addr2line(const struct asc_codeinfo *ci, int minor, int64_t addrq) {
     const uint8_t *lt = ci->linetable;
     size_t len = ci->linetable_len;
     int64_t line = ci->firstlineno;

@@ -76,7 +76,8 @@ static int asc__cached_read(asc_mem *m, uint64_t addr, uint8_t *buf, size_t len)
         uint64_t page = addr & ~(uint64_t)(ASC_PAGE_SIZE - 1);
         size_t off = (size_t)(addr - page), n = ASC_PAGE_SIZE - off;
         if (n > len) n = len;
-        asc_page **slot = &m->cache[(page / ASC_PAGE_SIZE * 0x9E3779B97F4A7C15ULL >> 40) % m->cache_slots];
+        /* cache_slots is a power of two */
+        asc_page **slot = &m->cache[(page / ASC_PAGE_SIZE * 0x9E3779B97F4A7C15ULL >> 40) & (m->cache_slots - 1)];
         if (!*slot) {
             if (!(*slot = malloc(sizeof **slot))) return -1;
             (*slot)->page = 0;

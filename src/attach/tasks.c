@@ -253,11 +253,19 @@ static int asc__current_cb(void *ctx, uint64_t loop, uint64_t task) {
     return 0;
 }
 
+/* Compare names so that digit runs compare as numbers ("Task-2" < "Task-10"). */
 static int asc__cmp_natural(const char *a, const char *b) {
     while (*a && *b) {
         if (*a >= '0' && *a <= '9' && *b >= '0' && *b <= '9') {
-            unsigned long long x = strtoull(a, (char **)&a, 10), y = strtoull(b, (char **)&b, 10);
-            if (x != y) return x < y ? -1 : 1;
+            while (*a == '0') a++;
+            while (*b == '0') b++;
+            size_t na = 0, nb = 0;
+            while (a[na] >= '0' && a[na] <= '9') na++;
+            while (b[nb] >= '0' && b[nb] <= '9') nb++;
+            if (na != nb) return na < nb ? -1 : 1; /* more digits: a larger number */
+            int c = memcmp(a, b, na);
+            if (c) return c;
+            a += na, b += nb;
             continue;
         }
         if (*a != *b) return (unsigned char)*a - (unsigned char)*b;
