@@ -13,7 +13,7 @@ Importing the package changes nothing; ``install()`` turns the agent on and is i
 
 import os as _os
 
-__all__ = ["install"]
+__all__ = ["install", "snapshot", "print_tasks"]
 
 
 def install(json=None, block_threshold=None):
@@ -30,3 +30,18 @@ def install(json=None, block_threshold=None):
     if block_threshold is not None:
         block_threshold = float(block_threshold)
     _agent.install(json, block_threshold)
+
+
+def snapshot():
+    """Every thread and asyncio task of this process, as plain dicts (what ``aioscope ps --json``
+    prints): names, states, coroutine stacks, what each task awaits, busy time and steps."""
+    from . import _agent
+
+    return _agent.snapshot()
+
+
+def print_tasks(file=None):
+    """Print the ``aioscope ps`` table of this process's tasks to file (default sys.stdout)."""
+    from . import _agent
+
+    _agent.print_tasks(file)

@@ -110,4 +110,55 @@ void asc_loops_after_fork_child(void);
 /* At exit and when asyncio.run()'s main coroutine returns: `pending-at-exit`. */
 int asc_tasks_report_pending(PyObject *loop);
 
+/* ---- the live view: `aioscope ps/pstree/dump/top` (steps.c, livesnap.c, control.c) --------- */
+/* Per-task counters kept in the Task subclass (tasks.c embeds one per task, zeroed at creation);
+ * written by steps.c with the GIL, read by livesnap.c with the GIL. */
+typedef struct {
+    int64_t created_ns; /* CLOCK_MONOTONIC when the task first scheduled a step; 0: not yet */
+    int64_t busy_ns;    /* time spent running its steps */
+    long steps;         /* steps run */
+    uintptr_t spawned_by; /* id() of the task running on the loop when it was created; 0: none */
+    uint32_t trace_track, trace_name, trace_label, trace_flags; /* trace.c's, 0 until traced */
+} asc_task_stats;
+/* tasks.c: the counters of a task of the agent's subclass; NULL for any other object. */
+asc_task_stats *asc_tasks_stats(PyObject *task);
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t asc_live_now_ns(void);
+/* steps.c: readies its types; per loop start (loops.c), puts the step-measuring call_soon on the
+ * loop instance. */
+int asc_steps_init(PyObject *module);
+int asc_steps_on_loop_start(PyObject *loop);
+/* control.c: starts the control socket's thread (install()); stops it (at exit); after fork in
+ * the child, starts a fresh one for the child's pid. Never raise: the live view is optional. */
+void asc_control_start(void);
+void asc_control_stop(void);
+void asc_control_after_fork_child(void);
+/* loops.c (small addition for the live view): the heartbeat lag of every running loop, by the
+ * thread that runs it; returns how many were written (at most max). Any thread, no GIL. */
+typedef struct {
+    uint64_t thread_id; /* threading.get_ident() of the loop's thread */
+    double lag_s;       /* how late its heartbeat is now (0: on time) */
+} asc_loop_lag;
+int asc_loops_lags(asc_loop_lag *out, int max);
+/* livesnap.c: the module functions snapshot() / print_tasks() / _snapshot_json(). */
+PyObject *asc_live_snapshot_py(PyObject *self, PyObject *unused);
+PyObject *asc_live_print_tasks_py(PyObject *self, PyObject *args, PyObject *kwargs);
+PyObject *asc_live_snapshot_json_py(PyObject *self, PyObject *unused);
+/* livepy.c, at install(): %(taskName)s in logging formats below 3.12 and the opt-in dump signal
+ * (AIOSCOPE_DUMP_SIGNAL=USR1). */
+int asc_livepy_init(PyObject *module);
+
+/* ---- the timeline of `aioscope run --trace FILE` (trace.c) -------------------------------- */
+/* 1 while recording (AIOSCOPE_TRACE set at install()); every hook below returns at once when 0. */
+extern int asc_trace_active;
+int asc_trace_init(PyObject *module);
+/* loops.c, per loop start: the loop's track and its iterations. */
+int asc_trace_on_loop_start(PyObject *loop);
+/* steps.c: a task scheduled its first step (spawner: the task running then, or NULL), and a
+ * task's step ran from t0 to t1 (ns). module.c: every finding emitted; at exit: write the file. */
+void asc_trace_task_created(PyObject *task, asc_task_stats *st, PyObject *spawner);
+void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1);
+void asc_trace_finding(const aioscope_finding *f);
+void asc_trace_at_exit(void);
+
 #endif

@@ -40,6 +40,7 @@
 #include "aioscope/control.h"
 #include "aioscope/error.h"
 #include "aioscope/json.h"
+#include "aioscope/snapshot_wire.h"
 
 #if PY_VERSION_HEX < 0x030D0000
 #define Py_IsFinalizing _Py_IsFinalizing /* public from 3.13 */
@@ -57,7 +58,9 @@
  * so that it cannot keep the server from answering others. */
 #define ASC_IO_TIMEOUT_S 2
 
-typedef enum { ASC_JOB_IDLE, ASC_JOB_QUEUED, ASC_JOB_RUNNING, ASC_JOB_DONE } asc_job_state;
+/* The GIL job: QUEUED by the server, WAITING while the worker waits for the GIL, COLLECTING once
+ * it has it (from then on the answer comes from it, however long the collection takes), DONE. */
+typedef enum { ASC_JOB_IDLE, ASC_JOB_QUEUED, ASC_JOB_WAITING, ASC_JOB_COLLECTING, ASC_JOB_DONE } asc_job_state;
 
 static struct {
     pthread_mutex_t mu;
@@ -72,9 +75,9 @@ static struct {
 
     /* The GIL job, under mu. */
     asc_job_state job;
+    int job_full_json;     /* answer in aioscope_snapshot_to_json's form, not the compact one */
     int abandoned;         /* the server stopped waiting for the current job */
     aioscope_buf result;   /* the worker's JSON (owned by the job until taken) */
-    double collect_ms;
 
     aioscope_target *self_target; /* the memory reader, opened on first need */
     int self_tried;
@@ -129,6 +132,14 @@ static aioscope_snapshot *asc_collect_with_gil(double *ms) {
     return snap;
 }
 
+/* The snapshot in the requested form, with the agent section. */
+static void asc_write_snapshot(aioscope_buf *b, const aioscope_snapshot *snap, int full_json,
+                               const char *how, double ms) {
+    if (full_json) aioscope_snapshot_to_json(snap, b);
+    else aioscope_snapshot_to_wire(snap, b);
+    asc_finish_json(b, how, ms);
+}
+
 /* The GIL worker: waits for a job, takes the GIL, collects, releases the GIL, writes JSON. */
 static void *asc_worker_main(void *arg) {
     (void)arg;
@@ -136,7 +147,8 @@ static void *asc_worker_main(void *arg) {
     for (;;) {
         while (!asc_ctl.stop && asc_ctl.job != ASC_JOB_QUEUED) pthread_cond_wait(&asc_ctl.cv, &asc_ctl.mu);
         if (asc_ctl.stop) break;
-        asc_ctl.job = ASC_JOB_RUNNING;
+        asc_ctl.job = ASC_JOB_WAITING;
+        int full_json = asc_ctl.job_full_json;
         pthread_mutex_unlock(&asc_ctl.mu);
 
         aioscope_snapshot *snap = NULL;
@@ -145,14 +157,18 @@ static void *asc_worker_main(void *arg) {
          * thread inside PyGILState_Ensure, as it ends daemon threads. */
         if (!Py_IsFinalizing()) {
             PyGILState_STATE g = PyGILState_Ensure();
-            if (asc_cfg.enabled && !asc_ctl.stop) snap = asc_collect_with_gil(&ms);
+            pthread_mutex_lock(&asc_ctl.mu);
+            int go = !asc_ctl.stop && !asc_ctl.abandoned;
+            if (go) asc_ctl.job = ASC_JOB_COLLECTING;
+            pthread_cond_broadcast(&asc_ctl.cv);
+            pthread_mutex_unlock(&asc_ctl.mu);
+            if (go && asc_cfg.enabled) snap = asc_collect_with_gil(&ms);
             PyGILState_Release(g);
         }
         aioscope_buf b;
         aioscope_buf_init(&b);
         if (snap) {
-            aioscope_snapshot_to_json(snap, &b);
-            asc_finish_json(&b, "gil", ms);
+            asc_write_snapshot(&b, snap, full_json, "gil", ms);
             aioscope_snapshot_free(snap);
         } else {
             asc_error_json(&b, AIOSCOPE_EIO, "the agent could not read its tasks");
@@ -165,7 +181,6 @@ static void *asc_worker_main(void *arg) {
             asc_ctl.job = ASC_JOB_IDLE;
         } else {
             asc_ctl.result = b;
-            asc_ctl.collect_ms = ms;
             asc_ctl.job = ASC_JOB_DONE;
         }
         pthread_cond_broadcast(&asc_ctl.cv);
@@ -175,7 +190,7 @@ static void *asc_worker_main(void *arg) {
 }
 
 /* Without the GIL: read our own memory. */
-static void asc_answer_from_memory(aioscope_buf *b) {
+static void asc_answer_from_memory(aioscope_buf *b, int full_json) {
     if (!asc_ctl.self_tried) {
         asc_ctl.self_tried = 1;
         /* _PyRuntime is exported by libpython or the executable (3.8+). */
@@ -197,33 +212,41 @@ static void asc_answer_from_memory(aioscope_buf *b) {
     }
     snap->source = "agent";
     snap->has_agent_fields = 0; /* busy time and steps live behind the GIL */
-    aioscope_snapshot_to_json(snap, b);
-    asc_finish_json(b, "memory", ms);
+    asc_write_snapshot(b, snap, full_json, "memory", ms);
     aioscope_snapshot_free(snap);
 }
 
-static void asc_answer_snapshot(aioscope_buf *b) {
+static void asc_add_ms(struct timespec *t, long ms) {
+    t->tv_nsec += ms * 1000000L;
+    t->tv_sec += t->tv_nsec / 1000000000L;
+    t->tv_nsec %= 1000000000L;
+}
+
+static void asc_answer_snapshot(aioscope_buf *b, int full_json) {
     pthread_mutex_lock(&asc_ctl.mu);
     if (asc_ctl.job != ASC_JOB_IDLE) {
         /* A worker is still waiting for the GIL from an earlier request: the GIL is busy. */
         pthread_mutex_unlock(&asc_ctl.mu);
-        asc_answer_from_memory(b);
+        asc_answer_from_memory(b, full_json);
         return;
     }
     asc_ctl.job = ASC_JOB_QUEUED;
+    asc_ctl.job_full_json = full_json;
     asc_ctl.abandoned = 0;
     pthread_cond_broadcast(&asc_ctl.cv);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_nsec += (long)ASC_GIL_WAIT_MS * 1000000L;
-    deadline.tv_sec += deadline.tv_nsec / 1000000000L;
-    deadline.tv_nsec %= 1000000000L;
-    int timed_out = 0;
+    asc_add_ms(&deadline, ASC_GIL_WAIT_MS);
+    /* Until the worker has the GIL, wait at most ASC_GIL_WAIT_MS; once it has it, until it is
+     * done (the collection is bounded by the number of tasks). */
     while (asc_ctl.job != ASC_JOB_DONE && !asc_ctl.stop) {
-        if (pthread_cond_timedwait(&asc_ctl.cv, &asc_ctl.mu, &deadline) == ETIMEDOUT) {
-            timed_out = asc_ctl.job != ASC_JOB_DONE;
-            break;
+        if (asc_ctl.job == ASC_JOB_COLLECTING) {
+            pthread_cond_wait(&asc_ctl.cv, &asc_ctl.mu);
+            continue;
         }
+        if (pthread_cond_timedwait(&asc_ctl.cv, &asc_ctl.mu, &deadline) == ETIMEDOUT &&
+            asc_ctl.job != ASC_JOB_COLLECTING && asc_ctl.job != ASC_JOB_DONE)
+            break;
     }
     if (asc_ctl.job == ASC_JOB_DONE) {
         *b = asc_ctl.result;
@@ -235,8 +258,7 @@ static void asc_answer_snapshot(aioscope_buf *b) {
     if (asc_ctl.job == ASC_JOB_QUEUED) asc_ctl.job = ASC_JOB_IDLE; /* worker never picked it up */
     else asc_ctl.abandoned = 1;
     pthread_mutex_unlock(&asc_ctl.mu);
-    (void)timed_out;
-    asc_answer_from_memory(b);
+    asc_answer_from_memory(b, full_json);
 }
 
 /* ---- the server ----------------------------------------------------------------------------- */
@@ -280,8 +302,8 @@ static void asc_serve_one(int fd) {
         asc_error_json(&b, AIOSCOPE_EPERM, "only the user running the program may look inside it");
     } else if (asc_read_request(fd, req, sizeof req) < 0) {
         asc_error_json(&b, AIOSCOPE_EPROTO, "no request line");
-    } else if (strcmp(req, "snapshot") == 0) {
-        asc_answer_snapshot(&b);
+    } else if (strcmp(req, "snapshot") == 0 || strcmp(req, "snapshot json") == 0) {
+        asc_answer_snapshot(&b, req[8] != '\0');
     } else if (strcmp(req, "ping") == 0) {
         aioscope_buf_printf(&b, "{\"pid\":%ld,\"python\":\"%d.%d.%d\",\"agent\":\"%s\"}",
                             (long)getpid(), PY_MAJOR_VERSION, PY_MINOR_VERSION, PY_MICRO_VERSION,

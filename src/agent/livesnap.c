@@ -39,6 +39,7 @@ static struct {
     int ready;
     const asc_layout *layout;  /* NULL: read tasks through attributes */
     PyTypeObject *task_type;   /* _asyncio.Task (borrowed: asyncio keeps it) */
+    PyTypeObject *future_type; /* _asyncio.Future (borrowed) */
     PyObject *tasks_mod;       /* owned: asyncio.tasks */
     PyObject *current_tasks;   /* owned: {loop: task} */
     PyObject *s_get_name, *s_cr_frame, *s_cr_await, *s_gi_frame, *s_gi_yieldfrom, *s_ag_await,
@@ -80,6 +81,13 @@ static int asc_ls_init(void) {
         asc_ls.layout = asc_layout_find(PY_VERSION_HEX);
     }
     Py_DECREF(t);
+    PyObject *fut = PyImport_ImportModule("asyncio.futures");
+    PyObject *ft = fut ? PyObject_GetAttrString(fut, "Future") : NULL;
+    if (ft && PyType_Check(ft) && strcmp(((PyTypeObject *)ft)->tp_name, "_asyncio.Future") == 0)
+        asc_ls.future_type = (PyTypeObject *)ft;
+    Py_XDECREF(ft);
+    Py_XDECREF(fut);
+    PyErr_Clear();
     asc_ls.current_tasks = PyObject_GetAttrString(asc_ls.tasks_mod, "_current_tasks");
     if (!asc_ls.current_tasks) PyErr_Clear();
     asc_ls.ready = 1;
@@ -144,15 +152,39 @@ static PyObject *asc_getattr(PyObject *obj, PyObject *name) {
     return v;
 }
 
-/* A local variable of a frame (new reference) or NULL. Materialises f_locals: used only for the
- * few asyncio frames whose locals say what they wait on. */
+/* A local variable of a frame (new reference) or NULL; used only for the few asyncio frames
+ * whose locals say what they wait on (self of Lock.acquire, h of sleep). Reading f_locals would
+ * build a dict per frame, so the variable is read in place where the C API allows it. */
 static PyObject *asc_frame_local(PyObject *frame, PyObject *name) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *v = PyFrame_GetVar((PyFrameObject *)frame, name);
+    if (!v) PyErr_Clear();
+    return v;
+#elif PY_VERSION_HEX < 0x030B0000
+    /* 3.8-3.10: the fast locals are in f_localsplus, named by co_varnames; a variable captured by
+     * a closure is a cell there. */
+    PyFrameObject *f = (PyFrameObject *)frame;
+    PyCodeObject *co = f->f_code;
+    Py_ssize_t n = PyTuple_GET_SIZE(co->co_varnames);
+    for (Py_ssize_t i = 0; i < n && i < co->co_nlocals; i++) {
+        PyObject *vn = PyTuple_GET_ITEM(co->co_varnames, i);
+        if (vn != name && PyUnicode_Compare(vn, name) != 0) continue;
+        PyObject *v = f->f_localsplus[i];
+        if (v && PyCell_Check(v)) v = PyCell_GET(v);
+        Py_XINCREF(v);
+        return v;
+    }
+    PyErr_Clear();
+    return NULL;
+#else
+    /* 3.11 has no public way to read one variable: f_locals it is. */
     PyObject *locals = asc_getattr(frame, asc_ls.s_f_locals);
     if (!locals) return NULL;
     PyObject *v = PyObject_GetItem(locals, name);
     Py_DECREF(locals);
     if (!v) PyErr_Clear();
     return v;
+#endif
 }
 
 /* ---- awaited-by links --------------------------------------------------------------------- */
@@ -291,13 +323,16 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
         }
     }
     if (!what && waiter) {
-        /* A future made by run_in_executor (wrap_future) has _chain_future's callback. */
-        PyObject *r = PyObject_Repr(waiter);
-        const char *rs = r ? PyUnicode_AsUTF8(r) : NULL;
-        if (rs && strstr(rs, "_call_check_cancel")) what = "executor job";
-        else what = Py_TYPE(waiter)->tp_name;
-        Py_XDECREF(r);
-        PyErr_Clear();
+        /* A future made by run_in_executor (wrap_future) got _chain_future's _call_check_cancel
+         * as its first done-callback, before the waiting task's own. */
+        PyObject *cb0 = asc_ls.layout && asc_ls.future_type && PyObject_TypeCheck(waiter, asc_ls.future_type)
+                            ? asc_task_field(waiter, asc_ls.layout->future_callback0)
+                            : NULL;
+        if (cb0 && PyFunction_Check(cb0) &&
+            PyUnicode_CompareWithASCIIString(((PyFunctionObject *)cb0)->func_name, "_call_check_cancel") == 0)
+            what = "executor job";
+        else
+            what = Py_TYPE(waiter)->tp_name;
     }
     t->awaiting = what ? aioscope_snapshot_intern(snap, what) : NULL;
     t->awaiting_id = what ? id : 0;
@@ -435,16 +470,21 @@ static int asc_collect_registry(PyObject *registry, PyObject *list) {
     if (!it) return -1;
     PyObject *item;
     while ((item = PyIter_Next(it))) {
-        PyObject *obj = item;
+        PyObject *obj = item; /* new reference */
         if (PyWeakref_Check(item)) {
+#if PY_VERSION_HEX >= 0x030D0000
+            if (PyWeakref_GetRef(item, &obj) <= 0) obj = NULL; /* dead (or an error: skipped) */
+#else
             obj = PyWeakref_GetObject(item); /* borrowed; Py_None once dead */
-            if (obj == Py_None) {
-                Py_DECREF(item);
-                continue;
-            }
+            if (obj == Py_None) obj = NULL;
+            Py_XINCREF(obj);
+#endif
+            Py_DECREF(item);
+            PyErr_Clear();
+            if (!obj) continue;
         }
         int rc = PyList_Append(list, obj);
-        Py_DECREF(item);
+        Py_DECREF(obj);
         if (rc < 0) {
             Py_DECREF(it);
             return -1;
@@ -583,6 +623,37 @@ static void asc_place_loops(aioscope_snapshot *snap, PyObject *tasks) {
     PyErr_Clear();
 }
 
+/* Pause the cyclic GC; returns 1 when it was on. */
+static int asc_gc_pause(void) {
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyGC_Disable();
+#else
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *on = gc ? PyObject_CallMethod(gc, "isenabled", NULL) : NULL;
+    int was = on == Py_True;
+    Py_XDECREF(on);
+    if (was) {
+        PyObject *r = PyObject_CallMethod(gc, "disable", NULL);
+        Py_XDECREF(r);
+    }
+    Py_XDECREF(gc);
+    PyErr_Clear();
+    return was;
+#endif
+}
+
+static void asc_gc_resume(void) {
+#if PY_VERSION_HEX >= 0x030A0000
+    (void)PyGC_Enable();
+#else
+    PyObject *gc = PyImport_ImportModule("gc");
+    PyObject *r = gc ? PyObject_CallMethod(gc, "enable", NULL) : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(gc);
+    PyErr_Clear();
+#endif
+}
+
 /* ---- the snapshot ------------------------------------------------------------------------- */
 
 /* Resolve the collected links into each task's awaited_by list. */
@@ -622,10 +693,15 @@ int asc_live_collect(aioscope_snapshot **out) {
         goto err;
     }
     int64_t now = asc_live_now_ns();
+    /* Reading coroutines creates frame objects; with many live tasks, the collections those
+     * allocations would trigger cost more than the reading itself. Nothing we allocate here is
+     * cyclic garbage, so the collector is paused and put back as it was. */
+    int gc_was_on = asc_gc_pause();
     for (Py_ssize_t i = 0; i < n; i++) {
         asc_read_task(snap, &links, PyList_GET_ITEM(tasks, i), &snap->tasks[i], now);
         snap->ntasks++;
     }
+    if (gc_was_on) asc_gc_resume();
     asc_apply_links(snap, &links);
     asc_place_loops(snap, tasks);
     free(links.v);

@@ -543,6 +543,24 @@ static void asc_atfork_child(void) {
     }
 }
 
+/* For the live view (control.c, any thread, no GIL): how late each running loop's heartbeat is
+ * now. A loop that runs a long callback is late by about as long as the callback has run. */
+int asc_loops_lags(asc_loop_lag *out, int max) {
+    int n = 0;
+    int64_t now = asc_now_ns();
+    pthread_mutex_lock(&asc_lp.mutex);
+    for (int i = 0; i < ASC_MAX_LOOPS && n < max; i++) {
+        asc_loop_slot *s = &asc_lp.slots[i];
+        if (!s->running) continue;
+        int64_t late = now - atomic_load(&s->due_ns);
+        out[n].thread_id = (uint64_t)s->thread; /* pthread_self() is threading.get_ident() */
+        out[n].lag_s = late > 0 ? (double)late / 1e9 : 0.0;
+        n++;
+    }
+    pthread_mutex_unlock(&asc_lp.mutex);
+    return n;
+}
+
 /* ---- loops starting and stopping ------------------------------------------------------------ */
 
 /* The slot of the loop running in the calling thread, or NULL. */
@@ -648,6 +666,8 @@ static void asc_loop_started(PyObject *loop, int check_running) {
         asc_drop_error("loop registry");
         asc_chain_exception_handler(loop);
         if (asc_tasks_on_loop_start(loop) < 0) asc_drop_error("tasks on loop start");
+        if (asc_steps_on_loop_start(loop) < 0) asc_drop_error("steps on loop start");
+        if (asc_trace_on_loop_start(loop) < 0) asc_drop_error("trace on loop start");
     } else if (seen < 0) {
         asc_drop_error("loop registry");
     }

@@ -71,6 +71,7 @@ void asc_emit(aioscope_finding *f) {
     /* The in-memory report is kept under the CLI too: install(json=...) may ask for the JSON,
      * and merging keeps it small (one entry per kind and site). */
     if (asc_mod.report) (void)aioscope_report_add_finding(asc_mod.report, f);
+    if (asc_trace_active) asc_trace_finding(f); /* --trace: an instant on the timeline */
     aioscope_finding_clear(f);
 }
 
@@ -190,6 +191,7 @@ static PyObject *asc_at_exit(PyObject *self, PyObject *unused) {
     }
     PyErr_Clear();
     asc_write_report();
+    asc_trace_at_exit(); /* --trace: after every finding is in it */
     Py_RETURN_NONE;
 }
 
@@ -208,6 +210,7 @@ static PyObject *asc_after_fork_child(PyObject *self, PyObject *unused) {
     asc_mod.report = fresh;
     asc_mod.exit_done = 0;
     asc_loops_after_fork_child();
+    asc_control_after_fork_child();
     Py_RETURN_NONE;
 }
 
@@ -333,10 +336,12 @@ static PyObject *asc_install(PyObject *module, PyObject *args, PyObject *kwargs)
      * first because the hooks check it. */
     asc_cfg.enabled = 1;
     if (asc_frames_init(module) < 0 || asc_loops_init(module) < 0 || asc_tasks_init(module) < 0 ||
-        asc_coros_init(module) < 0 || asc_leaks_init(module) < 0 ||
-        asc_deadlock_init(module) < 0)
+        asc_coros_init(module) < 0 || asc_leaks_init(module) < 0 || asc_steps_init(module) < 0 ||
+        asc_livepy_init(module) < 0 || asc_deadlock_init(module) < 0)
         goto err;
+    if (asc_trace_init(module) < 0) goto err; /* --trace (AIOSCOPE_TRACE): off unless asked */
     if (asc_register_exit_hooks(module) < 0) goto err;
+    asc_control_start(); /* the live view (`aioscope ps PID`): after the exit hooks, so it stops first */
     Py_RETURN_NONE;
 
 err:
@@ -353,6 +358,10 @@ static PyMethodDef asc_methods[] = {
      "install(json=None, block_threshold=None): turn the agent on (idempotent)."},
     {"_at_exit", asc_at_exit, METH_NOARGS, "The agent's atexit callback (internal)."},
     {"_after_fork_child", asc_after_fork_child, METH_NOARGS, "After os.fork() in the child (internal)."},
+    {"snapshot", asc_live_snapshot_py, METH_NOARGS, "snapshot(): every thread and task, as dicts."},
+    {"print_tasks", (PyCFunction)(void (*)(void))asc_live_print_tasks_py, METH_VARARGS | METH_KEYWORDS,
+     "print_tasks(file=None): one line per task, like `aioscope ps`."},
+    {"_snapshot_json", asc_live_snapshot_json_py, METH_NOARGS, "snapshot() as JSON text (internal)."},
     {"_set_running_loop", asc_loops_set_running_loop, METH_O,
      "Replaces asyncio.events._set_running_loop: notices every loop that starts running (internal)."},
     {NULL, NULL, 0, NULL},

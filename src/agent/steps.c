@@ -26,7 +26,6 @@
 
 #if PY_VERSION_HEX < 0x03090000
 #define PyObject_Vectorcall _PyObject_Vectorcall
-#define PyVectorcall_NARGS _PyVectorcall_NARGS
 #define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL /* provisional name in 3.8 */
 #else
 #define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL

@@ -31,8 +31,4 @@ int asc_agent_request(int pid, const char *request, char **text, size_t *len);
  * for an answer that is not a snapshot. info may be NULL. */
 int asc_agent_snapshot(int pid, aioscope_snapshot **out, asc_agent_info *info);
 
-/* The snapshot model back from its JSON form (aioscope_snapshot_to_json). Returns 0,
- * AIOSCOPE_EPARSE or AIOSCOPE_ENOMEM. */
-int asc_snapshot_from_json(const aioscope_json *root, aioscope_snapshot **out);
-
 #endif

@@ -6,6 +6,7 @@
 #define ASC_EXIT_USAGE 2 /* bad arguments or aioscope's own error, before anything ran */
 
 int asc_cmd_run(int argc, char **argv);
+int asc_cmd_top(int argc, char **argv); /* cmd_top.c */
 int asc_cmd_report(int argc, char **argv);
 
 /* Print "aioscope: <what>" on stderr, as one line; every user-facing error goes through it. */

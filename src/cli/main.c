@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cli/snapshot_cli.h"
 
 static const char usage[] =
     "usage: aioscope <command> [options]\n"
@@ -16,6 +17,10 @@ static const char usage[] =
     "commands:\n"
     "  run       run a Python program under the agent and report what it hit\n"
     "  report    show a saved JSON report as text, or write it as an HTML page\n"
+    "  ps        one line per asyncio task of a running process (PID)\n"
+    "  pstree    the await tree of a running process's tasks\n"
+    "  dump      every thread's and task's stack of a running process\n"
+    "  top       a live view of a running process's tasks (busy time, steps, loop lag)\n"
     "\n"
     "Run `aioscope <command> --help` for a command's options.\n"
     "Exit status: the command's own (see its --help); 2 for bad arguments.\n";
@@ -49,6 +54,10 @@ static const struct {
 } commands[] = {
     {"run", asc_cmd_run},
     {"report", asc_cmd_report},
+    {"ps", asc_cmd_ps},
+    {"pstree", asc_cmd_pstree},
+    {"dump", asc_cmd_dump},
+    {"top", asc_cmd_top},
 };
 
 int main(int argc, char **argv) {

@@ -12,6 +12,7 @@
 
 #include "aioscope/attach.h"
 #include "aioscope/error.h"
+#include "cli/agent_client.h"
 #include "cli/commands.h"
 
 int asc_snap_parse(int argc, char **argv, const char *usage, asc_snap_opts *o, int *done) {
@@ -83,6 +84,14 @@ static int asc__open_error(int rc, int pid) {
 int asc_snap_take(const asc_snap_opts *o, aioscope_snapshot **out) {
     aioscope_target *t = NULL;
     *out = NULL;
+    /* The agent first (agent_client.c): consistent, with busy time and steps. */
+    if (!o->attach) {
+        int arc = asc_agent_snapshot(o->pid, out, NULL);
+        if (arc == 0) return 0;
+        if (arc != AIOSCOPE_ENOAGENT)
+            asc_cli_error("the agent of process %d did not answer (%s); reading its memory instead",
+                          o->pid, aioscope_strerror(arc));
+    }
     int rc = aioscope_target_open_pid(o->pid, &t);
     if (rc < 0) return asc__open_error(rc, o->pid);
     struct sigaction sa, old_int, old_term;
