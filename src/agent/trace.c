@@ -29,7 +29,7 @@
  * exception or KeyboardInterrupt), and on SIGTERM when the program has no handler of its own:
  * the handler writes the trace, then lets SIGTERM kill the process as it would have. A write
  * goes to FILE.tmp first and is renamed over FILE, so a reader never sees half a trace. */
-#include "agent/agent.h"
+#include "agent/trace.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -59,35 +59,6 @@
 #define ASC_TRACE_MAX_NAMES 65536
 /* Loops with a track of their own; more loops than this share the last one. */
 #define ASC_TRACE_MAX_LOOPS 64
-
-/* Track numbers (the trace's "tid"): loops 1..64, their blocked tracks 101..164, tasks from
- * 1000 on, in creation order. Perfetto sorts tracks by these numbers. */
-#define ASC_TRACK_LOOP0 1
-#define ASC_TRACK_BLOCKED0 101
-#define ASC_TRACK_TASK0 1000
-/* Task tracks go up by 2 from ASC_TRACK_TASK0: a task's lock spans are on the next number, a
- * track of their own, since a wait crosses the task's step slices without nesting in them. */
-#define ASC_TRACK_STEP 2
-
-/* trace_flags of a task: its first step ends a flow arrow; its name was read at a step (create_task
- * names a task after the factory made it, so the name seen at creation may be the default). */
-#define ASC_TF_FLOW 1u
-#define ASC_TF_NAMED 2u
-
-/* A label with this bit is the N of a default task name "Task-N", not a name-table index. */
-#define ASC_LABEL_NUM 0x80000000u
-
-enum {
-    ASC_EV_STEP = 1,   /* X on a task track: name = coroutine */
-    ASC_EV_ITER,       /* X on a loop track */
-    ASC_EV_TASK_NEW,   /* i on the task's track; aux = the spawner's track (0: none) */
-    ASC_EV_FLOW_END,   /* f at the first step of a task that has a spawner */
-    ASC_EV_TASK_DONE,  /* i on the task's track; flags: 1 cancelled */
-    ASC_EV_BLOCKED,    /* X on a loop's blocked track; text = the finding */
-    ASC_EV_FINDING,    /* i; text = the finding */
-    ASC_EV_LOCK_WAIT,  /* async span on a task; aux = the lock's id; flags: 1 cancelled */
-    ASC_EV_LOCK_HOLD,  /* async span on a task; aux = the lock's id */
-};
 
 /* One record of the ring. */
 typedef struct {
@@ -125,8 +96,6 @@ static struct {
     int nloops;
     PyObject *str_done, *str_cancelled, *str_get_name, *str_get_coro, *str_qualname, *str_run_once;
     PyObject *current_task;   /* owned: asyncio.current_task */
-    PyObject *orig_acquire, *orig_release; /* owned: asyncio.Lock's own methods */
-    PyObject *lock_holds;     /* owned dict {id(lock): (track, start_ns)} */
     PyObject *orig_sigterm;   /* owned: the handler we replaced (SIG_DFL) */
     int dumped;
 } asc_tr;
@@ -141,7 +110,7 @@ static asc_tev *asc_trace_slot(void) {
     return e;
 }
 
-static void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
+void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
                           uint32_t label, uint64_t aux, uint8_t flags) {
     asc_tev *e = asc_trace_slot();
     e->type = type;
@@ -179,7 +148,7 @@ static uint32_t asc_trace_intern(PyObject *s) {
     return asc_tr.nnames++;
 }
 
-static uint32_t asc_trace_intern_c(const char *s) {
+uint32_t asc_trace_intern_c(const char *s) {
     PyObject *o = PyUnicode_FromString(s);
     uint32_t i = asc_trace_intern(o);
     Py_XDECREF(o);
@@ -470,7 +439,7 @@ void asc_trace_finding(const aioscope_finding *f) {
 /* ---- asyncio.Lock: wait and hold ------------------------------------------------------------ */
 
 /* The track of the task running now on the calling thread's loop (0: none traced). */
-static uint32_t asc_trace_current_track(void) {
+uint32_t asc_trace_current_track(void) {
     PyObject *t = asc_tr.current_task ? PyObject_CallObject(asc_tr.current_task, NULL) : NULL;
     asc_task_stats *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
     if (st && !st->trace_track) asc_trace_adopt(t, st);
@@ -478,204 +447,6 @@ static uint32_t asc_trace_current_track(void) {
     Py_XDECREF(t);
     PyErr_Clear();
     return track;
-}
-
-/* What Lock.acquire() returns while tracing: the original coroutine, wrapped so that its end
- * (the lock acquired, or the wait given up) is seen. It forwards the coroutine protocol that
- * `await` uses on a non-coroutine awaitable: __await__ gives itself, the interpreter drives it
- * with tp_iternext, send(), throw() and close(). */
-typedef struct {
-    PyObject_HEAD
-    PyObject *coro;  /* owned: Lock.acquire's own coroutine */
-    PyObject *it;    /* owned: coro.__await__(), made on first use */
-    PyObject *lock;  /* owned */
-    uint32_t track;
-    int64_t t0;
-    int finished;
-} asc_lockwait;
-
-static PyTypeObject asc_lockwait_type;
-
-/* The wait ended: r is the coroutine's result (NULL with StopIteration or another exception
- * set). Records the wait span, and the start of the hold when the lock was acquired. */
-static void asc_lockwait_end(asc_lockwait *w, int acquired) {
-    if (w->finished || !asc_trace_active) return;
-    w->finished = 1;
-    int64_t now = asc_live_now_ns();
-    uint64_t id = (uint64_t)(uintptr_t)w->lock;
-    asc_trace_put(ASC_EV_LOCK_WAIT, w->t0, now - w->t0, w->track, asc_tr.name_lock_wait, 0, id,
-                  acquired ? 0 : 1);
-    if (!acquired) return;
-    PyObject *key = PyLong_FromVoidPtr(w->lock);
-    PyObject *val = Py_BuildValue("(kL)", (unsigned long)w->track, (long long)now);
-    if (!key || !val || PyDict_SetItem(asc_tr.lock_holds, key, val) < 0) PyErr_Clear();
-    Py_XDECREF(key);
-    Py_XDECREF(val);
-}
-
-/* After the wrapped iterator returned r: a value means still waiting; NULL means it finished
- * (StopIteration: acquired) or raised (not acquired). The error is left as it was. */
-static PyObject *asc_lockwait_after(asc_lockwait *w, PyObject *r) {
-    if (r) return r;
-    int acquired = !PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration);
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = PyErr_GetRaisedException();
-    asc_lockwait_end(w, acquired);
-    PyErr_SetRaisedException(exc);
-#else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    asc_lockwait_end(w, acquired);
-    PyErr_Restore(t, v, tb);
-#endif
-    return NULL;
-}
-
-static int asc_lockwait_ready(asc_lockwait *w) {
-    if (w->it) return 0;
-    PyAsyncMethods *am = Py_TYPE(w->coro)->tp_as_async;
-    w->it = am && am->am_await ? am->am_await(w->coro) : PyObject_GetIter(w->coro);
-    return w->it ? 0 : -1;
-}
-
-static PyObject *asc_lockwait_iternext(PyObject *self) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    return asc_lockwait_after(w, Py_TYPE(w->it)->tp_iternext(w->it));
-}
-
-static PyObject *asc_lockwait_send(PyObject *self, PyObject *value) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    PyObject *r = value == Py_None ? Py_TYPE(w->it)->tp_iternext(w->it)
-                                   : PyObject_CallMethod(w->it, "send", "O", value);
-    return asc_lockwait_after(w, r);
-}
-
-static PyObject *asc_lockwait_throw(PyObject *self, PyObject *args) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    PyObject *meth = PyObject_GetAttrString(w->it, "throw");
-    PyObject *r = meth ? PyObject_Call(meth, args, NULL) : NULL;
-    Py_XDECREF(meth);
-    return asc_lockwait_after(w, r);
-}
-
-static PyObject *asc_lockwait_close(PyObject *self, PyObject *unused) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (!w->it) return PyObject_CallMethod(w->coro, "close", NULL);
-    return PyObject_CallMethod(w->it, "close", NULL);
-}
-
-static PyObject *asc_lockwait_await(PyObject *self) {
-    Py_INCREF(self);
-    return self;
-}
-
-static void asc_lockwait_dealloc(PyObject *self) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(w->coro);
-    Py_CLEAR(w->it);
-    Py_CLEAR(w->lock);
-    PyObject_GC_Del(self);
-}
-
-static int asc_lockwait_traverse(PyObject *self, visitproc visit, void *arg) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    Py_VISIT(w->coro);
-    Py_VISIT(w->it);
-    Py_VISIT(w->lock);
-    return 0;
-}
-
-static PyMethodDef asc_lockwait_methods[] = {
-    {"send", asc_lockwait_send, METH_O, NULL},
-    {"throw", asc_lockwait_throw, METH_VARARGS, NULL},
-    {"close", asc_lockwait_close, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyAsyncMethods asc_lockwait_async = {.am_await = asc_lockwait_await};
-
-static PyTypeObject asc_lockwait_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.LockAcquire",
-    .tp_basicsize = sizeof(asc_lockwait),
-    .tp_dealloc = asc_lockwait_dealloc,
-    .tp_as_async = &asc_lockwait_async,
-    .tp_traverse = asc_lockwait_traverse,
-    .tp_iter = PyObject_SelfIter,
-    .tp_iternext = asc_lockwait_iternext,
-    .tp_methods = asc_lockwait_methods,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-};
-
-/* Lock.acquire(self) while tracing. */
-static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
-    int64_t t0 = asc_live_now_ns();
-    PyObject *coro = PyObject_CallFunctionObjArgs(asc_tr.orig_acquire, lock, NULL);
-    if (!coro || !asc_trace_active) return coro;
-    asc_lockwait *w = PyObject_GC_New(asc_lockwait, &asc_lockwait_type);
-    if (!w) {
-        PyErr_Clear();
-        return coro; /* untraced, but the program runs on */
-    }
-    w->coro = coro;
-    w->it = NULL;
-    Py_INCREF(lock);
-    w->lock = lock;
-    w->track = asc_trace_current_track();
-    w->t0 = t0;
-    w->finished = 0;
-    PyObject_GC_Track((PyObject *)w);
-    return (PyObject *)w;
-}
-
-/* Lock.release(self) while tracing: the hold span ends when the original release succeeds. */
-static PyObject *asc_lock_release(PyObject *lock, PyObject *unused) {
-    PyObject *r = PyObject_CallFunctionObjArgs(asc_tr.orig_release, lock, NULL);
-    if (!r || !asc_trace_active) return r;
-    PyObject *key = PyLong_FromVoidPtr(lock);
-    PyObject *val = key ? PyDict_GetItemWithError(asc_tr.lock_holds, key) : NULL; /* borrowed */
-    if (val && PyTuple_Check(val) && PyTuple_GET_SIZE(val) == 2) {
-        uint32_t track = (uint32_t)PyLong_AsUnsignedLong(PyTuple_GET_ITEM(val, 0));
-        int64_t start = PyLong_AsLongLong(PyTuple_GET_ITEM(val, 1));
-        asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track,
-                      asc_tr.name_lock_hold, 0, (uint64_t)(uintptr_t)lock, 0);
-        (void)PyDict_DelItem(asc_tr.lock_holds, key);
-    }
-    Py_XDECREF(key);
-    PyErr_Clear();
-    return r;
-}
-
-static PyMethodDef asc_lock_acquire_def = {"acquire", asc_lock_acquire, METH_NOARGS,
-                                           "Lock.acquire(), with its wait and hold on aioscope's timeline."};
-static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOARGS,
-                                           "Lock.release(), with its hold on aioscope's timeline."};
-
-/* Replace asyncio.Lock's acquire/release on the class with our method descriptors. */
-static int asc_trace_hook_locks(void) {
-    if (PyType_Ready(&asc_lockwait_type) < 0) return -1;
-    PyObject *locks = PyImport_ImportModule("asyncio.locks");
-    PyObject *lock_type = locks ? PyObject_GetAttrString(locks, "Lock") : NULL;
-    Py_XDECREF(locks);
-    if (!lock_type || !PyType_Check(lock_type)) {
-        Py_XDECREF(lock_type);
-        return -1;
-    }
-    asc_tr.orig_acquire = PyObject_GetAttrString(lock_type, "acquire");
-    asc_tr.orig_release = PyObject_GetAttrString(lock_type, "release");
-    PyObject *acq = asc_tr.orig_acquire ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_acquire_def) : NULL;
-    PyObject *rel = asc_tr.orig_release ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_release_def) : NULL;
-    int rc = acq && rel && PyObject_SetAttrString(lock_type, "acquire", acq) == 0 &&
-                     PyObject_SetAttrString(lock_type, "release", rel) == 0
-                 ? 0
-                 : -1;
-    Py_XDECREF(acq);
-    Py_XDECREF(rel);
-    Py_DECREF(lock_type);
-    return rc;
 }
 
 /* ---- writing the file ----------------------------------------------------------------------- */
@@ -921,8 +692,7 @@ int asc_trace_init(PyObject *module) {
     asc_tr.ring = calloc(limit, sizeof *asc_tr.ring);
     asc_tr.names = calloc(ASC_TRACE_MAX_NAMES, sizeof *asc_tr.names);
     asc_tr.name_index = PyDict_New();
-    asc_tr.lock_holds = PyDict_New();
-    if (!asc_tr.path || !asc_tr.ring || !asc_tr.names || !asc_tr.name_index || !asc_tr.lock_holds) {
+    if (!asc_tr.path || !asc_tr.ring || !asc_tr.names || !asc_tr.name_index) {
         PyErr_NoMemory();
         return -1;
     }
@@ -950,7 +720,8 @@ int asc_trace_init(PyObject *module) {
     asc_tr.current_task = asyncio ? PyObject_GetAttrString(asyncio, "current_task") : NULL;
     Py_XDECREF(asyncio);
     if (!asc_tr.current_task) return -1;
-    if (asc_trace_hook_locks() < 0) PyErr_Clear(); /* no lock spans; the rest still works */
+    if (asc_trace_locks_init(asc_tr.name_lock_wait, asc_tr.name_lock_hold) < 0)
+        PyErr_Clear(); /* no lock spans; the rest still works */
     asc_trace_hook_sigterm();
     asc_trace_active = 1;
     return 0;
