@@ -266,3 +266,32 @@ def test_ten_thousand_tasks_under_100ms(interp):
         assert cpu < 0.1, "10 000 tasks took %.3f s of CPU" % cpu
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("interp", PYTHONS, ids=IDS)
+def test_churning_target_never_breaks_the_reader(interp):
+    """Reads of a process whose tasks and stacks change all the time tear; aioscope must answer
+    every time with a snapshot (exit 0) or the documented 'kept changing' status (6), never
+    crash, hang or print garbage; with --freeze it must always succeed."""
+    t = Target(interp.path, TARGETS / "attach_churn.py")
+    try:
+        statuses = []
+        for i in range(20):
+            freeze = ["--freeze"] if i % 4 == 3 else []
+            r = aioscope("ps", t.pid, "--attach", "--json", *freeze)
+            statuses.append(r.returncode)
+            assert r.returncode in (0, 6), r.stderr
+            if r.returncode == 0:
+                snap = json.loads(r.stdout)
+                assert snap["tasks"], "a churning process always has tasks"
+                for task in snap["tasks"]:
+                    assert task["state"] in ("pending", "cancelled", "finished")
+                    assert re.fullmatch(r"(churn|renamed)-\d+|Task-\d+|\?", task["name"]), task["name"]
+            else:
+                assert "kept changing" in r.stderr
+            if freeze:
+                assert r.returncode == 0, r.stderr
+        assert statuses.count(0) >= len(statuses) // 2, statuses
+        assert t.proc.poll() is None  # the target survived every read
+    finally:
+        t.close()
