@@ -69,24 +69,66 @@ static void asc__awaited_by(aioscope_snapshot *s, const aioscope_snap_task *tk, 
     if (!buf[0]) snprintf(buf, cap, "-");
 }
 
+/* The state a person asks about: a pending task is running, waiting on something, ready to run
+ * or being cancelled; a finished one failed when its exception was never retrieved. */
+static const char *asc__live_state(const aioscope_snap_task *tk) {
+    if (tk->state == AIOSCOPE_TASK_CANCELLED) return "cancelled";
+    if (tk->state == AIOSCOPE_TASK_FINISHED) return tk->exception ? "failed" : "finished";
+    if (tk->thread >= 0) return "running";
+    if (tk->cancelling) return "cancelling";
+    return tk->awaiting ? "waiting" : "ready";
+}
+
+/* The program's own line where the task is suspended: the innermost frame of its coroutine chain
+ * outside the standard library and site-packages ("file.py:12"), else the innermost frame. */
+static void asc__where(const aioscope_snap_task *tk, char *buf, size_t cap) {
+    const aioscope_snap_frame *f = NULL;
+    for (size_t k = tk->ncoro; k-- > 0 && !f;) {
+        const char *p = tk->coro[k].file;
+        if (!strstr(p, "/lib/python") && !strstr(p, "-packages/") && p[0] != '<') f = &tk->coro[k];
+    }
+    if (!f && tk->ncoro) f = &tk->coro[tk->ncoro - 1];
+    if (f) snprintf(buf, cap, "%s:%d", asc__basename(f->file), f->line);
+    else snprintf(buf, cap, "-");
+}
+
 void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
     asc_snap_print_header(s, out);
-    fprintf(out, "%-8s %-14s %-20s %-9s %-40s %-24s %s\n", "TID", "TASK ID", "NAME", "STATE",
-            "COROUTINE STACK (outer > inner)", "AWAITING", "AWAITED BY");
-    char chain[256], awaiting[128], by[256], tid[24];
+    int agent = s->has_agent_fields;
+    fprintf(out, "%-8s %-14s %-20s %-10s %-40s %-20s %-24s", "TID", "TASK ID", "NAME", "STATE",
+            "COROUTINE STACK (outer > inner)", "WHERE", "AWAITING");
+    /* Agent-only columns (snapshot.h: has_agent_fields): how long it has existed, how long it ran,
+     * how many steps, and which task created it. */
+    if (agent) fprintf(out, " %8s %9s %7s %-16s", "AGE s", "BUSY s", "STEPS", "SPAWNED BY");
+    fprintf(out, " %s\n", "AWAITED BY");
+    char chain[256], awaiting[128], by[256], tid[24], where[64];
     for (size_t i = 0; i < s->ntasks; i++) {
         aioscope_snap_task *tk = &s->tasks[i];
         asc__chain(tk, chain, 41);
         asc__awaiting(s, tk, awaiting, 25);
         asc__awaited_by(s, tk, by, sizeof by);
+        asc__where(tk, where, 21);
         if (tk->thread >= 0) {
             const aioscope_snap_thread *th = &s->threads[tk->thread];
             snprintf(tid, sizeof tid, "%llu", (unsigned long long)(th->native_id ? th->native_id : th->thread_id));
         } else {
             snprintf(tid, sizeof tid, "-");
         }
-        fprintf(out, "%-8s 0x%-12llx %-20s %-9s %-40s %-24s %s\n", tid, (unsigned long long)tk->id, tk->name,
-                asc__state(tk->state), chain, awaiting, by);
+        fprintf(out, "%-8s 0x%-12llx %-20s %-10s %-40s %-20s %-24s", tid, (unsigned long long)tk->id, tk->name,
+                asc__live_state(tk), chain, where, tk->exception ? tk->exception : awaiting);
+        if (agent) {
+            char age[24] = "-", busy[24] = "-", steps[24] = "-", spawner[64] = "-";
+            if (tk->age_s >= 0) snprintf(age, sizeof age, "%.1f", tk->age_s);
+            if (tk->busy_s >= 0) snprintf(busy, sizeof busy, "%.4f", tk->busy_s);
+            if (tk->steps >= 0) snprintf(steps, sizeof steps, "%ld", tk->steps);
+            if (tk->spawned_by) {
+                long p = aioscope_snapshot_find_task(s, tk->spawned_by);
+                if (p >= 0) snprintf(spawner, sizeof spawner, "%s", s->tasks[p].name);
+                else snprintf(spawner, sizeof spawner, "0x%llx", (unsigned long long)tk->spawned_by);
+            }
+            fprintf(out, " %8s %9s %7s %-16s", age, busy, steps, spawner);
+        }
+        fprintf(out, " %s\n", by);
     }
 }
 
