@@ -25,7 +25,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,7 +267,10 @@ def run_process(argv, *, env=None, cwd=None, input=None, timeout=RUN_TIMEOUT_S):
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         out, err = proc.communicate()
         pytest.fail("timed out after %ss: %s\nstdout:\n%s\nstderr:\n%s"
                     % (timeout, " ".join(map(str, argv)), out, err))

@@ -2,11 +2,12 @@
 `-- COMMAND`, a console script in a venv, the program's surroundings left unchanged, signals,
 sys.exit and uncaught exceptions still giving the report, and `aioscope.install()` without the CLI.
 """
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
-import sys
+import termios
 import time
 from pathlib import Path
 
@@ -255,11 +256,34 @@ def test_report_written_however_the_program_ends(how, status, python, run_aiosco
     assert_text_report(r, program)
 
 
-def start_aioscope(python, json_path, *target):
+def kill_session(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def take_stdin_as_terminal():
+    """In the child, after setsid(): make stdin (a pseudo-terminal) the controlling terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def start_aioscope(python, json_path, *target, loop="asyncio", terminal=False):
+    """Start `aioscope run` in a session of its own. With terminal, its stdin is a new
+    pseudo-terminal that becomes the session's controlling terminal, so that a Ctrl-C typed there
+    reaches the processes the way a real terminal's does (from the kernel, to the whole
+    foreground process group)."""
     argv = aioscope_argv("--python", python.path, "--json", json_path, *target)
-    return subprocess.Popen(argv, env=program_env(), text=True, start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    stdin, master = subprocess.DEVNULL, None
+    if terminal:
+        master, stdin = os.openpty()
+    proc = subprocess.Popen(argv, env=program_env(loop), text=True, start_new_session=True,
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=take_stdin_as_terminal if terminal else None)
+    if terminal:
+        os.close(stdin)
+    proc.terminal = master
+    return proc
 
 
 def wait_for_line(proc, expected, timeout=30):
@@ -272,50 +296,60 @@ def wait_for_line(proc, expected, timeout=30):
             return
         if not line and proc.poll() is not None:
             break
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_session(proc)
     pytest.fail("never printed %r (last line %r); stderr:\n%s" % (expected, line,
                                                                  proc.stderr.read()[-3000:]))
 
 
-def send_signal(proc, sig, to_group):
-    """Signal a program that must still be running (else fail with what it printed)."""
+def interrupt(proc, how):
+    """Stop a program that must still be running (else fail with what it printed)."""
     if proc.poll() is not None:
         out, err = proc.communicate()
         pytest.fail("ended by itself with status %s before the signal; stderr:\n%s"
                     % (proc.returncode, err[-3000:]))
-    if to_group:
-        os.killpg(proc.pid, sig)
+    if how == "ctrl-c":
+        os.write(proc.terminal, b"\x03")
+    elif how == "sigint-group":
+        os.killpg(proc.pid, signal.SIGINT)
+    elif how == "sigterm-group":
+        os.killpg(proc.pid, signal.SIGTERM)
     else:
-        os.kill(proc.pid, sig)
+        assert how == "sigterm-aioscope"
+        os.kill(proc.pid, signal.SIGTERM)
 
 
 def finish(proc, timeout=30):
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc)
         out, err = proc.communicate()
         pytest.fail("did not end after the signal; stderr:\n" + err[-3000:])
+    finally:
+        if proc.terminal is not None:
+            os.close(proc.terminal)
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize("sig,target", [(signal.SIGINT, "group"), (signal.SIGTERM, "group"),
-                                        (signal.SIGTERM, "aioscope")],
-                         ids=["sigint-ctrl-c", "sigterm-group", "sigterm-to-aioscope"])
-def test_signal_still_gives_the_report(sig, target, python, tmp_path):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or `kill` (SIGTERM to
-    the group, or to aioscope alone, which passes it on): the status is 128+N and the JSON report
-    holds what was found before."""
+@pytest.mark.parametrize("how,sig", [
+    ("ctrl-c", signal.SIGINT),            # typed in the terminal
+    ("sigint-group", signal.SIGINT),      # kill -INT -PGID: one SIGINT for every process
+    ("sigterm-group", signal.SIGTERM),    # kill -TERM -PGID
+    ("sigterm-aioscope", signal.SIGTERM),  # kill PID of aioscope, which passes it on
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_signal_still_gives_the_report(how, sig, python, tmp_path):
+    """A service stopped by a signal: the status is 128+N, the JSON report is written and holds
+    what was found before, and nothing more."""
     program = Program(PROGRAMS / "serve_forever.py")
     json_path = tmp_path / "report.json"
-    proc = start_aioscope(python, json_path, program.path)
+    proc = start_aioscope(python, json_path, program.path, terminal=(how == "ctrl-c"))
     wait_for_line(proc, "ready")
     time.sleep(0.2)
-    send_signal(proc, sig, to_group=(target == "group"))
+    interrupt(proc, how)
     code, out, err = finish(proc)
     assert code == 128 + sig, err[-3000:]
     result = Result(code, "ready\n" + out, err, read_report(json_path), json_path)
-    assert result.report is not None, "no JSON report after %s:\n%s" % (sig, err[-3000:])
+    assert result.report is not None, "no JSON report after %s:\n%s" % (how, err[-3000:])
     assert result.report["exit_code"] == 128 + sig
     assert_findings(result, program)
 
@@ -329,13 +363,10 @@ def test_blocking_call_captured_while_still_blocked(how, python, loop, tmp_path)
     program.skip_unless_runs_on(python, loop)
     line = program.line_of("EXPECT: blocking-call@" + how)
     json_path = tmp_path / "report.json"
-    argv = aioscope_argv("--python", python.path, "--json", json_path, program.path, how)
-    proc = subprocess.Popen(argv, env=program_env(loop), text=True, start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = start_aioscope(python, json_path, program.path, how, loop=loop)
     wait_for_line(proc, "blocking")
     time.sleep(1.0)
-    send_signal(proc, signal.SIGTERM, to_group=False)
+    interrupt(proc, "sigterm-aioscope")
     code, out, err = finish(proc)
     assert code == 128 + signal.SIGTERM, err[-3000:]
     report = read_report(json_path)
