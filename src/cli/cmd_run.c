@@ -60,6 +60,9 @@ static const char run_usage[] =
     "                            periods, locks and findings to FILE (Chrome trace JSON: open it\n"
     "                            in ui.perfetto.dev or chrome://tracing; see docs/trace.md)\n"
     "  --trace-limit N           keep at most the last N trace events (default 500000)\n"
+    "  --dump-signal SIG         on signal SIG (USR1, USR2 or PWR), print every thread's stack and\n"
+    "                            every task's coroutine stack on stderr and go on (docs/live.md);\n"
+    "                            send it to the program or to aioscope run, which passes it on\n"
     "  -h, --help                show this help\n"
     "\n"
     "exit status: the program's own (128+N if signal N killed it); 2 for aioscope's own errors\n"
@@ -77,6 +80,8 @@ typedef struct {
     const char *deadlock_after, *stuck_after;
     char trace_path[PATH_MAX]; /* --trace, made absolute: the program may chdir */
     const char *trace_limit;
+    int dump_signal; /* --dump-signal: the signal number, 0 when not given */
+    const char *dump_signal_name;
     char **target; /* what follows the options */
     int ntarget;
     int mode; /* 's' script, 'm' module, 'c' command */
@@ -97,7 +102,7 @@ static void forward_signal(int sig, siginfo_t *info, void *ctx) {
 
 static int parse_args(int argc, char **argv, run_options *o) {
     enum { OPT_PYTHON = 1000, OPT_JSON, OPT_QUIET, OPT_FAIL_ON, OPT_BLOCK, OPT_ON_DEADLOCK,
-           OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER, OPT_TRACE, OPT_TRACE_LIMIT };
+           OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER, OPT_TRACE, OPT_TRACE_LIMIT, OPT_DUMP_SIGNAL };
     static const struct option longopts[] = {
         {"python", required_argument, NULL, OPT_PYTHON},
         {"json", required_argument, NULL, OPT_JSON},
@@ -109,6 +114,7 @@ static int parse_args(int argc, char **argv, run_options *o) {
         {"stuck-after", required_argument, NULL, OPT_STUCK_AFTER},
         {"trace", required_argument, NULL, OPT_TRACE},
         {"trace-limit", required_argument, NULL, OPT_TRACE_LIMIT},
+        {"dump-signal", required_argument, NULL, OPT_DUMP_SIGNAL},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -150,6 +156,19 @@ static int parse_args(int argc, char **argv, run_options *o) {
                 snprintf(o->trace_path + strlen(o->trace_path), sizeof o->trace_path - strlen(o->trace_path),
                          "/%s", optarg);
             break;
+        case OPT_DUMP_SIGNAL: {
+            /* The agent accepts the same names (livepy.c); SIGINT/SIGTERM would change how the
+             * program stops, and QUIT is forwarded only from kill, so it is not offered. */
+            const char *n = strncasecmp(optarg, "SIG", 3) == 0 ? optarg + 3 : optarg;
+            o->dump_signal = strcasecmp(n, "USR1") == 0 ? SIGUSR1 : strcasecmp(n, "USR2") == 0 ? SIGUSR2
+                           : strcasecmp(n, "PWR") == 0 ? SIGPWR : 0;
+            if (!o->dump_signal) {
+                asc_cli_error("--dump-signal takes USR1, USR2 or PWR, not '%s'", optarg);
+                return -1;
+            }
+            o->dump_signal_name = n;
+            break;
+        }
         case OPT_TRACE_LIMIT: {
             char *end;
             unsigned long long v = strtoull(optarg, &end, 10);
@@ -311,6 +330,7 @@ static int setup_env(const char *home, const char *events, const run_options *o)
     if (o->block_threshold) setenv("AIOSCOPE_BLOCK_THRESHOLD", o->block_threshold, 1);
     if (o->trace_path[0]) setenv("AIOSCOPE_TRACE", o->trace_path, 1);
     if (o->trace_limit) setenv("AIOSCOPE_TRACE_LIMIT", o->trace_limit, 1);
+    if (o->dump_signal_name) setenv("AIOSCOPE_DUMP_SIGNAL", o->dump_signal_name, 1);
     if (o->on_deadlock_exit) setenv("AIOSCOPE_ON_DEADLOCK", "exit", 1);
     if (o->deadlock_after) setenv("AIOSCOPE_DEADLOCK_AFTER", o->deadlock_after, 1);
     if (o->stuck_after) setenv("AIOSCOPE_STUCK_AFTER", o->stuck_after, 1);
@@ -447,7 +467,7 @@ int asc_cmd_run(int argc, char **argv) {
         return ASC_EXIT_USAGE;
     }
 
-    struct sigaction sa, old_int, old_term, old_hup, old_quit;
+    struct sigaction sa, old_int, old_term, old_hup, old_quit, old_dump;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = forward_signal;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
@@ -456,6 +476,8 @@ int asc_cmd_run(int argc, char **argv) {
     sigaction(SIGTERM, &sa, &old_term);
     sigaction(SIGHUP, &sa, &old_hup);
     sigaction(SIGQUIT, &sa, &old_quit);
+    /* The dump signal sent to us is passed on too, so `kill -USR1 <aioscope run's pid>` works. */
+    if (o.dump_signal) sigaction(o.dump_signal, &sa, &old_dump);
 
     fflush(NULL);
     pid_t pid = fork();
@@ -464,6 +486,7 @@ int asc_cmd_run(int argc, char **argv) {
         sigaction(SIGTERM, &old_term, NULL);
         sigaction(SIGHUP, &old_hup, NULL);
         sigaction(SIGQUIT, &old_quit, NULL);
+        if (o.dump_signal) sigaction(o.dump_signal, &old_dump, NULL);
         execv(program, child_argv);
         int e = errno;
         asc_cli_error("cannot execute %s: %s", program, strerror(e));
