@@ -156,11 +156,14 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
         return NULL;
     }
     if (tp->tp_basicsize < (Py_ssize_t)(sizeof(PyObject) + sizeof(PyObject *))) return NULL;
-    if (!asc_st.step_wrapper_type && strcmp(tp->tp_name, "TaskStepMethWrapper") == 0) {
+    /* 3.12+ makes them heap types named "_asyncio.TaskStepMethWrapper": compare the last part. */
+    const char *dot = strrchr(tp->tp_name, '.');
+    const char *short_name = dot ? dot + 1 : tp->tp_name;
+    if (!asc_st.step_wrapper_type && strcmp(short_name, "TaskStepMethWrapper") == 0) {
         asc_st.step_wrapper_type = tp;
         return *(PyObject **)((char *)cb + sizeof(PyObject));
     }
-    if (!asc_st.wakeup_wrapper_type && strcmp(tp->tp_name, "TaskWakeupMethWrapper") == 0) {
+    if (!asc_st.wakeup_wrapper_type && strcmp(short_name, "TaskWakeupMethWrapper") == 0) {
         asc_st.wakeup_wrapper_type = tp;
         return *(PyObject **)((char *)cb + sizeof(PyObject));
     }
