@@ -1,0 +1,242 @@
+"""`aioscope run --trace FILE`: the timeline, in the Chrome trace-event JSON format.
+
+What a user relies on (docs/trace.md):
+  - the file is valid JSON with the documented structure: traceEvents of known phases, every
+    track named, otherData with the event counts;
+  - a track per task, whose step slices (named by the coroutine) never overlap;
+  - creation arrows go from a step of the spawning task to the first step of the new one;
+  - blocked periods agree with the blocking-call findings of the same run (count, duration,
+    site), and every finding is an instant event;
+  - asyncio.Lock waits and holds are spans on the task's lock track;
+  - memory is bounded by --trace-limit and the end of the run is kept; SIGTERM still writes it;
+  - without --trace nothing of this is installed.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from conftest import (AIOSCOPE_BIN, PROGRAMS, aioscope_argv, program_env, run_process,
+                      same_file)
+
+TRACE_PROGRAMS = Path(__file__).resolve().parent / "trace_programs"
+PHASES = {"X", "i", "s", "f", "M"}
+TASK_TID0 = 1000  # task tracks are even numbers from 1000; a task's lock track is the next odd one
+
+
+def run_traced(run_aioscope, python, program, tmp_path, *options, loop="asyncio"):
+    trace = tmp_path / "trace.json"
+    result = run_aioscope(python, program, options=["--trace", str(trace), *options], loop=loop)
+    assert trace.exists(), "no trace written\nstderr:\n" + result.stderr[-3000:]
+    data = json.loads(trace.read_text())  # valid JSON or the test fails here
+    return result, data
+
+
+def check_structure(data):
+    """The documented structure; returns the events."""
+    assert set(data) >= {"traceEvents", "displayTimeUnit", "otherData"}
+    other = data["otherData"]
+    assert other["events_kept"] <= other["limit"]
+    assert other["events_recorded"] == other["events_kept"] + other["events_dropped"]
+    events = data["traceEvents"]
+    pid = events[0]["pid"]
+    named = set()
+    used = set()
+    for e in events:
+        assert e["ph"] in PHASES, e
+        assert e["pid"] == pid, e
+        if e["ph"] == "M":
+            assert e["name"] in ("process_name", "thread_name"), e
+            if e["name"] == "thread_name":
+                assert isinstance(e["args"]["name"], str) and e["args"]["name"], e
+                named.add(e["tid"])
+            continue
+        assert isinstance(e["tid"], int) and isinstance(e["name"], str), e
+        assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0, e
+        used.add(e["tid"])
+        if e["ph"] == "X":
+            assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0, e
+            assert e["cat"] in ("step", "loop", "blocked", "lock"), e
+        if e["ph"] == "i":
+            assert e["s"] in ("t", "p") and e["cat"] in ("task", "finding"), e
+        if e["ph"] in ("s", "f"):
+            assert e["cat"] == "spawn" and isinstance(e["id"], int), e
+    # Every track with a slice or instant of a task or loop has a name.
+    missing = {t for t in used if t != 0} - named
+    assert not missing, "tracks without thread_name: %s" % sorted(missing)
+    return events
+
+
+def steps_by_task(events):
+    by = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X" and e["cat"] == "step":
+            by[e["tid"]].append(e)
+    return by
+
+
+def test_trace_structure_tasks_and_steps(run_aioscope, python, tmp_path):
+    program = TRACE_PROGRAMS / "spawn_tree.py"
+    result, data = run_traced(run_aioscope, python, program, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done" in result.stdout
+    events = check_structure(data)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+
+    steps = steps_by_task(events)
+    # One track per task: the workers and helpers by their names, with their coroutine.
+    for i in range(4):
+        assert any(n == "worker-%d (worker)" % i for n in names.values()), names
+        assert any(n == "helper-%d (helper)" % i for n in names.values()), names
+    # Step slices are named by the task's coroutine and never overlap on one track.
+    for tid, slices in steps.items():
+        assert tid >= TASK_TID0 and tid % 2 == 0
+        assert {s["name"] for s in slices} == {names[tid].split(" (")[1].rstrip(")")}, names[tid]
+        slices.sort(key=lambda s: s["ts"])
+        for a, b in zip(slices, slices[1:]):
+            assert a["ts"] + a["dur"] <= b["ts"], "overlapping steps on %s: %s %s" % (names[tid], a, b)
+    helper_tids = [t for t, n in names.items() if n.startswith("helper-")]
+    for t in helper_tids:
+        assert len(steps[t]) == 4  # three sleep(0) then the return
+
+    # Creation and completion instants; one arrow per spawned task, from a step of its spawner
+    # to its own first step.
+    created = [e for e in events if e["ph"] == "i" and e["name"] == "task created"]
+    done = [e for e in events if e["ph"] == "i" and e["name"] == "task done"]
+    assert {e["tid"] for e in created} >= set(helper_tids)
+    assert {e["tid"] for e in done} >= set(helper_tids)
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    ends = {e["id"]: e for e in events if e["ph"] == "f"}
+    for t in helper_tids:
+        s, f = starts[t], ends[t]
+        assert f["tid"] == t and f["bp"] == "e"
+        assert f["ts"] == min(x["ts"] for x in steps[t])  # at the first step
+        spawner = s["tid"]
+        assert names[spawner].startswith("worker-"), names[spawner]
+        assert any(x["ts"] <= s["ts"] <= x["ts"] + x["dur"] for x in steps[spawner]), \
+            "arrow does not start inside a step of its spawner"
+        assert s["ts"] <= f["ts"]
+
+    # Loop iterations on the loop's track, which is named.
+    iters = [e for e in events if e["ph"] == "X" and e["cat"] == "loop"]
+    assert iters and all(names[e["tid"]].startswith("event loop") for e in iters)
+
+
+def test_lock_wait_and_hold_spans(run_aioscope, python, tmp_path):
+    result, data = run_traced(run_aioscope, python, TRACE_PROGRAMS / "spawn_tree.py", tmp_path)
+    events = check_structure(data)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    locks = [e for e in events if e["ph"] == "X" and e["cat"] == "lock"]
+    holds = [e for e in locks if e["name"] == "lock held"]
+    waits = [e for e in locks if e["name"] == "lock wait"]
+    assert len(holds) == 4 and len(waits) == 4, locks
+    for e in locks:
+        assert e["tid"] % 2 == 1 and names[e["tid"]].endswith(" locks"), names.get(e["tid"])
+        assert names[e["tid"]].startswith("worker-")
+    # Each hold lasts the 5 ms sleep; the holds of one lock never overlap.
+    holds.sort(key=lambda e: e["ts"])
+    assert all(h["dur"] >= 4000 for h in holds), holds
+    for a, b in zip(holds, holds[1:]):
+        assert a["ts"] + a["dur"] <= b["ts"] + 1, (a, b)
+    # Somebody waited while another held it: a wait at least ~one hold long.
+    assert max(w["dur"] for w in waits) >= 4000, waits
+    # A task's wait ends where its hold starts.
+    for h in holds:
+        w = [w for w in waits if w["tid"] == h["tid"]]
+        assert len(w) == 1 and abs(w[0]["ts"] + w[0]["dur"] - h["ts"]) < 1.0, (w, h)
+
+
+@pytest.mark.parametrize("name", ["buggy_blocking_merged.py", "buggy_blocking_sleep.py"])
+def test_blocked_periods_agree_with_findings(run_aioscope, python, tmp_path, name):
+    program = PROGRAMS / name
+    result, data = run_traced(run_aioscope, python, program, tmp_path)
+    events = check_structure(data)
+    blocked = [e for e in events if e["ph"] == "X" and e["cat"] == "blocked"]
+    findings = result.of_kind("blocking-call")
+    assert findings, result.stderr[-3000:]
+    assert len(blocked) == sum(f["count"] for f in findings)
+    for f in findings:
+        mine = [b for b in blocked if b["args"]["site"]["line"] == f["site"]["line"]
+                and same_file(b["args"]["site"]["file"], f["site"]["file"])]
+        assert len(mine) == f["count"], (f, mine)
+        # Durations agree (the slice is in µs, the report in s).
+        assert abs(sum(b["dur"] for b in mine) / 1e6 - f["duration_s"]) < 0.002, (f, mine)
+        for b in mine:
+            assert b["args"]["stack"], b  # the blocking stack is in the args
+            assert b["args"]["stack"][-1]["line"] == f["site"]["line"] or any(
+                fr["line"] == f["site"]["line"] for fr in b["args"]["stack"])
+    # Every finding of the report is an instant of its kind.
+    instants = [e for e in events if e["ph"] == "i" and e["cat"] == "finding"]
+    for f in result.findings:
+        n = sum(1 for e in instants if e["name"] == f["kind"]
+                and e["args"]["site"]["line"] == f["site"]["line"])
+        assert n == f["count"], (f, n)
+
+
+def test_limit_bounds_the_trace_and_keeps_the_end(run_aioscope, python, tmp_path):
+    program = TRACE_PROGRAMS / "many_steps.py"
+    result, data = run_traced(run_aioscope, python, program, tmp_path, "--trace-limit", "200")
+    events = check_structure(data)
+    other = data["otherData"]
+    assert other["limit"] == 200 and other["events_kept"] == 200
+    assert other["events_dropped"] > 2000  # 20 x 200 steps were recorded
+    # The end of the run is there: the final blocked period and its finding.
+    assert [e for e in events if e["ph"] == "X" and e["cat"] == "blocked"]
+    assert [e for e in events if e["ph"] == "i" and e["cat"] == "finding"]
+    # And what is kept is the latest: no kept step is older than any dropped one could be.
+    full_result, full = run_traced(run_aioscope, python, program, tmp_path / "..")
+    assert full["otherData"]["events_dropped"] == 0
+    assert len(events) < len(full["traceEvents"])
+
+
+def test_bad_trace_options(tmp_path):
+    for opts, why in ((["--trace-limit", "10"], "--trace-limit"),
+                      (["--trace-limit", "x"], "--trace-limit"),
+                      (["--trace", str(tmp_path / "no" / "such" / "dir.json")], "cannot write the trace")):
+        code, out, err = run_process(aioscope_argv(*opts, str(TRACE_PROGRAMS / "untouched.py")))
+        assert code == 2 and why in err, err
+        assert "run_once_hooked" not in out  # the program never started
+
+
+def test_sigterm_still_writes_the_trace(python, tmp_path):
+    trace = tmp_path / "trace.json"
+    proc = subprocess.Popen(aioscope_argv("--python", python.path, "--quiet", "--trace", str(trace),
+                                          str(TRACE_PROGRAMS / "until_sigterm.py")),
+                            env=program_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM  # the program still dies of SIGTERM
+    events = check_structure(json.loads(trace.read_text()))
+    names = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert "ticker (ticker)" in names
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
+    r = run_aioscope(python, TRACE_PROGRAMS / "untouched.py")
+    assert r.returncode == 0, r.stderr
+    assert "run_once_hooked False" in r.stdout
+    assert "lock_acquire_is_function True" in r.stdout
+    assert not list(tmp_path.glob("*trace*"))
+    r, data = run_traced(run_aioscope, python, TRACE_PROGRAMS / "untouched.py", tmp_path)
+    assert "run_once_hooked True" in r.stdout and "lock_acquire_is_function False" in r.stdout
+    assert "lock ok" in r.stdout
+
+
+def test_uvloop_trace_is_valid(run_aioscope, python, tmp_path, loop):
+    """Under uvloop there are no per-step slices (docs/trace.md), but the file is complete."""
+    result, data = run_traced(run_aioscope, python, PROGRAMS / "buggy_blocking_sleep.py",
+                              tmp_path, loop=loop)
+    events = check_structure(data)
+    assert [e for e in events if e["ph"] == "X" and e["cat"] == "blocked"]
