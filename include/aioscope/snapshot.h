@@ -72,7 +72,8 @@ typedef struct {
 typedef struct aioscope_snapshot {
     int pid;
     uint32_t py_version_hex;
-    const char *source;        /* "memory" (read without the agent) or "agent" */
+    const char *source;        /* "memory" (read without the agent), "agent", or "agent-memory" (the
+                                  agent read its own memory: the program held the GIL) */
     int has_agent_fields;      /* busy_s / steps / spawned_by are meaningful */
     int frozen;                /* the target was stopped while it was read */
     aioscope_snap_thread *threads;

@@ -210,7 +210,7 @@ static void asc_answer_from_memory(aioscope_buf *b, int full_json) {
         asc_error_json(b, rc < 0 ? rc : AIOSCOPE_EIO, "reading the program's memory failed");
         return;
     }
-    snap->source = "agent";
+    snap->source = "agent-memory"; /* read by the agent, but from memory: see snapshot_print.c */
     snap->has_agent_fields = 0; /* busy time and steps live behind the GIL */
     asc_write_snapshot(b, snap, full_json, "memory", ms);
     aioscope_snapshot_free(snap);

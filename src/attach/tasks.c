@@ -32,6 +32,7 @@ typedef struct {
     aioscope_target *t;
     aioscope_snapshot *snap;
     uint64_t task_type;
+    uint64_t agent_task_type; /* the agent's Task subclass, once seen (0: not yet) */
     uint64_t *addrs; /* task addresses found */
     size_t n, cap;
     int strong;      /* set entries are tasks (eager set) rather than weak references */
@@ -46,8 +47,13 @@ static int asc__collect_cb(void *ctx, uint64_t item) {
         if (asc_mem_read_u64(&c->t->mem, item + (uint64_t)c->t->L->wr_object, &task) < 0) return 0;
     }
     uint64_t type;
-    if (asc_obj_type(c->t, task, &type) < 0 || type != c->task_type) {
-        return 0; /* a dead reference, a dummy (deleted) slot, or a torn entry */
+    if (asc_obj_type(c->t, task, &type) < 0) return 0; /* a dead reference, a dummy slot, torn */
+    if (type != c->task_type && type != c->agent_task_type) {
+        /* Under `aioscope run` tasks are the agent's C subclass of Task, which keeps the name
+         * "_asyncio.Task" (src/agent/tasks.c); known by that name once, by address after. */
+        const char *name = c->agent_task_type ? NULL : asc_obj_type_name(c->t, task);
+        if (!name || strcmp(name, "_asyncio.Task") != 0) return 0;
+        c->agent_task_type = type;
     }
     if (c->n == c->cap) {
         if (c->cap >= ASC_MAX_TASKS) return AIOSCOPE_ELIMIT;
@@ -290,7 +296,9 @@ int asc_walk_tasks(aioscope_target *t, aioscope_snapshot *snap) {
     if (rc == AIOSCOPE_ENOENT) return 0; /* asyncio never imported: no tasks */
     if (rc < 0) return rc;
     if ((rc = asc_mem_read_objptr(&t->mem, mod + (uint64_t)L->module_dict, &mdict)) < 0) return rc;
-    asc__collect c = {t, snap, 0, NULL, 0, 0, 0};
+    asc__collect c = {0};
+    c.t = t;
+    c.snap = snap;
     if ((rc = asc_dict_get(t, mdict, "Task", &c.task_type)) < 0) return rc;
     t->task_type = c.task_type;
     if (t->minor <= 11) {

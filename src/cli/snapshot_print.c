@@ -24,9 +24,14 @@ void asc_snap_print_header(const aioscope_snapshot *s, FILE *out) {
     fprintf(out, "Process %d, Python %u.%u.%u, %zu thread%s, %zu task%s (read from %s%s)\n", s->pid,
             s->py_version_hex >> 24, (s->py_version_hex >> 16) & 0xff, (s->py_version_hex >> 8) & 0xff,
             s->nthreads, s->nthreads == 1 ? "" : "s", s->ntasks, s->ntasks == 1 ? "" : "s",
-            strcmp(s->source, "agent") == 0 ? "the agent" : "memory, no agent",
+            strcmp(s->source, "agent") == 0         ? "the agent"
+            : strcmp(s->source, "agent-memory") == 0 ? "memory by the agent: the program holds the GIL"
+                                                     : "memory, no agent",
             s->frozen ? ", process frozen while read" : "");
-    if (!s->has_agent_fields)
+    if (!s->has_agent_fields && strcmp(s->source, "agent-memory") == 0)
+        fprintf(out, "Busy time, steps and spawned-by are unavailable while the program holds the GIL "
+                     "(a long call that does not release it: see the stack in `aioscope dump`)\n");
+    else if (!s->has_agent_fields)
         fprintf(out, "Unavailable without the agent: busy time, steps, spawned-by (run the program "
                      "under `aioscope run` for them)\n");
     if (s->unreadable_tasks)
