@@ -16,8 +16,8 @@
  * ring plus one call of task.done(). Loop iterations are timed by a small C callable put in the
  * loop's instance __dict__ as _run_once (as steps.c does for call_soon); Lock.acquire/release
  * are replaced on the class by C method descriptors. uvloop has neither an instance __dict__
- * nor Python-level steps, so under uvloop the trace has tasks' creation and completion,
- * findings and blocked periods, but no per-step slices or iterations.
+ * nor Python-level steps, so under uvloop the trace has findings, blocked periods and lock
+ * spans, but no per-step slices, creation arrows or iterations.
  *
  * Memory is bounded: events go into one ring of fixed-size records (ASC_TRACE_DEFAULT_LIMIT, or
  * AIOSCOPE_TRACE_LIMIT from --trace-limit) that overwrites the oldest, so a long run keeps its
