@@ -14,18 +14,9 @@
 #include "aioscope/error.h"
 #include "attach/pyobj.h"
 
-/* Opcodes (Include/opcode.h of each version): YIELD_FROM 72 in 3.8-3.10; RESUME 151 in 3.11
- * and 3.12, RESUME_QUICK 150 (3.11's quickened form), INSTRUMENTED_RESUME 240 (3.12). */
-#define ASC_OP_YIELD_FROM 72
-#define ASC_OP_RESUME 151
-#define ASC_OP_RESUME_QUICK_311 150
-#define ASC_OP_INSTRUMENTED_RESUME_312 240
-/* _PyInterpreterFrame.owner FRAME_OWNED_BY_CSTACK (3.12, 3.13: Include/internal/pycore_frame.h). */
-#define ASC_FRAME_OWNED_BY_CSTACK 3
-/* Generator frame states (Include/internal/pycore_frame.h): 3.11/3.12 FRAME_CREATED -2,
- * FRAME_SUSPENDED -1; 3.13 FRAME_CREATED -3, FRAME_SUSPENDED -2, FRAME_SUSPENDED_YIELD_FROM -1.
- * FRAME_COMPLETED 1 and FRAME_CLEARED 4 in all three. */
-#define ASC_FRAME_COMPLETED 1
+/* Opcode numbers (YIELD_FROM 3.8-3.10; RESUME, 3.11's RESUME_QUICK and 3.12's INSTRUMENTED_RESUME),
+ * the C-stack frame owner (3.12+) and the generator frame states (3.11+) come from the generated
+ * layout table (L->op_*, L->frame_*), read from each interpreter's opcode.h and DWARF. */
 
 static int asc__max_field(const int32_t *offs, size_t n) {
     int m = 0;
@@ -236,7 +227,7 @@ static int asc__iframe(aioscope_target *t, uint64_t frame, asc_loc *loc, uint64_
     memcpy(&code, hdr + L->iframe_code, 8);
     memcpy(&ip, hdr + L->iframe_instr, 8);
     *skip = 0;
-    if (t->minor >= 12 && hdr[L->iframe_owner] == ASC_FRAME_OWNED_BY_CSTACK) {
+    if (L->frame_owned_by_cstack >= 0 && hdr[L->iframe_owner] == L->frame_owned_by_cstack) {
         *skip = 1; /* an entry shim frame of the C stack: no Python code of its own */
         return 0;
     }
@@ -310,7 +301,7 @@ int asc_coro_decode(aioscope_target *t, uint64_t coro, asc_loc *loc, uint64_t *a
         uint64_t next = loc->ci->code_start + (t->minor == 10 ? ((uint64_t)lasti + 1) * 2 : (uint64_t)lasti + 2);
         uint8_t op;
         if ((rc = asc_mem_read(&t->mem, next, &op, 1)) < 0) return rc;
-        if (op != ASC_OP_YIELD_FROM) return 0;
+        if (op != L->op_yield_from) return 0;
         uint64_t top;
         if (t->minor == 10) {
             uint64_t valuestack;
@@ -336,24 +327,22 @@ int asc_coro_decode(aioscope_target *t, uint64_t coro, asc_loc *loc, uint64_t *a
     int32_t state_off = is_gen ? L->gen_frame_state : L->coro_frame_state;
     uint64_t frame = coro + (uint64_t)(is_gen ? L->gen_iframe : L->coro_iframe);
     if ((rc = asc_mem_read(&t->mem, coro + (uint64_t)state_off, &state, 1)) < 0) return rc;
-    if (state >= ASC_FRAME_COMPLETED) return AIOSCOPE_ENOENT;
+    if (state >= L->frame_state_completed) return AIOSCOPE_ENOENT;
     uint64_t previous, ip;
     int skip;
     if ((rc = asc__iframe(t, frame, loc, &previous, &skip, &ip)) < 0) return rc;
     if (skip) return AIOSCOPE_EBADDATA;
     int yielding;
-    if (t->minor >= 13) {
-        yielding = state == -1; /* FRAME_SUSPENDED_YIELD_FROM */
+    if (L->frame_state_suspended_yield_from != ASC_ABSENT) {
+        yielding = state == L->frame_state_suspended_yield_from; /* 3.13 */
     } else {
-        /* _PyGen_yf: suspended (-1) and the next instruction is RESUME with oparg >= 2
+        /* _PyGen_yf (3.11, 3.12): suspended and the next instruction is RESUME with oparg >= 2
          * (resuming after a yield-from/await). */
         uint8_t next[2];
         yielding = 0;
-        if (state == -1 && asc_mem_read(&t->mem, ip + 2, next, 2) == 0) {
+        if (state == L->frame_state_suspended && asc_mem_read(&t->mem, ip + 2, next, 2) == 0) {
             int op = next[0];
-            int resume = op == ASC_OP_RESUME ||
-                         (t->minor == 11 && op == ASC_OP_RESUME_QUICK_311) ||
-                         (t->minor == 12 && op == ASC_OP_INSTRUMENTED_RESUME_312);
+            int resume = op == L->op_resume || op == L->op_resume_quick || op == L->op_instrumented_resume;
             yielding = resume && next[1] >= 2;
         }
     }

@@ -62,6 +62,21 @@ static int asc__thread_frames(aioscope_target *t, aioscope_snapshot *snap, uint6
     return 0;
 }
 
+#define ASC_THREAD_ATTEMPTS 3
+
+/* The marker frame ending a stack that changed while it was read. */
+static int asc__mark_cut(aioscope_snapshot *snap, aioscope_snap_thread *th) {
+    aioscope_snap_frame *f = realloc(th->frames, (th->nframes + 1) * sizeof *f);
+    if (!f) return AIOSCOPE_ENOMEM;
+    th->frames = f;
+    f[th->nframes].file = aioscope_snapshot_intern(snap, "?");
+    f[th->nframes].function = aioscope_snapshot_intern(snap, "(stack changed while it was read)");
+    f[th->nframes].line = 0;
+    if (!f[th->nframes].file || !f[th->nframes].function) return AIOSCOPE_ENOMEM;
+    th->nframes++;
+    return 0;
+}
+
 int asc_walk_threads(aioscope_target *t, aioscope_snapshot *snap) {
     const asc_layout *L = t->L;
     uint64_t interp;
@@ -92,7 +107,21 @@ int asc_walk_threads(aioscope_target *t, aioscope_snapshot *snap) {
                 (rc = asc_mem_read_u64(&t->mem, tstate + (uint64_t)L->tstate_native_thread_id,
                                        &th->native_id)) < 0)
                 return rc;
-            if ((rc = asc__thread_frames(t, snap, tstate, th)) < 0) return rc;
+            /* A thread that keeps calling and returning tears its frame chain under us: retry
+             * it alone a few times, then keep what was read and mark the stack as cut, rather
+             * than failing the whole snapshot. */
+            for (int attempt = 0;; attempt++) {
+                th->nframes = 0;
+                rc = asc__thread_frames(t, snap, tstate, th);
+                if (rc == 0 || rc == AIOSCOPE_ENOMEM || rc == AIOSCOPE_EPERM || rc == AIOSCOPE_ESRCH)
+                    break;
+                if (attempt == ASC_THREAD_ATTEMPTS - 1) {
+                    if ((rc = asc__mark_cut(snap, th)) < 0) return rc;
+                    break;
+                }
+                asc_mem_cache_begin(&t->mem); /* re-read the pages that tore */
+            }
+            if (rc < 0) return rc;
             if ((rc = asc_mem_read_u64(&t->mem, tstate + (uint64_t)L->tstate_next, &tstate)) < 0)
                 return rc;
         }

