@@ -297,10 +297,14 @@ static void asc_serve_one(int fd) {
     struct ucred cred;
     socklen_t len = sizeof cred;
     char req[ASC_REQUEST_MAX];
+    /* The request line is read before anything else, even from a peer that will be refused:
+     * closing a Unix socket with unread data resets the connection, and the peer would see a
+     * reset instead of the refusal. It is at most ASC_REQUEST_MAX bytes, under the timeout. */
+    int have_req = asc_read_request(fd, req, sizeof req) == 0;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != geteuid()) {
         /* The directory's mode already keeps others out; this holds even if it did not. */
         asc_error_json(&b, AIOSCOPE_EPERM, "only the user running the program may look inside it");
-    } else if (asc_read_request(fd, req, sizeof req) < 0) {
+    } else if (!have_req) {
         asc_error_json(&b, AIOSCOPE_EPROTO, "no request line");
     } else if (strcmp(req, "snapshot") == 0 || strcmp(req, "snapshot json") == 0) {
         asc_answer_snapshot(&b, req[8] != '\0');
