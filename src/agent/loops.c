@@ -645,6 +645,32 @@ static void asc_chain_exception_handler(PyObject *loop) {
     Py_XDECREF(method);
 }
 
+/* 1 when loop.time() is asyncio's or uvloop's own clock, 0 when the loop's class (or a base that
+ * is not asyncio's or uvloop's) defines its own time(): a virtual clock, such as CPython's
+ * test_utils.TestLoop, whose run loop hands every timer's deadline to the test and advances time
+ * itself. The heartbeat, a timer, would be one the test never expected (and on a virtual clock a
+ * late beat means nothing), so such a loop gets none: blocking-call is not checked on it. */
+static int asc_loop_has_real_clock(PyObject *loop) {
+    PyObject *mro = Py_TYPE(loop)->tp_mro; /* borrowed tuple */
+    if (!mro || !PyTuple_Check(mro)) return 1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *cls = PyTuple_GET_ITEM(mro, i);
+        PyObject *dict = PyObject_GetAttrString(cls, "__dict__");
+        int defines = dict ? PyMapping_HasKeyString(dict, "time") : 0;
+        Py_XDECREF(dict);
+        PyErr_Clear();
+        if (!defines) continue;
+        PyObject *mod = PyObject_GetAttrString(cls, "__module__");
+        const char *name = mod && PyUnicode_Check(mod) ? PyUnicode_AsUTF8(mod) : NULL;
+        int real = name && (strcmp(name, "asyncio") == 0 || strncmp(name, "asyncio.", 8) == 0 ||
+                            strcmp(name, "uvloop") == 0 || strncmp(name, "uvloop.", 7) == 0);
+        Py_XDECREF(mod);
+        PyErr_Clear();
+        return real;
+    }
+    return 1;
+}
+
 /* A loop started running in the calling thread. check_running: make sure it really runs. */
 static void asc_loop_started(PyObject *loop, int check_running) {
     PyObject *r;
@@ -673,6 +699,7 @@ static void asc_loop_started(PyObject *loop, int check_running) {
     }
 
     if (asc_slot_of_this_thread()) asc_loop_stopped(); /* a start without a stop: re-arm */
+    if (!asc_loop_has_real_clock(loop)) return;
     asc_loop_slot *s = NULL;
     int index = -1;
     for (int i = 0; i < ASC_MAX_LOOPS && !s; i++) {
