@@ -270,6 +270,36 @@ static PyMethodDef asc_on_cancel_done_def = {
     "_aioscope_on_cancel_done", asc_on_cancel_done, METH_O, "aioscope: checks how a cancelled task ended."};
 
 /* ---- the task factory ------------------------------------------------------------------------ */
+/* ("loop", *kwnames) as a new reference, from a one-entry cache keyed by the kwnames tuple. */
+static PyObject *asc_kwnames_with_loop(PyObject *kwnames)
+{
+    static PyObject *cached_key, *cached_names; /* owned; key NULL stands for "no kwnames" */
+    static int cached_valid;
+    if (cached_valid && cached_key == kwnames) {
+        Py_INCREF(cached_names);
+        return cached_names;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *names = PyTuple_New(1 + nkw);
+    PyObject *loop_s = names ? PyUnicode_InternFromString("loop") : NULL;
+    if (loop_s == NULL) {
+        Py_XDECREF(names);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(names, 0, loop_s);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        Py_INCREF(k);
+        PyTuple_SET_ITEM(names, 1 + i, k);
+    }
+    Py_XINCREF(kwnames);
+    Py_XSETREF(cached_key, kwnames);
+    Py_INCREF(names);
+    Py_XSETREF(cached_names, names);
+    cached_valid = 1;
+    return names;
+}
+
 /* factory(loop, coro, **kwargs) -> our Task(coro, loop=loop, **kwargs), with its creation site. */
 static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
@@ -284,24 +314,16 @@ static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "too many arguments for a task");
         return NULL;
     }
-    /* Task(coro, loop=loop, <kwargs>): kwnames becomes ("loop", *kwnames). */
-    PyObject *names = PyTuple_New(1 + nkw);
+    /* Task(coro, loop=loop, <kwargs>): kwnames becomes ("loop", *kwnames). A call site passes
+     * the same kwnames tuple every time (create_task's `context=`), so the combined tuple is
+     * cached for the last one seen: no allocation per task. */
+    PyObject *names = asc_kwnames_with_loop(kwnames);
     if (names == NULL)
         return NULL;
-    PyObject *loop_s = PyUnicode_InternFromString("loop");
-    if (loop_s == NULL) {
-        Py_DECREF(names);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(names, 0, loop_s);
     stack[0] = args[1];
     stack[1] = args[0];
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        Py_INCREF(k);
-        PyTuple_SET_ITEM(names, 1 + i, k);
+    for (Py_ssize_t i = 0; i < nkw; i++)
         stack[2 + i] = args[2 + i];
-    }
     PyObject *task = PyObject_Vectorcall((PyObject *)asc_t.type, stack, 1, names);
     Py_DECREF(names);
     if (task)
