@@ -301,3 +301,45 @@ def test_churning_target_never_breaks_the_reader(interp):
         assert t.proc.poll() is None  # the target survived every read
     finally:
         t.close()
+
+
+def _traced_or_stopped(pid):
+    """Threads of pid that are stopped or have a tracer."""
+    bad = []
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            status = Path("/proc/%d/task/%s/status" % (pid, tid)).read_text()
+        except FileNotFoundError:
+            continue
+        state = re.search(r"State:\s+(\S)", status).group(1)
+        tracer = re.search(r"TracerPid:\s+(\d+)", status).group(1)
+        if state in "tT" or tracer != "0":
+            bad.append((tid, state, tracer))
+    return bad
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_freeze_resumes_target_when_aioscope_is_interrupted(sig):
+    """aioscope stopped by a signal while the target is frozen: the target runs again (SIGINT
+    and SIGTERM resume it from aioscope's handler; after SIGKILL the kernel's ptrace detach
+    does). The handshake is the target's /proc status (traced = frozen), not a sleep."""
+    py = next(p for p in PYTHONS if p.version[:2] == (3, 12)) if any(
+        p.version[:2] == (3, 12) for p in PYTHONS) else PYTHONS[-1]
+    t = Target(py.path, MANY, "200000")
+    try:
+        proc = subprocess.Popen([str(AIOSCOPE_BIN), "ps", str(t.pid), "--attach", "--freeze"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not _traced_or_stopped(t.pid):
+            if proc.poll() is not None:
+                pytest.skip("the snapshot finished before it could be interrupted")
+            assert time.monotonic() < deadline
+        proc.send_signal(sig)
+        proc.wait(timeout=TIMEOUT_S)
+        if proc.returncode == 0:
+            pytest.skip("the snapshot finished before the signal arrived")
+        assert proc.returncode == -sig
+        assert _traced_or_stopped(t.pid) == []
+        assert t.proc.poll() is None
+    finally:
+        t.close()
