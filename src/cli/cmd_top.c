@@ -15,6 +15,7 @@
 #include <curses.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,16 +169,27 @@ static const char *asc_sort_name(asc_sort_key k) {
     return k == ASC_SORT_BUSY ? "busy" : k == ASC_SORT_STEPS ? "steps" : k == ASC_SORT_AGE ? "age" : "name";
 }
 
+/* One screen line, cut at the right edge: curses would wrap a longer one onto the next row. */
+static void asc_line(int y, int x, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void asc_line(int y, int x, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (COLS > x) mvaddnstr(y, x, buf, COLS - x);
+}
+
 static void asc_top_draw(const asc_top *v, int pid, double interval) {
     const aioscope_snapshot *s = v->snap;
     erase();
-    int rows = LINES, cols = COLS, y = 0;
-    mvprintw(y++, 0, "aioscope top - pid %d, Python %u.%u.%u, %zu tasks, every %.1fs, sorted by %s", pid,
+    int rows = LINES, y = 0;
+    asc_line(y++, 0, "aioscope top - pid %d, Python %u.%u.%u, %zu tasks, every %.1fs, sorted by %s", pid,
              s->py_version_hex >> 24, (s->py_version_hex >> 16) & 0xff, (s->py_version_hex >> 8) & 0xff,
              s->ntasks, interval, asc_sort_name(v->sort));
     if (strcmp(v->info.read_with, "memory") == 0) {
         attron(A_BOLD);
-        mvprintw(y++, 0, "The program holds the GIL: read from memory (no busy time or steps this time)");
+        asc_line(y++, 0, "The program holds the GIL: read from memory (no busy time or steps this time)");
         attroff(A_BOLD);
     }
     /* One line per loop thread; the blocking stack when it is late past the threshold. */
@@ -189,20 +201,20 @@ static void asc_top_draw(const asc_top *v, int pid, double interval) {
             if (v->info.loops[k].thread_id == th->thread_id) lag = v->info.loops[k].lag_s;
         int blocked = lag >= 0 && v->info.block_threshold_s > 0 && lag > v->info.block_threshold_s;
         if (blocked) attron(A_REVERSE);
-        mvprintw(y++, 0, "loop on thread %llu: %s, lag %s%.1f ms%s",
+        asc_line(y++, 0, "loop on thread %llu: %s, lag %s%.1f ms%s",
                  (unsigned long long)(th->native_id ? th->native_id : th->thread_id),
                  th->loop_state == AIOSCOPE_LOOP_POLLING ? "idle (polling)" : "running",
                  lag < 0 ? "? " : "", lag < 0 ? 0.0 : lag * 1e3, blocked ? "  BLOCKED" : "");
         if (blocked) attroff(A_REVERSE);
         if (blocked) {
-            mvprintw(y++, 2, "blocking stack (innermost first):");
+            asc_line(y++, 2, "blocking stack (innermost first):");
             for (size_t k = 0; k < th->nframes && k < ASC_TOP_STACK_LINES && y < rows - 3; k++)
-                mvprintw(y++, 4, "%s (%s:%d)", th->frames[k].function, th->frames[k].file, th->frames[k].line);
+                asc_line(y++, 4, "%s (%s:%d)", th->frames[k].function, th->frames[k].file, th->frames[k].line);
         }
     }
     y++;
     attron(A_BOLD);
-    mvprintw(y++, 0, "%-22s %-10s %9s %6s %8s %8s  %-34s %s", "NAME", "STATE", "BUSY s", "CPU%", "STEPS", "AGE s",
+    asc_line(y++, 0, "%-22s %-10s %9s %6s %8s %8s  %-34s %s", "NAME", "STATE", "BUSY s", "CPU%", "STEPS", "AGE s",
              "WHERE", "AWAITING");
     attroff(A_BOLD);
     for (size_t r = 0; r < s->ntasks && y < rows - 1; r++) {
@@ -215,12 +227,11 @@ static void asc_top_draw(const asc_top *v, int pid, double interval) {
         if (t->age_s >= 0) snprintf(age, sizeof age, "%.1f", t->age_s);
         const aioscope_snap_frame *f = asc_user_frame(t->coro, t->ncoro, 0);
         if (f) snprintf(where, sizeof where, "%s:%d %s", asc_base(f->file), f->line, f->function);
-        mvprintw(y++, 0, "%-22.22s %-10s %9s %6s %8s %8s  %-34.34s %.*s", t->name, asc_task_state(t), busy, share,
-                 steps, age, where, cols > 110 ? cols - 110 : 0,
-                 t->exception ? t->exception : t->awaiting ? t->awaiting : "-");
+        asc_line(y++, 0, "%-22.22s %-10s %9s %6s %8s %8s  %-34.34s %.*s", t->name, asc_task_state(t), busy, share,
+                 steps, age, where, 200, t->exception ? t->exception : t->awaiting ? t->awaiting : "-");
     }
     attron(A_REVERSE);
-    mvprintw(rows - 1, 0, " b busy  s steps  a age  n name  space refresh  q quit ");
+    asc_line(rows - 1, 0, " b busy  s steps  a age  n name  space refresh  q quit ");
     attroff(A_REVERSE);
     refresh();
 }
