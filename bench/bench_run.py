@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""The overhead of `aioscope run` on asyncio workloads, against the same workload without it,
+with asyncio's own debug mode (PYTHONASYNCIODEBUG=1) beside it for scale; and the agent's memory
+per live task.
+
+    python3 bench/bench_run.py [--pythons 3.11,3.12,3.13] [--quick] [--rounds N] [--loop uvloop]
+
+Each workload (bench/workloads/*.py) times itself inside the program (interpreter start-up and
+loop creation are not measured) and runs --reps times in one process, reporting its best run.
+For every interpreter the driver runs each workload plain and under `aioscope run` (every finding
+enabled, as by default) in alternating order, --rounds times, and compares medians; debug mode
+runs in the first round only (it is 10-20x slower), with one repetition, and is compared with the
+plain runs' first repetitions. Memory: bench/workloads/live_tasks.py keeps 100 000 tasks suspended
+at once and reports the growth of resident memory per task; the agent's share is the difference.
+
+The budget (the issue's): at most 1.05x per workload on 3.11-3.13, at most 128 bytes per live task.
+Prints a table as it goes and a markdown table at the end; --save FILE writes every raw figure
+as JSON. A full run takes about 8 minutes on 2 cores, --quick about 1 (sizes / 10, fewer rounds:
+good for a look, too noisy for the 1.05 verdict).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORKLOADS = HERE / "workloads"
+
+# (script, size for a full run); --quick divides the sizes by QUICK_DIVISOR.
+TIMED = [
+    ("spawn_gather.py", 100_000),
+    ("queue_pingpong.py", 50_000),
+    ("lock_contention.py", 50_000),
+    ("lock_condition.py", 40_000),  # the deadlock detector's worst honest case
+    ("tcp_echo.py", 20_000),
+]
+QUICK_DIVISOR = 10
+LIVE_TASKS = 100_000
+RATIO_BUDGET = 1.05
+BYTES_PER_TASK_BUDGET = 128
+
+
+def find_python(spec):
+    """A path, or a version such as 3.12 (the newest pyenv 3.12.x)."""
+    if os.sep in spec:
+        return spec
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found = sorted((d for d in root.glob(spec + ".*") if d.name.count(".") == 2
+                    and d.name.split(".")[2].isdigit()),
+                   key=lambda d: int(d.name.split(".")[2]))
+    if not found:
+        sys.exit("bench: Python %s not found under %s" % (spec, root))
+    return str(found[-1] / "bin" / "python3")
+
+
+def run_json(argv, env):
+    """Run one workload process; return its JSON line (the last line of stdout)."""
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        sys.exit("bench: %s failed with status %d:\n%s" % (" ".join(argv), proc.returncode,
+                                                          proc.stderr[-3000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class Runner:
+    def __init__(self, aioscope, loop):
+        self.aioscope = aioscope
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("PYTHONASYNCIODEBUG", "PYTHONDEVMODE")}
+        self.env["BENCH_LOOP"] = loop
+
+    def run(self, mode, python, script, *args):
+        argv = [python, str(WORKLOADS / script), *map(str, args)]
+        env = self.env
+        if mode == "aioscope":
+            argv = [self.aioscope, "run", "--quiet", "--python", python, *argv[1:]]
+        elif mode == "debug":
+            env = dict(env, PYTHONASYNCIODEBUG="1")
+        return run_json(argv, env)
+
+
+def bench_timed(runner, python, args, log):
+    """{workload: {"plain": [...], "aioscope": [...], "debug": [...], "plain_first": [...]}}"""
+    results = {}
+    for round_no in range(args.rounds):
+        # Alternate the order so that a drift of the machine weighs on both sides alike.
+        order = ["plain", "aioscope"] if round_no % 2 == 0 else ["aioscope", "plain"]
+        for script, size in TIMED:
+            size = size // QUICK_DIVISOR if args.quick else size
+            r = results.setdefault(script, {"plain": [], "aioscope": [], "debug": [],
+                                            "plain_first": [], "name": None})
+            for mode in order:
+                out = runner.run(mode, python, script, "--reps", args.reps, "--size", size)
+                r["name"] = out["workload"]
+                r[mode].append(out[args.clock_key])
+                if mode == "plain":
+                    r["plain_first"].append(out[args.clock_key.replace("seconds", "runs")][0])
+            if round_no == 0 and not args.no_debug:
+                out = runner.run("debug", python, script, "--reps", 1, "--size", size)
+                r["debug"].append(out[args.clock_key])
+            log("  round %d/%d %-16s plain %.3fs  aioscope %.3fs%s" % (
+                round_no + 1, args.rounds, r["name"], r["plain"][-1], r["aioscope"][-1],
+                "  debug %.3fs" % r["debug"][-1] if round_no == 0 and r["debug"] else ""))
+    return results
+
+
+def bench_memory(runner, python, args):
+    n = LIVE_TASKS // QUICK_DIVISOR if args.quick else LIVE_TASKS
+    plain, agent, plain_size, agent_size = [], [], None, None
+    for _ in range(1 if args.quick else 3):
+        p = runner.run("plain", python, "live_tasks.py", n)
+        a = runner.run("aioscope", python, "live_tasks.py", n)
+        plain.append(p["bytes_per_task"])
+        agent.append(a["bytes_per_task"])
+        plain_size, agent_size = p["task_sizeof"], a["task_sizeof"]
+    return {"tasks": n, "plain_bytes": statistics.median(plain),
+            "aioscope_bytes": statistics.median(agent),
+            "agent_bytes": statistics.median(agent) - statistics.median(plain),
+            "plain_sizeof": plain_size, "aioscope_sizeof": agent_size}
+
+
+def summarize(version, results, memory):
+    rows = []
+    for script, _ in TIMED:
+        r = results[script]
+        plain = statistics.median(r["plain"])
+        agent = statistics.median(r["aioscope"])
+        row = {"python": version, "workload": r["name"], "plain_s": plain, "aioscope_s": agent,
+               "ratio": agent / plain, "debug_s": None, "debug_ratio": None}
+        if r["debug"]:
+            row["debug_s"] = statistics.median(r["debug"])
+            row["debug_ratio"] = row["debug_s"] / statistics.median(r["plain_first"])
+        rows.append(row)
+    return rows
+
+
+def verdict(ok):
+    return "ok" if ok else "OVER"
+
+
+def print_table(rows, memories, file=sys.stdout):
+    head = "%-8s %-16s %9s %11s %7s %9s %10s  %s" % (
+        "python", "workload", "plain s", "aioscope s", "ratio", "debug s", "debug x", "<=1.05")
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    for r in rows:
+        print("%-8s %-16s %9.3f %11.3f %7.3f %9s %10s  %s" % (
+            r["python"], r["workload"], r["plain_s"], r["aioscope_s"], r["ratio"],
+            "%.3f" % r["debug_s"] if r["debug_s"] else "-",
+            "%.1f" % r["debug_ratio"] if r["debug_ratio"] else "-",
+            verdict(r["ratio"] <= RATIO_BUDGET)), file=file)
+    print(file=file)
+    for version, m in memories.items():
+        print("%-8s memory per live task (%d tasks): %.0f B plain, %.0f B with aioscope -> agent "
+              "%.0f B (<= %d: %s); sys.getsizeof(task) %d -> %d" % (
+                  version, m["tasks"], m["plain_bytes"], m["aioscope_bytes"], m["agent_bytes"],
+                  BYTES_PER_TASK_BUDGET, verdict(m["agent_bytes"] <= BYTES_PER_TASK_BUDGET),
+                  m["plain_sizeof"], m["aioscope_sizeof"]), file=file)
+
+
+def print_markdown(rows, memories):
+    print("| Python | workload | plain (s) | `aioscope run` (s) | ratio | asyncio debug mode |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print("| %s | %s | %.3f | %.3f | %.3fx | %s |" % (
+            r["python"], r["workload"], r["plain_s"], r["aioscope_s"], r["ratio"],
+            "%.1fx" % r["debug_ratio"] if r["debug_ratio"] else "-"))
+    print()
+    print("| Python | memory per live task, plain | with aioscope | agent's share |")
+    print("|---|---:|---:|---:|")
+    for version, m in memories.items():
+        print("| %s | %.0f B | %.0f B | %.0f B |" % (version, m["plain_bytes"],
+                                                    m["aioscope_bytes"], m["agent_bytes"]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pythons", default="3.11,3.12,3.13",
+                        help="comma-separated versions (3.12) or interpreter paths")
+    parser.add_argument("--aioscope", default=os.environ.get("AIOSCOPE_BIN",
+                                                             str(REPO / "build" / "aioscope")))
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    parser.add_argument("--rounds", type=int, help="plain/aioscope runs per workload (5; quick 3)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions inside each process")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--no-debug", action="store_true", help="skip asyncio debug mode")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="compare wall-clock time (default) or the process's CPU time, "
+                             "which other load on the machine disturbs less")
+    parser.add_argument("--save", help="write every raw figure to this JSON file")
+    args = parser.parse_args()
+    args.clock_key = "seconds" if args.clock == "wall" else "cpu_seconds"
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
+    if not os.access(args.aioscope, os.X_OK):
+        sys.exit("bench: %s not found: build it (meson setup build && ninja -C build) or pass "
+                 "--aioscope" % args.aioscope)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    runner = Runner(args.aioscope, args.loop)
+    started = time.monotonic()
+    rows, memories, raw = [], {}, {}
+    for spec in args.pythons.split(","):
+        python = find_python(spec.strip())
+        version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        log("python %s (%s), loop %s, %s time" % (version, python, args.loop, args.clock))
+        results = bench_timed(runner, python, args, log)
+        memories[version] = bench_memory(runner, python, args)
+        rows += summarize(version, results, memories[version])
+        raw[version] = {"timed": results, "memory": memories[version]}
+    log("done in %.0f s" % (time.monotonic() - started))
+    print()
+    print_table(rows, memories)
+    print()
+    print_markdown(rows, memories)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"args": vars(args), "rows": rows, "raw": raw},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
