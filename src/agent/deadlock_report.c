@@ -86,6 +86,42 @@ static int asc_dl_no_fds(PyObject *loop) {
     return ok;
 }
 
+/* 1 when no Python-level signal handler (signal.signal) could wake the loop: every signal has
+ * the default disposition, is ignored, or has the handler that only interrupts or cancels the
+ * main task (signal.default_int_handler, asyncio.Runner's SIGINT handler). A program waiting for
+ * SIGTERM through signal.signal is waiting for something real. */
+static int asc_dl_no_signal_handlers(void) {
+    PyObject *signal = PyImport_ImportModule("signal");
+    PyObject *sigs = signal ? PyObject_CallMethod(signal, "valid_signals", NULL) : NULL;
+    PyObject *dflt_int = signal ? asc_dl_attr(signal, "default_int_handler") : NULL;
+    PyObject *it = sigs ? PyObject_GetIter(sigs) : NULL;
+    int ok = it != NULL;
+    PyObject *sig;
+    while (ok && (sig = PyIter_Next(it))) {
+        PyObject *h = PyObject_CallMethod(signal, "getsignal", "O", sig);
+        if (h && PyCallable_Check(h) && h != dflt_int) {
+            /* asyncio.Runner._on_sigint (3.11+; installed through functools.partial): cancels
+             * the main task, a timeout of sorts. */
+            PyObject *inner = asc_dl_attr(h, "func"); /* a partial's function */
+            PyObject *m = inner ? inner : h;
+            PyObject *fn = PyMethod_Check(m) ? PyMethod_GET_FUNCTION(m) : NULL;
+            PyObject *name = fn ? asc_dl_attr(fn, "__qualname__") : NULL;
+            ok = name && PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, "Runner._on_sigint") == 0;
+            Py_XDECREF(name);
+            Py_XDECREF(inner);
+        }
+        Py_XDECREF(h);
+        Py_DECREF(sig);
+    }
+    if (PyErr_Occurred()) ok = 0;
+    PyErr_Clear();
+    Py_XDECREF(it);
+    Py_XDECREF(dflt_int);
+    Py_XDECREF(sigs);
+    Py_XDECREF(signal);
+    return ok;
+}
+
 /* 1 when no other Python thread can call into the loop: every other live thread is an idle
  * worker of a concurrent.futures.ThreadPoolExecutor (its innermost frame is _worker, blocked in
  * work_queue.get(), and the queue is empty). Anything else might call call_soon_threadsafe. */
@@ -144,7 +180,7 @@ int asc_dl_loop_asleep(asc_dl_snap *s) {
         if (!s->t[i].stable) return 0;
     /* Only a selector loop shows its ready queue, timers and selector (not uvloop). */
     return asc_dl_all_inert(s->loop, "_ready", 0) && asc_dl_all_inert(s->loop, "_scheduled", 1) &&
-           asc_dl_no_fds(s->loop) && asc_dl_no_threads();
+           asc_dl_no_fds(s->loop) && asc_dl_no_signal_handlers() && asc_dl_no_threads();
 }
 
 /* ---- findings --------------------------------------------------------------------------------- */
