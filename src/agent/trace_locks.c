@@ -10,8 +10,8 @@
  *
  * Open holds are kept in a fixed table keyed by the lock's address (a program holds a handful
  * of locks at once); when it is full the extra holds are not drawn, nothing else changes. The
- * wrappers come from a free list, so an uncontended acquire costs the original call plus two
- * clock reads, a table insert and two ring records. */
+ * wrapper is needed only when the lock is taken or awaited by others (an uncontended acquire
+ * takes it at once, and gets a hold but no wait); wrappers come from a free list. */
 #include "agent/trace.h"
 
 #include <string.h>
@@ -29,6 +29,7 @@ typedef struct {
 
 static struct {
     PyObject *orig_acquire, *orig_release; /* owned: asyncio.Lock's own methods */
+    PyObject *str_locked, *str_waiters;     /* owned, interned */
     uint32_t name_wait, name_hold;
     asc_hold holds[ASC_HOLD_SLOTS]; /* open addressing, linear probing, backward-shift delete */
     PyObject *freelist[ASC_LOCKWAIT_FREELIST];
@@ -210,11 +211,31 @@ static PyTypeObject asc_lockwait_type = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
 };
 
+/* 1 when Lock.acquire() will take the lock without waiting: not locked and nobody waiting
+ * (asyncio.locks.Lock.acquire's fast path, 3.8-3.13). Anything unexpected answers 0 (the
+ * wrapper then sees the outcome for itself). */
+static int asc_lock_is_free(PyObject *lock) {
+    PyObject *locked = PyObject_GetAttr(lock, asc_tl.str_locked);
+    PyObject *waiters = locked == Py_False ? PyObject_GetAttr(lock, asc_tl.str_waiters) : NULL;
+    int free_ = locked == Py_False && waiters &&
+                (waiters == Py_None || (PyObject_Size(waiters) == 0));
+    Py_XDECREF(locked);
+    Py_XDECREF(waiters);
+    PyErr_Clear();
+    return free_;
+}
+
 /* Lock.acquire(self) while tracing. */
 static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
     int64_t t0 = asc_live_now_ns();
     PyObject *coro = PyObject_CallFunctionObjArgs(asc_tl.orig_acquire, lock, NULL);
     if (!coro || !asc_trace_active) return coro;
+    if (asc_lock_is_free(lock)) {
+        /* Uncontended: the coroutine takes the lock at its first step, which `await` (and
+         * `async with`) runs right away. No wait to draw, so no wrapper: the hold starts now. */
+        asc_hold_put(lock, asc_trace_current_track(), t0);
+        return coro;
+    }
     asc_lockwait *w;
     if (asc_tl.nfree > 0) {
         w = (asc_lockwait *)asc_tl.freelist[--asc_tl.nfree];
@@ -258,6 +279,9 @@ static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOA
 /* Replace asyncio.Lock's acquire/release on the class with our method descriptors. */
 int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     asc_tl.name_wait = name_wait;
+    asc_tl.str_locked = PyUnicode_InternFromString("_locked");
+    asc_tl.str_waiters = PyUnicode_InternFromString("_waiters");
+    if (!asc_tl.str_locked || !asc_tl.str_waiters) return -1;
     asc_tl.name_hold = name_hold;
     if (PyType_Ready(&asc_lockwait_type) < 0) return -1;
     PyObject *locks = PyImport_ImportModule("asyncio.locks");

@@ -134,7 +134,9 @@ def test_lock_wait_and_hold_spans(run_aioscope, python, tmp_path):
     locks = [e for e in events if e["ph"] == "X" and e["cat"] == "lock"]
     holds = [e for e in locks if e["name"] == "lock held"]
     waits = [e for e in locks if e["name"] == "lock wait"]
-    assert len(holds) == 4 and len(waits) == 4, locks
+    # Four holds; a wait for each acquire that found the lock taken (an uncontended acquire
+    # takes it at once and has no wait): at least the three workers that queued up.
+    assert len(holds) == 4 and 3 <= len(waits) <= 4, locks
     for e in locks:
         assert e["tid"] % 2 == 1 and names[e["tid"]].endswith(" locks"), names.get(e["tid"])
         assert names[e["tid"]].startswith("worker-")
@@ -146,9 +148,9 @@ def test_lock_wait_and_hold_spans(run_aioscope, python, tmp_path):
     # Somebody waited while another held it: a wait at least ~one hold long.
     assert max(w["dur"] for w in waits) >= 4000, waits
     # A task's wait ends where its hold starts.
-    for h in holds:
-        w = [w for w in waits if w["tid"] == h["tid"]]
-        assert len(w) == 1 and abs(w[0]["ts"] + w[0]["dur"] - h["ts"]) < 1.0, (w, h)
+    for w in waits:
+        h = [h for h in holds if h["tid"] == w["tid"]]
+        assert len(h) == 1 and abs(w["ts"] + w["dur"] - h[0]["ts"]) < 1.0, (w, h)
 
 
 @pytest.mark.parametrize("name", ["buggy_blocking_merged.py", "buggy_blocking_sleep.py"])
