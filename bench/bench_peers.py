@@ -21,13 +21,16 @@ A mode whose tool is not installed for an interpreter (or a --trace the CLI does
 is shown as "-". Install the peers with `python3 bench/bench_peers.py --install` (pip, from
 bench/requirements.txt, for each interpreter).
 
-Runs alternate: every round runs every mode once per workload, in an order rotated each round,
+What is compared is the CPU time of the workload (all threads of the process: aioscope's
+watchdog thread counts), which a busy shared machine disturbs much less than wall time;
+--clock wall compares wall time instead. Runs alternate: every round runs every mode once per workload, in an order rotated each round,
 so slow drifts of a shared machine spread over all modes. The table shows the median time of
 plain and, for every other mode, the ratio of its median to plain's median.
 
-Then `aioscope dump PID` (when the CLI has it) against `py-spy dump --pid PID` on one target
-process (bench/peers/dump_target.py: an asyncio program with 200 tasks): the median wall time of
-one dump and whether it succeeded.
+Then `aioscope dump PID --attach` and `aioscope ps PID --attach` against `py-spy dump --pid PID`
+on one target process running without any agent (bench/peers/dump_target.py: an asyncio program
+with 200 tasks): the median wall time of one dump, whether it succeeded, and whether it shows
+the suspended tasks (py-spy shows thread stacks only).
 
 --check fails (exit 1) when `aioscope run` costs more than 1.05x or `--trace` more than 1.15x on
 any workload (the budgets of docs/trace.md).
@@ -137,7 +140,7 @@ def command(mode, py, workload, loop, size, tmp):
     return [py] + args, env
 
 
-def run_once(mode, py, workload, loop, size, tmp):
+def run_once(mode, py, workload, loop, size, tmp, clock="cpu"):
     argv, env = command(mode, py, workload, loop, size, tmp)
     try:
         p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
@@ -146,11 +149,11 @@ def run_once(mode, py, workload, loop, size, tmp):
         return None, "timeout"
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("BENCH "):
-            return json.loads(line[6:])["elapsed"], None
+            return json.loads(line[6:])["elapsed" if clock == "wall" else "cpu"], None
     return None, "exit %d: %s" % (p.returncode, (p.stderr.strip().splitlines() or ["?"])[-1][:200])
 
 
-def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose):
+def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose, clock):
     """{(pyver, workload, mode): [elapsed...]} plus errors."""
     times, errors = {}, {}
     with tempfile.TemporaryDirectory(prefix="aioscope-bench-") as tmp:
@@ -165,7 +168,7 @@ def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose):
                     # Rotate the order every round: no mode always runs right after another.
                     k = r % len(avail)
                     for m in avail[k:] + avail[:k]:
-                        t, err = run_once(m, py, w, loop, sizes.get(w), tmp)
+                        t, err = run_once(m, py, w, loop, sizes.get(w), tmp, clock)
                         key = (ver, w, m)
                         if t is None:
                             errors[key] = err
@@ -229,10 +232,12 @@ def bench_dump(py, rounds, verbose):
     """[(tool, median seconds or None, ok count, runs, note, shows the tasks)] against one target
     process."""
     tools = []
-    if aioscope_has("dump --attach") or aioscope_has("dump PID"):
-        tools.append(("aioscope dump", lambda pid: [str(AIOSCOPE), "dump", str(pid)]))
-    if AIOSCOPE.exists() and subprocess.run([str(AIOSCOPE), "ps", "--help"],
-                                            capture_output=True).returncode == 0:
+    # --attach: the target runs without the agent (as it would for py-spy), so aioscope reads
+    # its memory from outside.
+    if aioscope_has("dump --attach"):
+        tools.append(("aioscope dump --attach",
+                      lambda pid: [str(AIOSCOPE), "dump", str(pid), "--attach"]))
+    if aioscope_has("ps --attach"):
         tools.append(("aioscope ps --attach", lambda pid: [str(AIOSCOPE), "ps", str(pid), "--attach"]))
     pyspy = shutil.which("py-spy") or str(Path(py).parent / "py-spy")
     if os.path.exists(pyspy):
@@ -294,6 +299,9 @@ def main():
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--size", action="append", default=[], metavar="WORKLOAD=N",
                     help="override a workload's size")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="what is compared: CPU time of the process (all threads; default, steadier "
+                         "on a shared machine) or wall time")
     ap.add_argument("--no-dump", action="store_true", help="skip the dump comparison")
     ap.add_argument("--markdown", metavar="FILE", help="also write the markdown tables to FILE")
     ap.add_argument("--json", metavar="FILE", help="also write every sample as JSON to FILE")
@@ -323,17 +331,17 @@ def main():
         w, _, n = s.partition("=")
         sizes[w] = int(n)
 
-    print("aioscope %s; %d alternating rounds; loop %s; %d CPUs; load %.2f" % (
-        AIOSCOPE, args.rounds, args.loop, os.cpu_count() or 0, os.getloadavg()[0]))
+    print("aioscope %s; %d alternating rounds; loop %s; %s time; %d CPUs; load %.2f" % (
+        AIOSCOPE, args.rounds, args.loop, args.clock, os.cpu_count() or 0, os.getloadavg()[0]))
     times, errors = bench_overhead(pythons, workloads, modes, args.loop, args.rounds, sizes,
-                                   args.verbose)
+                                   args.verbose, args.clock)
     header, rows = overhead_table(pythons, workloads, modes, times, errors)
     print()
-    print("median time of plain; other columns: median / plain's median")
+    print("median %s time of plain; other columns: median / plain's median" % args.clock)
     print_text_table(header, rows)
     for key, err in sorted(errors.items()):
         print("  failed: python %s %s %s: %s" % (key + (err,)))
-    md = ["### Overhead (median of %d alternating runs, ratio to plain)" % args.rounds, "",
+    md = ["### Overhead (median %s time of %d alternating runs, ratio to plain)" % (args.clock, args.rounds), "",
           markdown_table(header, rows)]
 
     dump = []

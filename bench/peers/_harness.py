@@ -3,8 +3,8 @@
 A workload is a script with `async def main(size)`; it calls `_harness.main(workload_main)`,
 which parses `--loop asyncio|uvloop` and `--size N`, turns on the peer named by BENCH_PEER
 (set by bench/bench_peers.py) *inside* the program, the way a user of that tool would, runs the
-workload once and prints one line `BENCH {"elapsed": seconds}` with the time of the workload
-alone (interpreter start-up, imports and the tools' own start-up are outside it: they are paid
+workload once and prints one line `BENCH {"elapsed": seconds, "cpu": seconds}` with the wall
+and CPU time (all threads of the process) of the workload alone (interpreter start-up, imports and the tools' own start-up are outside it: they are paid
 once per process, not per unit of work).
 
 Peers (BENCH_PEER):
@@ -54,9 +54,9 @@ async def _run(workload, size, peer):
         monitor = aiomonitor.start_monitor(loop, hook_task_factory=True, port=_free_port(),
                                            console_port=_free_port(), webui_port=_free_port())
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await workload(size)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
     finally:
         if monitor is not None:
             monitor.close()
@@ -75,8 +75,8 @@ def main(workload, default_size):
         else:
             loop = asyncio.new_event_loop()
         try:
-            elapsed = loop.run_until_complete(_run(workload, args.size, peer))
+            elapsed, cpu = loop.run_until_complete(_run(workload, args.size, peer))
         finally:
             loop.close()
-    print("BENCH " + json.dumps({"elapsed": elapsed}))
+    print("BENCH " + json.dumps({"elapsed": elapsed, "cpu": cpu}))
     sys.stdout.flush()
