@@ -605,24 +605,53 @@ static void asc_loop_stopped(void) {
  * a method descriptor for uvloop's Cython base), args are (loop, context). The agent sees the
  * context first, then the original runs as it would have: the program's own handler and its
  * output are unchanged, and whatever the original raises or returns is what the caller gets. */
+/* The context the outermost wrapper on the stack is handling (borrowed, with the GIL): a
+ * subclass's wrapped call_exception_handler that calls super() reaches the base's wrapper with
+ * the same context, which must not be seen twice. */
+static PyObject *asc_ceh_context;
+
 static PyObject *asc_call_exception_handler(PyObject *orig, PyObject *args, PyObject *kwargs) {
-    if (asc_cfg.enabled && PyTuple_GET_SIZE(args) == 2 && !kwargs) {
+    PyObject *outer = asc_ceh_context;
+    if (asc_cfg.enabled && PyTuple_GET_SIZE(args) == 2 && !kwargs &&
+        PyTuple_GET_ITEM(args, 1) != outer) {
         asc_saved_error saved;
         asc_save_error(&saved);
         if (asc_tasks_on_exception_context(PyTuple_GET_ITEM(args, 0), PyTuple_GET_ITEM(args, 1)) < 0)
             asc_drop_error("exception context");
         asc_restore_error(&saved);
+        asc_ceh_context = PyTuple_GET_ITEM(args, 1);
     }
-    return PyObject_Call(orig, args, kwargs);
+    PyObject *r = PyObject_Call(orig, args, kwargs);
+    asc_ceh_context = outer;
+    return r;
+}
+
+/* The first class of type's MRO whose own __dict__ holds name (borrowed), or NULL. */
+static PyObject *asc_defining_class(PyObject *type, const char *name) {
+    PyObject *mro = ((PyTypeObject *)type)->tp_mro; /* borrowed tuple */
+    if (!mro || !PyTuple_Check(mro)) return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *cls = PyTuple_GET_ITEM(mro, i);
+        PyObject *dict = PyObject_GetAttrString(cls, "__dict__");
+        int has = dict ? PyMapping_HasKeyString(dict, name) : 0;
+        Py_XDECREF(dict);
+        PyErr_Clear();
+        if (has) return cls;
+    }
+    return NULL;
 }
 
 static PyMethodDef asc_ceh_def = {
     "call_exception_handler", (PyCFunction)(void (*)(void))asc_call_exception_handler,
     METH_VARARGS | METH_KEYWORDS, "call_exception_handler, seen by aioscope first."};
 
-/* Wrap call_exception_handler on type(loop), once per type: a type whose attribute already is
- * our wrapper (set on it or inherited from a base we wrapped) is left alone. Types that cannot
- * be changed (a C loop type without a Python subclass) keep their handler unseen. */
+/* Wrap call_exception_handler where type(loop) gets it from, once: a type whose attribute already
+ * is our wrapper (set on it or inherited from a base we wrapped) is left alone. The wrapper goes
+ * on the class that defines the method (BaseEventLoop for asyncio's loops), so that whoever
+ * replaces it there later (a test's mock.patch of BaseEventLoop.call_exception_handler) replaces
+ * the wrapper and sees its replacement called, as without aioscope. A defining class that cannot
+ * be changed (uvloop's C base) gets the wrapper on type(loop) instead; a type that cannot be
+ * changed either keeps its handler unseen. */
 static void asc_chain_exception_handler(PyObject *loop) {
     PyObject *type = (PyObject *)Py_TYPE(loop);
     PyObject *cur = PyObject_GetAttrString(type, "call_exception_handler");
@@ -636,12 +665,26 @@ static void asc_chain_exception_handler(PyObject *loop) {
         Py_DECREF(cur);
         return;
     }
+    /* Only a method as a class defines it: something else put there by the program (a test's
+     * MagicMock while it patches the class) is the program's to call and to inspect. */
+    const char *tn = Py_TYPE(cur)->tp_name;
+    size_t tl = strlen(tn);
+    if (!PyFunction_Check(cur) && !PyObject_TypeCheck(cur, &PyMethodDescr_Type) &&
+        !(tl >= 25 && strcmp(tn + tl - 25, "cython_function_or_method") == 0)) {
+        Py_DECREF(cur);
+        return;
+    }
     PyObject *fn = PyCFunction_New(&asc_ceh_def, cur); /* holds cur */
     Py_DECREF(cur);
     PyObject *method = fn ? PyInstanceMethod_New(fn) : NULL; /* binds the loop as first argument */
     Py_XDECREF(fn);
-    if (!method || PyObject_SetAttrString(type, "call_exception_handler", method) < 0)
+    PyObject *owner = method ? asc_defining_class(type, "call_exception_handler") : NULL;
+    if (method && (!owner || PyObject_SetAttrString(owner, "call_exception_handler", method) < 0)) {
         PyErr_Clear();
+        if (owner != type && PyObject_SetAttrString(type, "call_exception_handler", method) < 0)
+            PyErr_Clear();
+    }
+    PyErr_Clear();
     Py_XDECREF(method);
 }
 
