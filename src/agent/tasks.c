@@ -36,6 +36,7 @@
 typedef struct {
     asc_codeloc created; /* where the task was created */
     asc_codeloc cancel_site; /* where it was suspended when cancel() took effect */
+    PyObject *cancel_waiter;  /* owned: what it awaited then (its _fut_waiter), until it ends */
     int flags;
     asc_task_stats stats; /* busy time, steps, age, spawner: written by steps.c (live view) */
 } asc_task_extra;
@@ -95,6 +96,7 @@ static void asc_task_dealloc(PyObject *self)
     PyObject_GC_UnTrack(self);
     asc_codeloc_clear(&x->created);
     asc_codeloc_clear(&x->cancel_site);
+    Py_CLEAR(x->cancel_waiter);
     PyObject_GC_Track(self);
     asc_t.base_dealloc(self);
     if (decref_type)
@@ -117,20 +119,30 @@ static int asc_cancel_withdrawn(PyObject *task)
     return v == 0;
 }
 
-/* The site a task is suspended at now compared with the one recorded at cancel(): different
- * means the task has run since, so the cancellation was delivered. */
+/* Has the task run since cancel()? It then awaits another future than the one cancel() cancelled
+ * (a loop that swallows re-suspends at the same line, so the line alone cannot tell), or, when
+ * it awaited none, it is suspended somewhere else. */
 static int asc_ran_since_cancel(PyObject *task, asc_task_extra *x)
 {
-    PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
-    if (coro == NULL) {
+    PyObject *waiter = PyObject_GetAttrString(task, "_fut_waiter");
+    if (waiter == NULL) {
         PyErr_Clear();
         return 0;
     }
-    asc_codeloc now;
-    asc_capture_coro_site(coro, &now);
-    Py_DECREF(coro);
-    int ran = now.code != x->cancel_site.code || now.lasti != x->cancel_site.lasti;
-    asc_codeloc_clear(&now);
+    int ran;
+    if (x->cancel_waiter && x->cancel_waiter != Py_None) {
+        ran = waiter != x->cancel_waiter;
+    } else {
+        PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
+        asc_codeloc now = {NULL, 0};
+        if (coro)
+            asc_capture_coro_site(coro, &now);
+        Py_XDECREF(coro);
+        PyErr_Clear();
+        ran = now.code != x->cancel_site.code || now.lasti != x->cancel_site.lasti;
+        asc_codeloc_clear(&now);
+    }
+    Py_DECREF(waiter);
     return ran;
 }
 
@@ -214,6 +226,9 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
         asc_capture_coro_site(coro, &x->cancel_site);
         Py_DECREF(coro);
     }
+    /* A strong reference, so that a new future at the same address cannot pass for it; dropped
+     * when the task ends (the done callback). */
+    x->cancel_waiter = PyObject_GetAttrString(self, "_fut_waiter");
     PyObject *ok = PyObject_CallMethod(self, "add_done_callback", "O", asc_t.on_cancel_done);
     Py_XDECREF(ok);
     PyErr_Clear(); /* the program's cancel() must behave as before, whatever happened here */
@@ -224,6 +239,8 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
 static PyObject *asc_on_cancel_done(PyObject *unused, PyObject *task)
 {
     asc_task_extra *x = asc_extra(task);
+    if (x)
+        Py_CLEAR(x->cancel_waiter);
     if (x == NULL || !asc_cfg.enabled || (x->flags & ASC_TF_REPORTED_SWALLOW))
         Py_RETURN_NONE;
     PyObject *cancelled = PyObject_CallMethod(task, "cancelled", NULL);
