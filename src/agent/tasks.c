@@ -2,9 +2,9 @@
  * `pending-at-exit`.
  *
  * Every loop that starts running gets a task factory that creates instances of a C subclass of
- * _asyncio.Task. The subclass adds a few fields after the base object (the creation site and
- * the cancellation state, 32 bytes) and overrides cancel(); creating a task costs the factory
- * call plus a walk to the first user frame. Nothing else happens per task: the findings come
+ * _asyncio.Task. The subclass adds a few fields after the base object (asc_task_extra: the
+ * creation site and the cancellation state, 48 bytes, plus the live view's counters) and
+ * overrides cancel(); creating a task costs the factory call plus a walk to the first user frame. Nothing else happens per task: the findings come
  * from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
  *     exception handler; loops.c hands us every context (asc_tasks_on_exception_context) and we
@@ -20,8 +20,11 @@
  *     right after the main coroutine returned, before they cancel the leftovers) is wrapped, and
  *     module.c calls asc_tasks_report_pending at exit for loops still alive.
  * A program's own task factory is respected: loop.set_task_factory/get_task_factory are
- * wrapped per loop instance so that the program sees its own factory (or None), and tasks from
- * its factory still get every finding that does not need the subclass. */
+ * wrapped per loop instance so that the program sees its own factory (or None); its factory is
+ * chained, and its tasks get every finding that does not need the subclass (their creation
+ * site is kept in a task attribute). The factory goes on a loop when it is created (asyncio's
+ * loops through leaks.c's BaseEventLoop.__init__ hook, uvloop's from the second loop on) or
+ * at the latest when it starts running (loops.c). */
 #include "agent/agent.h"
 
 #include <frameobject.h>
