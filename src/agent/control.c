@@ -47,9 +47,10 @@
 #endif
 
 /* How long a request waits for the GIL before reading memory instead. A loop thread running
- * Python code gives the GIL up within the switch interval (5 ms by default); a thread in a long
- * C call that holds it does not give it up at all. */
-#define ASC_GIL_WAIT_MS 100
+ * Python code gives the GIL up within the switch interval (5 ms by default), but on a loaded
+ * machine the threads involved may wait far longer for a CPU; a thread in a long C call that
+ * holds the GIL does not give it up at all, and then this is the delay before the answer. */
+#define ASC_GIL_WAIT_MS 250
 /* Loops reported with their lag; the agent watches at most 64 (loops.c). */
 #define ASC_MAX_LAGS 64
 /* A request line longer than this is not one of ours. */

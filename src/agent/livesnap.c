@@ -187,6 +187,38 @@ static PyObject *asc_frame_local(PyObject *frame, PyObject *name) {
 #endif
 }
 
+/* A local variable of a suspended coroutine or generator (new reference) or NULL. From 3.11 it
+ * is read in the interpreter frame inside the object (no frame object made: see asc_iframe_info),
+ * by its index in co_localsplusnames; a cell or free variable holds a cell, which is opened. */
+static PyObject *asc_coro_local(PyObject *gen, PyObject *name) {
+#if PY_VERSION_HEX >= 0x030B0000
+    const asc_layout *L = asc_ls.layout;
+    if (L && L->coro_iframe >= 0 && L->coro_frame_state >= 0 && L->iframe_code >= 0 && L->iframe_localsplus >= 0) {
+        if (*(int8_t *)((char *)gen + L->coro_frame_state) >= 1) return NULL; /* no frame */
+        char *iframe = (char *)gen + L->coro_iframe;
+        PyObject *code = *(PyObject **)(iframe + L->iframe_code);
+        if (!code || !PyCode_Check(code)) return NULL;
+        PyCodeObject *co = (PyCodeObject *)code;
+        Py_ssize_t n = PyTuple_GET_SIZE(co->co_localsplusnames);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *vn = PyTuple_GET_ITEM(co->co_localsplusnames, i);
+            if (vn != name && PyUnicode_Compare(vn, name) != 0) continue;
+            PyObject *v = ((PyObject **)(iframe + L->iframe_localsplus))[i];
+            unsigned char kind = (unsigned char)PyBytes_AS_STRING(co->co_localspluskinds)[i];
+            if (v && (kind & (0x40 | 0x80)) && PyCell_Check(v)) v = PyCell_GET(v); /* CO_FAST_CELL/FREE */
+            Py_XINCREF(v);
+            return v;
+        }
+        PyErr_Clear();
+        return NULL;
+    }
+#endif
+    PyObject *frame = asc_getattr(gen, PyCoro_CheckExact(gen) ? asc_ls.s_cr_frame : asc_ls.s_gi_frame);
+    PyObject *v = frame && frame != Py_None ? asc_frame_local(frame, name) : NULL;
+    Py_XDECREF(frame);
+    return v;
+}
+
 /* ---- awaited-by links --------------------------------------------------------------------- */
 
 typedef struct {
@@ -237,9 +269,9 @@ static int asc_ends_with(const char *s, const char *suffix) {
 }
 
 /* The type name of a frame's `self` (Lock, Event, Queue, ...), or dflt. */
-static const char *asc_self_type(PyObject *frame, char *buf, size_t cap, const char *dflt,
+static const char *asc_self_type(PyObject *gen, char *buf, size_t cap, const char *dflt,
                                  uint64_t *id) {
-    PyObject *self = asc_frame_local(frame, asc_ls.s_self);
+    PyObject *self = asc_coro_local(gen, asc_ls.s_self);
     if (!self) return dflt;
     snprintf(buf, cap, "%s", Py_TYPE(self)->tp_name);
     *id = (uint64_t)(uintptr_t)self;
@@ -248,7 +280,7 @@ static const char *asc_self_type(PyObject *frame, char *buf, size_t cap, const c
 }
 
 /* Fill t->awaiting / awaiting_id from the future the task waits on (waiter, borrowed, may be
- * NULL) and the innermost frame of its coroutine chain (inner, borrowed, may be NULL); add the
+ * NULL) and the innermost coroutine of its chain (inner, borrowed, may be NULL); add the
  * links from what it waits on back to the task. */
 static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObject *task,
                               aioscope_snap_task *t, PyObject *waiter, PyObject *inner,
@@ -272,7 +304,7 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
         if (asc_ends_with(file, "tasks.py") && strcmp(fn, "sleep") == 0) {
             /* sleep() keeps its TimerHandle in the local `h`; its deadline is in loop time,
              * which is time.monotonic() for asyncio's loops, the clock we read too. */
-            PyObject *handle = asc_frame_local(inner, asc_ls.s_h);
+            PyObject *handle = asc_coro_local(inner, asc_ls.s_h);
             PyObject *when = handle ? asc_getattr(handle, asc_ls.s_when) : NULL;
             double w = when ? PyFloat_AsDouble(when) : -1.0;
             if (w == -1.0) PyErr_Clear();
@@ -307,7 +339,7 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
             what = "executor job"; /* asyncio.to_thread */
         } else if (asc_ends_with(file, "taskgroups.py")) {
             what = "TaskGroup";
-            PyObject *self = asc_frame_local(inner, asc_ls.s_self);
+            PyObject *self = asc_coro_local(inner, asc_ls.s_self);
             PyObject *children = self ? asc_getattr(self, asc_ls.s_tasks) : NULL;
             asc_link_all(links, children, task);
             Py_XDECREF(children);
@@ -315,7 +347,7 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
         } else if (asc_ends_with(file, "tasks.py") &&
                    (strcmp(fn, "wait") == 0 || strcmp(fn, "_wait") == 0)) {
             what = "wait";
-            PyObject *fs = asc_frame_local(inner, asc_ls.s_fs);
+            PyObject *fs = asc_coro_local(inner, asc_ls.s_fs);
             asc_link_all(links, fs, task);
             Py_XDECREF(fs);
         } else if (asc_ends_with(file, "tasks.py") && strstr(fn, "wait_for")) {
@@ -340,8 +372,48 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
 
 /* ---- one task ------------------------------------------------------------------------------ */
 
+#if PY_VERSION_HEX >= 0x030B0000
+/* From 3.11 a suspended coroutine's frame lives inside the coroutine object (an interpreter frame)
+ * and cr_frame would allocate a frame object for it, once per coroutine, kept for its life: a
+ * snapshot of 100 000 tasks would leave 100 000 new GC-tracked objects behind in the program and
+ * a long collection after it. So the code object and the line are read from the interpreter frame
+ * in place, at the offsets of the attach library's generated layouts; the frame state says whether
+ * the frame is still there. Returns 1 with *out filled, 0 when the coroutine has no frame, -1 when
+ * the layout does not describe this version (the caller then uses cr_frame). */
+static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap_frame *out) {
+    const asc_layout *L = asc_ls.layout;
+    if (!L || L->coro_iframe < 0 || L->coro_frame_state < 0 || L->iframe_code < 0 || L->iframe_instr < 0)
+        return -1;
+    /* Coroutines and generators share _PyGenObject_HEAD: one set of offsets serves both. */
+    int8_t state = *(int8_t *)((char *)gen + L->coro_frame_state);
+    if (state >= 1) return 0; /* FRAME_COMPLETED (1) or FRAME_CLEARED (4): no frame any more */
+    void *iframe = (char *)gen + L->coro_iframe;
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *code = PyUnstable_InterpreterFrame_GetCode(iframe); /* new reference */
+    int line = PyUnstable_InterpreterFrame_GetLine(iframe);
+#else
+    PyCodeObject *co = *(PyCodeObject **)((char *)iframe + L->iframe_code);
+    char *instr = *(char **)((char *)iframe + L->iframe_instr);
+    /* 3.11's prev_instr: the last instruction run; its byte offset is what Addr2Line takes. */
+    int line = PyCode_Addr2Line(co, (int)(instr - (char *)co->co_code_adaptive));
+    PyObject *code = (PyObject *)co;
+    Py_INCREF(code);
+#endif
+    if (!code || !PyCode_Check(code)) {
+        Py_XDECREF(code);
+        PyErr_Clear();
+        return 0;
+    }
+    out->file = asc_str(snap, ((PyCodeObject *)code)->co_filename, "?");
+    out->function = asc_str(snap, ((PyCodeObject *)code)->co_qualname, "?");
+    out->line = line > 0 ? line : 0;
+    Py_DECREF(code);
+    return 1;
+}
+#endif
+
 /* The coroutine chain of a task, outermost (the task's own coroutine) first. Returns the
- * innermost frame read (new reference) or NULL. */
+ * innermost coroutine or generator that has a frame (new reference) or NULL. */
 static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
                                      aioscope_snap_task *t) {
     aioscope_snap_frame tmp[ASC_MAX_CORO_DEPTH];
@@ -350,25 +422,26 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
     PyObject *obj = coro;
     Py_XINCREF(obj);
     while (obj && n < ASC_MAX_CORO_DEPTH) {
-        PyObject *frame, *next;
-        if (PyCoro_CheckExact(obj)) {
-            frame = asc_getattr(obj, asc_ls.s_cr_frame);
-            next = asc_getattr(obj, asc_ls.s_cr_await);
-        } else if (PyGen_Check(obj)) {
-            frame = asc_getattr(obj, asc_ls.s_gi_frame);
-            next = asc_getattr(obj, asc_ls.s_gi_yieldfrom);
-        } else {
+        int is_coro = PyCoro_CheckExact(obj);
+        if (!is_coro && !PyGen_Check(obj))
             break; /* a future's iterator, an async generator's asend, a foreign awaitable */
-        }
-        Py_DECREF(obj);
-        obj = next;
-        if (!frame || frame == Py_None) {
+        int got = -1;
+#if PY_VERSION_HEX >= 0x030B0000
+        if (is_coro || PyGen_CheckExact(obj)) got = asc_iframe_info(snap, obj, &tmp[n]);
+#endif
+        if (got < 0) {
+            /* Before 3.11 the frame is a real object already: reading it allocates nothing. */
+            PyObject *frame = asc_getattr(obj, is_coro ? asc_ls.s_cr_frame : asc_ls.s_gi_frame);
+            got = frame && frame != Py_None;
+            if (got) asc_frame_info(snap, frame, &tmp[n]);
             Py_XDECREF(frame);
-            break;
         }
-        asc_frame_info(snap, frame, &tmp[n++]);
-        Py_XSETREF(inner, frame);
-        if (obj == Py_None) Py_CLEAR(obj);
+        if (!got) break;
+        n++;
+        PyObject *next = asc_getattr(obj, is_coro ? asc_ls.s_cr_await : asc_ls.s_gi_yieldfrom);
+        Py_XSETREF(inner, obj); /* takes our reference to obj */
+        obj = next == Py_None ? NULL : next;
+        if (next == Py_None) Py_DECREF(next);
     }
     Py_XDECREF(obj);
     if (n) {
