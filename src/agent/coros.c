@@ -78,8 +78,9 @@ static int asc_name_is(PyObject *candidate, PyObject *name)
 }
 
 /* The line of the last instruction at or before byte offset `upto` (-1: the whole code) that
- * loads `name`; 0 when there is none. */
-static int asc_find_load_line(PyCodeObject *co, PyObject *name, int upto)
+ * loads `name`, considering only instructions of line `only_line` when it is > 0; 0 when there
+ * is none. With name NULL, appends every name loaded (within the same bounds) to `collect`. */
+static int asc_scan_loads(PyCodeObject *co, PyObject *name, int upto, int only_line, PyObject *collect)
 {
 #if PY_VERSION_HEX >= 0x030B0000
     PyObject *bytes = PyCode_GetCode(co); /* deoptimised; inline caches read as opcode 0 */
@@ -124,11 +125,26 @@ static int asc_find_load_line(PyCodeObject *co, PyObject *name, int upto)
         default:
             break;
         }
-        if (asc_name_is(a, name) || asc_name_is(b, name))
+        if (a == NULL && b == NULL)
+            continue;
+        if (only_line > 0 && PyCode_Addr2Line(co, (int)off) != only_line)
+            continue;
+        if (name == NULL) {
+            if (a && PyList_Append(collect, a) < 0)
+                PyErr_Clear();
+            if (b && PyList_Append(collect, b) < 0)
+                PyErr_Clear();
+        } else if (asc_name_is(a, name) || asc_name_is(b, name)) {
             found = (int)off;
+        }
     }
     Py_DECREF(bytes);
     return found < 0 ? 0 : PyCode_Addr2Line(co, found);
+}
+
+static int asc_find_load_line(PyCodeObject *co, PyObject *name, int upto)
+{
+    return asc_scan_loads(co, name, upto, 0, NULL);
 }
 
 /* ---- where the coroutine was created ------------------------------------------------------------ */
@@ -241,7 +257,9 @@ static int asc_search_code_tree(PyCodeObject *co, PyObject *name, int depth, PyC
     return 0;
 }
 
-static int asc_search_callable(PyObject *obj, PyObject *name, PyCodeObject **code_out, int *line)
+/* callee_names: when not NULL, only functions whose __name__ is in it are searched. */
+static int asc_search_callable(PyObject *obj, PyObject *name, PyObject *callee_names, PyCodeObject **code_out,
+                               int *line)
 {
     PyObject *func = obj;
     if (PyObject_TypeCheck(obj, &PyStaticMethod_Type) || PyObject_TypeCheck(obj, &PyClassMethod_Type)) {
@@ -254,13 +272,20 @@ static int asc_search_callable(PyObject *obj, PyObject *name, PyCodeObject **cod
     }
     if (!PyFunction_Check(func))
         return 0;
+    if (callee_names) {
+        PyObject *fname = ((PyCodeObject *)PyFunction_GET_CODE(func))->co_name;
+        if (PySequence_Contains(callee_names, fname) != 1) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
     return asc_search_code_tree((PyCodeObject *)PyFunction_GET_CODE(func), name, 0, code_out, line);
 }
 
 /* The coroutine was kept in a local of a function that has returned since (its frame is gone,
  * and the caller's line shows only the call of that function): search the functions and
  * methods of the module the innermost user frame runs in. */
-static int asc_search_module(PyObject *name, PyCodeObject **code_out, int *line)
+static int asc_search_module(PyObject *name, PyObject *callee_names, PyCodeObject **code_out, int *line)
 {
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
@@ -293,12 +318,58 @@ static int asc_search_module(PyObject *name, PyCodeObject **code_out, int *line)
             PyObject *key, *member;
             Py_ssize_t pos = 0;
             while (!found && d && PyDict_Next(d, &pos, &key, &member))
-                found = asc_search_callable(member, name, code_out, line);
+                found = asc_search_callable(member, name, callee_names, code_out, line);
         } else {
-            found = asc_search_callable(v, name, code_out, line);
+            found = asc_search_callable(v, name, callee_names, code_out, line);
         }
     }
     Py_XDECREF(values);
+    PyErr_Clear();
+    return found;
+}
+
+/* The innermost user frame's current line first: either it creates the coroutine itself (an
+ * expression statement: `log_event(...)`), or it calls a function that created it and has just
+ * returned, dropping it with its locals — then that function (looked up by the names the line
+ * loads, among the module's functions and methods) holds the creating call. Earlier lines of
+ * the same frame come after this (asc_search_stack), as they may hold another call of the same
+ * coroutine function. */
+static int asc_search_current_line(PyObject *name, PyCodeObject **code_out, int *line)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    PyCodeObject *co = NULL;
+    for (int depth = 0; f && depth < 256; depth++) {
+        co = asc_frame_code(f);
+        if (asc_is_user_file(co->co_filename))
+            break;
+        Py_CLEAR(co);
+        PyFrameObject *back = asc_frame_back(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    if (f == NULL || co == NULL) {
+        Py_XDECREF(f);
+        return 0;
+    }
+    int lasti = asc_frame_lasti(f);
+    int cur = PyFrame_GetLineNumber(f);
+    Py_DECREF(f);
+    int found = 0;
+    int l = asc_scan_loads(co, name, lasti, cur, NULL);
+    if (l > 0) {
+        *code_out = co;
+        *line = l;
+        return 1;
+    }
+    PyObject *callees = PyList_New(0);
+    if (callees) {
+        asc_scan_loads(co, NULL, lasti, cur, callees);
+        if (PyList_GET_SIZE(callees) > 0)
+            found = asc_search_module(name, callees, code_out, line);
+        Py_DECREF(callees);
+    }
+    Py_DECREF(co);
     PyErr_Clear();
     return found;
 }
@@ -352,8 +423,8 @@ static void asc_report_unawaited(PyObject *coro)
 
     PyCodeObject *found = NULL;
     int line = 0;
-    if (asc_search_stack(name, &found, &line) || asc_search_current_task(name, &found, &line) ||
-        asc_search_module(name, &found, &line)) {
+    if (asc_search_current_line(name, &found, &line) || asc_search_stack(name, &found, &line) ||
+        asc_search_current_task(name, &found, &line) || asc_search_module(name, NULL, &found, &line)) {
         (void)asc_set_site_from_code(&f.site, found, line);
         Py_DECREF(found);
     } else if (!asc_site_is_user(&f.site)) {
