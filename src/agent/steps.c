@@ -181,9 +181,13 @@ typedef struct {
 
 static PyTypeObject asc_call_soon_type;
 
-/* A task scheduled for the first time: note when, and which task spawned it. */
-static void asc_note_first_schedule(PyObject *loop, asc_task_stats *st) {
+/* A task scheduled for the first time: note when, and which task spawned it. The spawner is the
+ * task running now only when this is the first step scheduled by Task.__init__ (a step callback,
+ * no step run yet); a task first seen later (created before the loop ran, so before its call_soon
+ * was ours) is woken by whichever task completed what it waited on, which did not spawn it. */
+static void asc_note_first_schedule(PyObject *loop, PyObject *callback, asc_task_stats *st) {
     st->created_ns = asc_live_now_ns();
+    if (st->steps != 0 || Py_TYPE(callback) != asc_st.step_wrapper_type) return;
     if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
         PyObject *cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
         if (cur) st->spawned_by = (uintptr_t)cur;
@@ -210,7 +214,7 @@ static PyObject *asc_call_soon_run(asc_call_soon *self, PyObject *const *args, P
     asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
     if (st) {
         if (st->created_ns == 0) {
-            asc_note_first_schedule(self->loop, st);
+            asc_note_first_schedule(self->loop, args[0], st);
             if (asc_trace_active) asc_trace_task_created(task, st, (PyObject *)st->spawned_by);
         }
         wrapped = asc_step_new(args[0], task);

@@ -4,11 +4,12 @@
 #include "cli/snapshot_cli.h"
 
 static const char usage[] =
-    "usage: aioscope pstree PID [--attach] [--json] [--freeze]\n"
+    "usage: aioscope pstree PID [--spawn] [--attach] [--json] [--freeze]\n"
     "\n"
     "Show the await tree of a running Python process's asyncio tasks: who awaits whom\n"
     "(await, gather, TaskGroup).\n"
     "\n"
+    "  --spawn   the spawn tree instead: which task created which (needs the agent)\n"
     "  --attach  read the process's memory even if it runs the aioscope agent\n"
     "  --json    print the snapshot as JSON (threads, frames, tasks, awaits)\n"
     "  --freeze  stop the process while reading it, for a consistent snapshot (it is always\n"
@@ -24,6 +25,7 @@ int asc_cmd_pstree(int argc, char **argv) {
     if (rc || done) return rc;
     if ((rc = asc_snap_take(&o, &s)) != 0) return rc;
     if (o.json) rc = asc_snap_print_json(s, stdout);
+    else if (o.spawn) asc_snap_print_spawn_tree(s, stdout);
     else asc_snap_print_tree(s, stdout);
     aioscope_snapshot_free(s);
     return rc;

@@ -30,6 +30,8 @@ int asc_snap_parse(int argc, char **argv, const char *usage, asc_snap_opts *o, i
             o->json = 1;
         } else if (strcmp(a, "--freeze") == 0) {
             o->freeze = 1;
+        } else if (strcmp(a, "--spawn") == 0 && strcmp(argv[0], "pstree") == 0) {
+            o->spawn = 1;
         } else if (a[0] != '-' && !o->pid) {
             char *end;
             long pid = strtol(a, &end, 10);

@@ -21,6 +21,7 @@ typedef struct {
     int attach;  /* --attach: read memory even when an agent is present */
     int json;    /* --json: print the snapshot model as JSON */
     int freeze;  /* --freeze: stop the target while reading it */
+    int spawn;   /* --spawn (pstree): the spawn tree instead of the await tree */
 } asc_snap_opts;
 
 /* Parse `CMD PID [--attach] [--json] [--freeze]`. Returns 0, or an exit status after printing
@@ -37,6 +38,8 @@ void asc_snap_print_header(const aioscope_snapshot *s, FILE *out);
 void asc_snap_print_table(aioscope_snapshot *s, FILE *out);
 void asc_snap_print_tree(aioscope_snapshot *s, FILE *out);
 void asc_snap_print_dump(aioscope_snapshot *s, FILE *out);
+/* Who created whom (snapshot_spawn.c; needs the agent's spawned_by). */
+void asc_snap_print_spawn_tree(aioscope_snapshot *s, FILE *out);
 
 int asc_cmd_ps(int argc, char **argv);
 int asc_cmd_pstree(int argc, char **argv);

@@ -71,6 +71,11 @@ def tree(python):
     prog.close()
 
 
+def tree_name(line):
+    """The task name on a line of a tree drawing."""
+    return next(tok for tok in line.split() if tok not in ("│", "├──", "└──"))
+
+
 def by_name(snap):
     return {t["name"]: t for t in snap["tasks"]}
 
@@ -129,6 +134,14 @@ def test_pstree_and_dump(tree):
     lines = r.stdout.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("parent "))
     assert {lines[i + 1].split()[1], lines[i + 2].split()[1]} == {"child-1", "child-2"}
+    r = aioscope("pstree", tree.pid, "--spawn")
+    assert r.returncode == 0, r.stderr
+    rows = [(len(line) - len(line.lstrip("│├└─ ")), tree_name(line)) for line in r.stdout.splitlines()[1:]]
+    i = next(k for k, (_, name) in enumerate(rows) if name == "spawner")
+    assert rows[i + 1][1] == "spawned" and rows[i + 1][0] > rows[i][0], r.stdout  # its only child
+    i = next(k for k, (_, name) in enumerate(rows) if name == "parent")
+    assert {rows[i + 1][1], rows[i + 2][1]} == {"child-1", "child-2"}, r.stdout
+    assert rows[i + 1][0] > rows[i][0] and rows[i + 2][0] > rows[i][0]
     r = aioscope("dump", tree.pid)
     assert r.returncode == 0, r.stderr
     assert "run_forever" in r.stdout  # the loop thread's stack
