@@ -749,6 +749,10 @@ int asc_frames_init(PyObject *module)
     Py_DECREF(paths);
     Py_DECREF(sysconfig);
     asc_verify_raw_walk();
+    /* For tests: 1 when creation sites come from the raw interpreter-frame walk (3.11+) or the
+     * frame objects (before 3.11); 0 when the public-API fallback is in use. */
+    if (module && PyModule_AddIntConstant(module, "_raw_frame_walk", asc_fr.raw_walk_ok) < 0)
+        PyErr_Clear();
     return 0;
 err:
     Py_XDECREF(paths);

@@ -226,3 +226,15 @@ def test_findings_at_marked_lines(interp, name, tmp_path):
     for f in found:
         if f["kind"] in ("lost-exception", "destroyed-pending", "pending-at-exit"):
             assert f.get("created_at", {}).get("file") == str(prog), f
+
+
+@pytest.mark.parametrize("interp", interpreters())
+def test_creation_sites_use_the_raw_frame_walk(interp, tmp_path):
+    """The _PyInterpreterFrame mirror (3.11+) agreed with sys._getframe() at install, so task
+    creation does not fall back to materialising frame objects."""
+    env = dict(os.environ, PYTHONPATH=str(BUILD / "python"))
+    env.pop("AIOSCOPE_EVENTS", None)
+    out = subprocess.run([interp, "-c", "import aioscope; aioscope.install(); from aioscope import _agent;"
+                          "print(_agent._raw_frame_walk)"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr
