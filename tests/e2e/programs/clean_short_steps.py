@@ -1,5 +1,7 @@
-"""Many short synchronous steps: 60 steps of 15 ms each (0.9 s of work in all), yielding to the
-loop between steps. No single step comes near the 100 ms threshold. No findings."""
+"""Many short synchronous steps: 60 CPU steps of 15 ms each (0.9 s of work in all), then ten
+60 ms waits back to back, yielding to the loop between steps; the loop polls between every two
+steps. No single step reaches the 100 ms threshold, even if two next to each other would. No
+findings."""
 import asyncio
 import time
 
@@ -24,6 +26,9 @@ async def main():
     for _ in range(10):
         time.sleep(0.02)
         await asyncio.sleep(0.001)
+    for _ in range(10):
+        time.sleep(0.06)
+        await asyncio.sleep(0)
     print("done", done)
 
 
