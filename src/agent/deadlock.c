@@ -362,15 +362,25 @@ static void asc_dl_node(asc_dl_snap *s, int i) {
     case W_LOCK:
     case W_SEM: {
         PyObject *v = asc_dl_attr(t->prim, t->wait == W_LOCK ? "_locked" : "_value");
-        int taken = v && (t->wait == W_LOCK ? PyObject_IsTrue(v) == 1 : PyLong_Check(v) && PyLong_AsLong(v) <= 0);
+        long value = v && PyLong_Check(v) ? PyLong_AsLong(v) : 1;
+        int taken = v && (t->wait == W_LOCK ? PyObject_IsTrue(v) == 1 : value <= 0);
         Py_XDECREF(v);
         PyErr_Clear();
         if (!taken) break; /* released: the waiter is being woken */
+        int nheld = 0;
         for (int h = 0; h < s->nholds; h++) {
             if (s->holds[h].t < 0 || s->holds[h].prim != t->prim) continue;
             (void)aioscope_waitgraph_add_edge(s->g, (size_t)i, (size_t)s->holds[h].t);
             targets++;
+            nheld++;
         }
+        /* A BoundedSemaphore knows its size: when some units are not held through `async with`
+         * (a bare acquire()), their holders are unknown and might release one. */
+        PyObject *bound = t->wait == W_SEM ? asc_dl_attr(t->prim, "_bound_value") : NULL;
+        if (bound && PyLong_Check(bound) && PyLong_AsLong(bound) - (value > 0 ? value : 0) != nheld)
+            targets = 0;
+        Py_XDECREF(bound);
+        PyErr_Clear();
         break;
     }
     case W_TASK: {
