@@ -162,6 +162,14 @@ int asc_elf_find_symbols(int pid, const char *const *names, uint64_t *addrs, siz
             break;
         }
     }
+    if (rc == AIOSCOPE_ENOTPY) {
+        /* A libpython without the anchor is a Python we cannot read (2.7, 3.6, ...), not a
+         * non-Python process. */
+        for (size_t i = 0; i < nfiles; i++) {
+            const char *slash = strrchr(files[i].path, '/');
+            if (strncmp(slash ? slash + 1 : files[i].path, "libpython", 9) == 0) rc = AIOSCOPE_EUNSUPPORTED;
+        }
+    }
 out:
     free(files);
     return rc;

@@ -13,8 +13,9 @@
 /* Look up names[0..n) in the interpreter of process pid: the first mapped file that defines
  * names[0] (the anchor, e.g. "_PyRuntime") wins; addrs[i] is 0 for names it does not define.
  * binary receives that file's path; minor_hint the minor version parsed from a
- * "libpython3.X" file name, or 0. Returns 0, AIOSCOPE_ESRCH, AIOSCOPE_EPERM or
- * AIOSCOPE_ENOTPY (no mapped file defines the anchor). */
+ * "libpython3.X" file name, or 0. Returns 0, AIOSCOPE_ESRCH, AIOSCOPE_EPERM,
+ * AIOSCOPE_EUNSUPPORTED (a libpython without the anchor: Python 2, 3.6, ...) or AIOSCOPE_ENOTPY
+ * (no mapped file defines the anchor). */
 int asc_elf_find_symbols(int pid, const char *const *names, uint64_t *addrs, size_t n,
                          char *binary, size_t binary_cap, int *minor_hint);
 

@@ -212,6 +212,19 @@ def test_errors_and_exit_statuses(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+    # A Python aioscope cannot read (3.7, 2.7: pyenv has them on this machine).
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for old in sorted(root.glob("3.7.*")) + sorted(root.glob("2.7.*")):
+        py = old / "bin" / "python"
+        target = subprocess.Popen([str(py), "-c", "import sys; print('ready'); sys.stdout.flush(); sys.stdin.read()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert target.stdout.readline().strip() == "ready"
+            r = aioscope("ps", target.pid, "--attach")
+            assert r.returncode == 5 and "runs a Python version aioscope cannot read" in r.stderr, r.stderr
+        finally:
+            target.kill()
+            target.wait()
     # Usage.
     assert aioscope("ps").returncode == 2
     assert aioscope("ps", "abc").returncode == 2
