@@ -127,22 +127,25 @@ int asc_agent_snapshot(int pid, aioscope_snapshot **out, asc_agent_info *info) {
     size_t len = 0;
     int rc = asc_agent_request(pid, "snapshot", &text, &len);
     if (rc < 0) return rc;
-    aioscope_json *root = NULL;
-    rc = aioscope_json_parse(text, len, &root);
-    free(text);
-    if (rc < 0) return rc == AIOSCOPE_ENOMEM ? rc : AIOSCOPE_EPROTO;
-    const char *err = aioscope_json_get_string(root, "error");
-    if (err) {
-        rc = strcmp(err, "EPERM") == 0 ? AIOSCOPE_EPERM
+    /* An error answer is small; a snapshot is read without building a JSON tree. */
+    if (strncmp(text, "{\"error\"", 8) == 0) {
+        aioscope_json *root = NULL;
+        rc = aioscope_json_parse(text, len, &root);
+        const char *err = rc == 0 ? aioscope_json_get_string(root, "error") : NULL;
+        rc = !err                                ? AIOSCOPE_EPROTO
+           : strcmp(err, "EPERM") == 0        ? AIOSCOPE_EPERM
            : strcmp(err, "EUNSUPPORTED") == 0 ? AIOSCOPE_EUNSUPPORTED
-                                            : AIOSCOPE_EIO;
+                                              : AIOSCOPE_EIO;
         aioscope_json_free(root);
+        free(text);
         return rc;
     }
-    rc = aioscope_snapshot_from_wire(root, out);
+    size_t aoff = 0, alen = 0;
+    rc = aioscope_snapshot_from_wire(text, len, out, &aoff, &alen);
     if (rc == AIOSCOPE_EPARSE) rc = AIOSCOPE_EPROTO;
-    if (rc == 0 && info) {
-        const aioscope_json *a = aioscope_json_get(root, "agent");
+    aioscope_json *root = NULL;
+    if (rc == 0 && info && alen && aioscope_json_parse(text + aoff, alen, &root) == 0) {
+        const aioscope_json *a = root;
         const char *how = aioscope_json_get_string(a, "read_with");
         snprintf(info->read_with, sizeof info->read_with, "%s", how ? how : "?");
         info->collect_ms = aioscope_json_get_number(a, "collect_ms", -1);
@@ -156,7 +159,11 @@ int asc_agent_snapshot(int pid, aioscope_snapshot **out, asc_agent_info *info) {
             info->loops[info->nloops].lag_s = aioscope_json_get_number(&loops->items[i], "lag_s", -1);
             info->nloops++;
         }
+    } else if (rc == 0 && info) {
+        memset(info, 0, sizeof *info);
+        info->collect_ms = info->block_threshold_s = -1;
     }
+    free(text);
     aioscope_json_free(root);
     return rc;
 }
