@@ -517,19 +517,42 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
     return 0;
 }
 
-/* The key naming a deadlock among a set of tasks: the kind and their addresses, sorted, so the
- * same tasks found again are the same deadlock. New reference. */
+/* qsort order of addresses. */
 static int asc_dl_cmp_ptr(const void *a, const void *b) {
     uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
     return x < y ? -1 : x > y;
 }
 
+/* Where a task is suspended, as one number: the code object and instruction of its innermost
+ * frame of the program's own code (else of its innermost frame). */
+static uintptr_t asc_dl_site_id(asc_dl_task *t) {
+    uintptr_t fallback = (uintptr_t)t->task;
+    for (int d = t->nchain - 1; d >= 0; d--) {
+        PyObject *f = asc_dl_frame_of(t->chain[d]);
+        if (!f) continue;
+        PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)f);
+        PyObject *lasti = asc_dl_attr(f, "f_lasti");
+        uintptr_t id = (uintptr_t)code * 31u + (uintptr_t)(lasti ? PyLong_AsLong(lasti) : 0);
+        int user = asc_is_user_file(code->co_filename);
+        Py_XDECREF(lasti);
+        Py_DECREF(code);
+        Py_DECREF(f);
+        PyErr_Clear();
+        if (d == t->nchain - 1) fallback = id;
+        if (user == 1) return id;
+    }
+    return fallback;
+}
+
+/* The key naming a deadlock: its kind and where its tasks are suspended, sorted. The same
+ * deadlock formed again (by the same tasks, or by new ones at the same places, as when a timeout
+ * breaks it and the program retries) is the same finding, reported once. New reference. */
 static PyObject *asc_dl_key(asc_dl_snap *s, const char *kind, const int *members, int n) {
     uintptr_t *ptrs = malloc(((size_t)n + 1) * sizeof *ptrs);
     char *buf = malloc((size_t)n * 20 + 32);
     PyObject *key = NULL;
     if (ptrs && buf) {
-        for (int k = 0; k < n; k++) ptrs[k] = (uintptr_t)s->t[members[k]].task;
+        for (int k = 0; k < n; k++) ptrs[k] = asc_dl_site_id(&s->t[members[k]]);
         qsort(ptrs, (size_t)n, sizeof *ptrs, asc_dl_cmp_ptr);
         size_t len = (size_t)sprintf(buf, "%s", kind);
         for (int k = 0; k < n; k++) len += (size_t)sprintf(buf + len, ":%lx", (unsigned long)ptrs[k]);

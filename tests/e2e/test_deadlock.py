@@ -138,3 +138,15 @@ def test_deadlock_after_rejects_bad_values(run_aioscope, python):
     assert result.returncode == 2 and "--deadlock-after" in result.stderr
     result = run_aioscope(python, HERE / "dl_lock_order.py", options=["--on-deadlock", "panic"], json=False)
     assert result.returncode == 2 and "--on-deadlock" in result.stderr
+
+
+def test_deadlock_broken_by_timeouts_is_found_once(run_aioscope, python):
+    """Each round of the deadlock lasts 0.8 s, less than --deadlock-after (1 s), before a timeout
+    breaks it and the workers retry into it again: the time adds up, and it is one finding."""
+    needs_310(python)
+    program = Program(HERE / "dl_retry.py")
+    result = run_aioscope(python, program.path, cwd=HERE)
+    f = check_deadlock(result, program)
+    assert f["count"] == 1, describe_findings(result.findings)
+    assert result.stderr.count("aioscope: deadlock: ") == 1, result.stderr[-3000:]
+    assert result.stdout.count("timed out") == 6  # the program itself went on unchanged
