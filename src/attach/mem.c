@@ -55,7 +55,12 @@ void asc_mem_init_custom(asc_mem *m, asc_read_fn read, void *ctx) {
 }
 
 int asc_mem_cache_begin(asc_mem *m) {
-    asc_mem_cache_end(m);
+    if (m->cache) {
+        /* Keep the pages' memory, forget their contents. */
+        for (size_t i = 0; i < m->cache_slots; i++)
+            if (m->cache[i]) m->cache[i]->page = 0;
+        return 0;
+    }
     m->cache = calloc(ASC_CACHE_SLOTS, sizeof *m->cache);
     if (!m->cache) return AIOSCOPE_ENOMEM;
     m->cache_slots = ASC_CACHE_SLOTS;

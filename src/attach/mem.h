@@ -38,7 +38,8 @@ void asc_mem_init_pid(asc_mem *m, int pid);
 /* A caller-provided backend (the unit tests' fake memory). */
 void asc_mem_init_custom(asc_mem *m, asc_read_fn read, void *ctx);
 
-/* Turn the page cache on (emptied) or off. Returns 0 or AIOSCOPE_ENOMEM (caching stays off). */
+/* Turn the page cache on, or empty it when it is on; turn it off (releasing its memory).
+ * Returns 0 or AIOSCOPE_ENOMEM (caching stays off). */
 int asc_mem_cache_begin(asc_mem *m);
 void asc_mem_cache_end(asc_mem *m);
 

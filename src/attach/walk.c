@@ -140,26 +140,29 @@ int aioscope_target_snapshot(aioscope_target *t, aioscope_snapshot **out) {
     *out = NULL;
     int rc = AIOSCOPE_EAGAIN;
     t->mem.nreads = 0;
-    for (int attempt = 0; attempt < ASC_SNAPSHOT_ATTEMPTS && rc != AIOSCOPE_ENOMEM; attempt++) {
-        /* A fresh page cache per attempt: a retry must not see the pages that tore. Without
+    for (int attempt = 0; attempt < ASC_SNAPSHOT_ATTEMPTS; attempt++) {
+        /* An emptied page cache per attempt: a retry must not see the pages that tore. Without
          * memory for it the walk still works, one system call per read. */
-        int cached = asc_mem_cache_begin(&t->mem) == 0;
+        (void)asc_mem_cache_begin(&t->mem);
         aioscope_snapshot *snap = aioscope_snapshot_new();
-        if (!snap) return AIOSCOPE_ENOMEM;
+        if (!snap) {
+            rc = AIOSCOPE_ENOMEM;
+            break;
+        }
         snap->pid = t->pid;
         snap->py_version_hex = t->version;
         snap->frozen = t->frozen;
         asc_cache_reset(t);
         rc = asc_walk_threads(t, snap);
         if (rc == 0) rc = asc_walk_tasks(t, snap);
-        if (cached) asc_mem_cache_end(&t->mem);
         if (rc == 0) {
             *out = snap;
-            return 0;
+            break;
         }
         aioscope_snapshot_free(snap);
         if (!asc__retryable(rc) || t->frozen) break; /* a frozen target will not change */
         rc = AIOSCOPE_EAGAIN;
     }
+    asc_mem_cache_end(&t->mem);
     return rc;
 }
