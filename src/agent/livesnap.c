@@ -42,6 +42,8 @@ static struct {
     PyTypeObject *future_type; /* _asyncio.Future (borrowed) */
     PyObject *tasks_mod;       /* owned: asyncio.tasks */
     PyObject *current_tasks;   /* owned: {loop: task} */
+    PyObject *aexit_func;      /* owned: asyncio.locks._ContextManagerMixin.__aexit__ (or NULL) */
+    PyObject *cond_type;       /* owned: asyncio.Condition (or NULL) */
     PyObject *s_get_name, *s_cr_frame, *s_cr_await, *s_gi_frame, *s_gi_yieldfrom, *s_ag_await,
         *s_f_locals, *s_thread_id, *s_children, *s_when, *s_tasks, *s_fs, *s_self, *s_exception,
         *s_log_traceback, *s_cancelling, *s_must_cancel, *s_h;
@@ -87,6 +89,14 @@ static int asc_ls_init(void) {
         asc_ls.future_type = (PyTypeObject *)ft;
     Py_XDECREF(ft);
     Py_XDECREF(fut);
+    PyErr_Clear();
+    /* Lock holders (below): what `async with lock:` leaves on a holder's stack. */
+    PyObject *locks = PyImport_ImportModule("asyncio.locks");
+    PyObject *mixin = locks ? PyObject_GetAttrString(locks, "_ContextManagerMixin") : NULL;
+    asc_ls.aexit_func = mixin ? PyObject_GetAttrString(mixin, "__aexit__") : NULL;
+    asc_ls.cond_type = locks ? PyObject_GetAttrString(locks, "Condition") : NULL;
+    Py_XDECREF(mixin);
+    Py_XDECREF(locks);
     PyErr_Clear();
     asc_ls.current_tasks = PyObject_GetAttrString(asc_ls.tasks_mod, "_current_tasks");
     if (!asc_ls.current_tasks) PyErr_Clear();
@@ -412,10 +422,68 @@ static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap
 }
 #endif
 
+/* ---- lock holders ----------------------------------------------------------------------------
+ * asyncio.Lock records no owner. But `async with lock:` keeps the bound method lock.__aexit__ on
+ * the value stack of the holder's frame while the block runs, and the tp_traverse of a suspended
+ * coroutine (3.11+) or of a frame (before) visits that stack: a task holds a lock when one of the
+ * coroutines of its chain has it there (the deadlock detector, deadlock.c, reads holders the same
+ * way). An `async with` still waiting in acquire() has pushed it too; that one is dropped when
+ * the holders are matched with the waiters (asc_apply_holds). A bare `await lock.acquire()`
+ * leaves no mark: its holder is not shown. */
+
+typedef struct {
+    PyObject *found[16]; /* borrowed; more nested `async with` blocks in one frame are not seen */
+    int n;
+} asc_exits;
+
+static int asc_visit_exit(PyObject *o, void *arg) {
+    asc_exits *e = arg;
+    if (o && PyMethod_Check(o) && PyMethod_GET_FUNCTION(o) == asc_ls.aexit_func && e->n < 16)
+        e->found[e->n++] = PyMethod_GET_SELF(o);
+    return 0;
+}
+
+/* Note every lock a suspended coroutine (or generator) of a task's chain holds, as a link
+ * {child: the lock (a Condition's own lock), parent: the task}. */
+static void asc_note_holds(asc_links *holds, PyObject *task, PyObject *gen) {
+    if (!asc_ls.aexit_func) return;
+    PyObject *holder;
+#if PY_VERSION_HEX >= 0x030B0000
+    const asc_layout *L = asc_ls.layout;
+    /* Only a suspended frame has a meaningful value stack (never the running one). */
+    if (!L || L->coro_frame_state < 0 || *(int8_t *)((char *)gen + L->coro_frame_state) >= 0) return;
+    holder = gen;
+    Py_INCREF(holder);
+#else
+    holder = asc_getattr(gen, PyCoro_CheckExact(gen) ? asc_ls.s_cr_frame : asc_ls.s_gi_frame);
+    if (!holder || holder == Py_None) {
+        Py_XDECREF(holder);
+        return;
+    }
+#endif
+    asc_exits e = {.n = 0};
+    traverseproc trav = Py_TYPE(holder)->tp_traverse;
+    if (trav) (void)trav(holder, asc_visit_exit, &e);
+    Py_DECREF(holder);
+    for (int k = 0; k < e.n; k++) {
+        PyObject *prim = e.found[k];
+        if (asc_ls.cond_type && PyObject_TypeCheck(prim, (PyTypeObject *)asc_ls.cond_type)) {
+            PyObject *lock = PyObject_GetAttrString(prim, "_lock");
+            if (!lock) {
+                PyErr_Clear();
+                continue;
+            }
+            prim = lock;
+            Py_DECREF(lock); /* the Condition keeps its lock alive */
+        }
+        asc_link_add(holds, prim, task);
+    }
+}
+
 /* The coroutine chain of a task, outermost (the task's own coroutine) first. Returns the
  * innermost coroutine or generator that has a frame (new reference) or NULL. */
-static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
-                                     aioscope_snap_task *t) {
+static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro, PyObject *task,
+                                     aioscope_snap_task *t, asc_links *holds) {
     aioscope_snap_frame tmp[ASC_MAX_CORO_DEPTH];
     size_t n = 0;
     PyObject *inner = NULL;
@@ -438,6 +506,7 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
         }
         if (!got) break;
         n++;
+        asc_note_holds(holds, task, obj);
         PyObject *next = asc_getattr(obj, is_coro ? asc_ls.s_cr_await : asc_ls.s_gi_yieldfrom);
         Py_XSETREF(inner, obj); /* takes our reference to obj */
         obj = next == Py_None ? NULL : next;
@@ -455,7 +524,7 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro,
 }
 
 /* Read one task into t. now_ns: the snapshot's clock. */
-static void asc_read_task(aioscope_snapshot *snap, asc_links *links, PyObject *task,
+static void asc_read_task(aioscope_snapshot *snap, asc_links *links, asc_links *holds, PyObject *task,
                           aioscope_snap_task *t, int64_t now_ns) {
     memset(t, 0, sizeof *t);
     t->id = (uint64_t)(uintptr_t)task;
@@ -481,7 +550,7 @@ static void asc_read_task(aioscope_snapshot *snap, asc_links *links, PyObject *t
     Py_XDECREF(name);
 
     if (t->state == AIOSCOPE_TASK_PENDING) {
-        PyObject *inner = asc_read_coro_chain(snap, coro, t);
+        PyObject *inner = asc_read_coro_chain(snap, coro, task, t, holds);
         asc_classify_wait(snap, links, task, t, waiter, inner,
                           t->ncoro ? &t->coro[t->ncoro - 1] : NULL);
         Py_XDECREF(inner);
@@ -742,6 +811,43 @@ static void asc_apply_links(aioscope_snapshot *snap, const asc_links *l) {
     }
 }
 
+/* A task waiting for a Lock or Semaphore (awaiting_id: the lock) is told who holds it: the tasks
+ * with a hold on it, minus the waiter's own innermost one (its `async with` pushed __aexit__
+ * before acquire() returned). */
+static void asc_apply_holds(aioscope_snapshot *snap, asc_links *h) {
+    for (size_t i = 0; i < snap->ntasks; i++) {
+        aioscope_snap_task *t = &snap->tasks[i];
+        if (!t->awaiting || !t->awaiting_id ||
+            (strncmp(t->awaiting, "Lock", 4) != 0 && strstr(t->awaiting, "Semaphore") == NULL))
+            continue;
+        for (size_t k = h->n; k-- > 0;) {
+            if (h->v[k].child == t->awaiting_id && h->v[k].parent == t->id) {
+                h->v[k].child = 0; /* its own pending `async with` */
+                break;
+            }
+        }
+    }
+    for (size_t i = 0; i < snap->ntasks; i++) {
+        aioscope_snap_task *t = &snap->tasks[i];
+        if (!t->awaiting || !t->awaiting_id ||
+            (strncmp(t->awaiting, "Lock", 4) != 0 && strstr(t->awaiting, "Semaphore") == NULL))
+            continue;
+        char buf[256];
+        int len = snprintf(buf, sizeof buf, "%s held by ", t->awaiting), holders = 0;
+        for (size_t k = 0; k < h->n && len > 0 && (size_t)len < sizeof buf - 1; k++) {
+            if (h->v[k].child != t->awaiting_id || h->v[k].parent == t->id) continue;
+            long hi = aioscope_snapshot_find_task(snap, h->v[k].parent);
+            if (hi < 0) continue;
+            len += snprintf(buf + len, sizeof buf - (size_t)len, "%s%s", holders++ ? ", " : "",
+                            snap->tasks[hi].name);
+        }
+        if (holders) {
+            const char *s = aioscope_snapshot_intern(snap, buf);
+            if (s) t->awaiting = s;
+        }
+    }
+}
+
 int asc_live_collect(aioscope_snapshot **out) {
     *out = NULL;
     if (asc_ls_init() < 0) return -1;
@@ -754,7 +860,7 @@ int asc_live_collect(aioscope_snapshot **out) {
     snap->py_version_hex = PY_VERSION_HEX;
     snap->source = "agent";
     snap->has_agent_fields = 1;
-    asc_links links = {0};
+    asc_links links = {0}, holds = {0};
     PyObject *tasks = NULL;
     if (asc_read_threads(snap) < 0) goto err;
     tasks = asc_all_tasks();
@@ -771,18 +877,21 @@ int asc_live_collect(aioscope_snapshot **out) {
      * cyclic garbage, so the collector is paused and put back as it was. */
     int gc_was_on = asc_gc_pause();
     for (Py_ssize_t i = 0; i < n; i++) {
-        asc_read_task(snap, &links, PyList_GET_ITEM(tasks, i), &snap->tasks[i], now);
+        asc_read_task(snap, &links, &holds, PyList_GET_ITEM(tasks, i), &snap->tasks[i], now);
         snap->ntasks++;
     }
     if (gc_was_on) asc_gc_resume();
     asc_apply_links(snap, &links);
+    asc_apply_holds(snap, &holds);
     asc_place_loops(snap, tasks);
     free(links.v);
+    free(holds.v);
     Py_DECREF(tasks);
     *out = snap;
     return 0;
 err:
     free(links.v);
+    free(holds.v);
     Py_XDECREF(tasks);
     aioscope_snapshot_free(snap);
     return -1;

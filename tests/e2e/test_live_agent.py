@@ -95,7 +95,7 @@ def test_ps_json_from_agent(tree):
     assert tasks["child-1"]["awaiting"] == "Event"
     assert tasks["parent"]["awaiting"] == "gather"
     assert tasks["busy"]["awaiting"].endswith("Queue.get")
-    assert "Lock" in tasks["locked"]["awaiting"]
+    assert tasks["locked"]["awaiting"] == "Lock held by holder"
     assert tasks["failing"]["state"] == "finished"
     assert tasks["failing"]["exception"] == "ValueError: boom"
     # Who awaits whom, and who spawned whom.
