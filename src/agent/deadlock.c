@@ -633,8 +633,10 @@ static void asc_dl_check(asc_dl_slot *slot, PyObject *loop, int64_t now, int64_t
         if (asc_dl_due(slot, key, candidates_now, now, period, asc_dl_formed(&s, members, n))) {
             asc_dl_order_cycle(&s, members, n);
             char msg[256];
-            snprintf(msg, sizeof msg, "%d task%s wait on each other in a cycle and can never go on", n,
-                     n == 1 ? "" : "s");
+            if (n == 1)
+                snprintf(msg, sizeof msg, "a task waits on itself (a lock it already holds) and can never go on");
+            else
+                snprintf(msg, sizeof msg, "%d tasks wait on each other in a cycle and can never go on", n);
             asc_dl_report(&s, members, n, msg);
         }
         Py_XDECREF(key);
