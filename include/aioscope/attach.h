@@ -5,7 +5,10 @@
  * agent's watchdog thread reads the event-loop thread's Python stack while that thread holds
  * the GIL). Both read memory through process_vm_readv, so a dangling or torn pointer yields a
  * negative AIOSCOPE_E* code, never a crash; every walk is bounded. Supported interpreters:
- * CPython 3.8 to 3.13 on x86-64 Linux. This header does not need Python.h. */
+ * CPython 3.8 to 3.13 on x86-64 Linux. This header does not need Python.h.
+ *
+ * A target keeps per-walk caches: use it from one thread at a time (one target per thread, or
+ * a lock). Documented in docs/attach.md. */
 #ifndef AIOSCOPE_ATTACH_H
 #define AIOSCOPE_ATTACH_H
 
