@@ -211,9 +211,9 @@ typedef struct {
 static int asc__dict_keys(aioscope_target *t, uint64_t keys, asc__dk *dk) {
     const asc_layout *L = t->L;
     uint8_t hdr[64];
+    if (L->keys_indices <= 0 || (size_t)L->keys_indices > sizeof hdr) return AIOSCOPE_EBADDATA;
     int rc = asc_mem_read(&t->mem, keys, hdr, (size_t)L->keys_indices);
     if (rc < 0) return rc;
-    if ((size_t)L->keys_indices > sizeof hdr) return AIOSCOPE_EBADDATA;
     memcpy(&dk->nentries, hdr + L->keys_nentries, 8);
     if (dk->nentries < 0 || dk->nentries > ASC_MAX_DICT_ENTRIES) return AIOSCOPE_EBADDATA;
     uint64_t index_bytes;
