@@ -106,6 +106,11 @@ void asc_loops_at_exit(void);
 /* In a forked child, with the GIL (os.register_at_fork): forget loops of threads that do not
  * exist in the child. */
 void asc_loops_after_fork_child(void);
+/* os.register_at_fork(before=...) / (after_in_parent=...), 3.12+: the watchdog thread is stopped
+ * (and joined) around a fork and started again in the parent, so that CPython's "this process is
+ * multi-threaded" DeprecationWarning does not count it. before returns 1 when it stopped one. */
+int asc_loops_before_fork(void);
+void asc_loops_after_fork_parent(int stopped);
 
 /* At exit and when asyncio.run()'s main coroutine returns: `pending-at-exit`. */
 int asc_tasks_report_pending(PyObject *loop);
@@ -133,6 +138,9 @@ int asc_steps_on_loop_start(PyObject *loop);
 void asc_control_start(void);
 void asc_control_stop(void);
 void asc_control_after_fork_child(void);
+/* The same as asc_loops_before_fork / _after_fork_parent for the control socket's threads. */
+int asc_control_before_fork(void);
+void asc_control_after_fork_parent(int stopped);
 /* loops.c (small addition for the live view): the heartbeat lag of every running loop, by the
  * thread that runs it; returns how many were written (at most max). Any thread, no GIL. */
 typedef struct {

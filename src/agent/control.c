@@ -405,7 +405,7 @@ static void asc_start_threads(void) {
     asc_ctl.stop = 0;
     asc_ctl.job = ASC_JOB_IDLE;
     asc_ctl.abandoned = 0;
-    aioscope_buf_init(&asc_ctl.result);
+    aioscope_buf_free(&asc_ctl.result); /* zeroes it; frees what a run before a fork pause left */
     asc_ctl.listen_fd = asc_listen();
     if (asc_ctl.listen_fd < 0) return; /* no live view: the program runs as before */
     if (pipe2(asc_ctl.wake, O_CLOEXEC) < 0) goto fail;
@@ -472,6 +472,18 @@ void asc_control_stop(void) {
     if (asc_ctl.path[0]) unlink(asc_ctl.path);
     asc_ctl.path[0] = '\0';
     asc_ctl.started = 0;
+}
+
+/* Around a fork on 3.12+ (see asc_loops_before_fork): the threads stop and the socket goes; the
+ * parent listens again at once, under the same path. */
+int asc_control_before_fork(void) {
+    if (!asc_ctl.started || asc_ctl.pid != (long)getpid()) return 0;
+    asc_control_stop();
+    return 1;
+}
+
+void asc_control_after_fork_parent(int stopped) {
+    if (stopped) asc_start_threads();
 }
 
 void asc_control_after_fork_child(void) {

@@ -195,6 +195,39 @@ static PyObject *asc_at_exit(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* os.register_at_fork(before=..., after_in_parent=...), registered on 3.12+ only: from 3.12 on,
+ * os.fork() warns (DeprecationWarning, shown for a fork in __main__) when the process has more
+ * than one OS thread, which it counts in /proc/self/stat in the parent after the fork (3.12:
+ * before the after_in_parent hooks; 3.13: after them). The agent's own threads (the watchdog,
+ * the control socket's server and worker) must not make a single-threaded program's fork warn,
+ * so they are stopped just before the fork and started again by a pending call, which the
+ * interpreter runs once os.fork() has returned; the child starts its own (after_in_child).
+ * The flags accumulate, so that a second fork before the pending call ran loses nothing. */
+static struct {
+    int loops, control;
+} asc_fork_paused;
+
+static PyObject *asc_before_fork(PyObject *self, PyObject *unused) {
+    if (!asc_cfg.enabled) Py_RETURN_NONE;
+    asc_fork_paused.loops |= asc_loops_before_fork();
+    asc_fork_paused.control |= asc_control_before_fork();
+    Py_RETURN_NONE;
+}
+
+static int asc_fork_resume(void *unused) {
+    int loops = asc_fork_paused.loops, control = asc_fork_paused.control;
+    asc_fork_paused.loops = asc_fork_paused.control = 0;
+    asc_loops_after_fork_parent(loops);
+    asc_control_after_fork_parent(control);
+    return 0;
+}
+
+static PyObject *asc_after_fork_parent(PyObject *self, PyObject *unused) {
+    if ((asc_fork_paused.loops || asc_fork_paused.control) && Py_AddPendingCall(asc_fork_resume, NULL) < 0)
+        (void)asc_fork_resume(NULL); /* the queue is full: start them now, even if 3.13 then warns */
+    Py_RETURN_NONE;
+}
+
 /* os.register_at_fork(after_in_child=...): the child starts with an empty report of its own, so
  * that its exit does not repeat the parent's findings. The C side of fork safety (the watchdog
  * thread and its mutex) is in loops.c, in a pthread_atfork handler. */
@@ -209,6 +242,7 @@ static PyObject *asc_after_fork_child(PyObject *self, PyObject *unused) {
     aioscope_report_free(asc_mod.report);
     asc_mod.report = fresh;
     asc_mod.exit_done = 0;
+    asc_fork_paused.loops = asc_fork_paused.control = 0; /* the child restarts its own */
     asc_loops_after_fork_child();
     asc_control_after_fork_child();
     Py_RETURN_NONE;
@@ -231,6 +265,15 @@ static int asc_register_exit_hooks(PyObject *module) {
     fn = PyObject_GetAttrString(module, "_after_fork_child");
     if (!fn) goto done;
     PyObject *kw = Py_BuildValue("{s:O}", "after_in_child", fn);
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *before = kw ? PyObject_GetAttrString(module, "_before_fork") : NULL;
+    PyObject *parent = before ? PyObject_GetAttrString(module, "_after_fork_parent") : NULL;
+    if (!parent || PyDict_SetItemString(kw, "before", before) < 0 ||
+        PyDict_SetItemString(kw, "after_in_parent", parent) < 0)
+        Py_CLEAR(kw);
+    Py_XDECREF(before);
+    Py_XDECREF(parent);
+#endif
     PyObject *reg = kw ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
     PyObject *args = reg ? PyTuple_New(0) : NULL;
     r = args ? PyObject_Call(reg, args, kw) : NULL;
@@ -358,6 +401,8 @@ static PyMethodDef asc_methods[] = {
      "install(json=None, block_threshold=None): turn the agent on (idempotent)."},
     {"_at_exit", asc_at_exit, METH_NOARGS, "The agent's atexit callback (internal)."},
     {"_after_fork_child", asc_after_fork_child, METH_NOARGS, "After os.fork() in the child (internal)."},
+    {"_before_fork", asc_before_fork, METH_NOARGS, "Before os.fork(), 3.12+ (internal)."},
+    {"_after_fork_parent", asc_after_fork_parent, METH_NOARGS, "After os.fork() in the parent, 3.12+ (internal)."},
     {"snapshot", asc_live_snapshot_py, METH_NOARGS, "snapshot(): every thread and task, as dicts."},
     {"print_tasks", (PyCFunction)(void (*)(void))asc_live_print_tasks_py, METH_VARARGS | METH_KEYWORDS,
      "print_tasks(file=None): one line per task, like `aioscope ps`."},
