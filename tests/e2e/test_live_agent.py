@@ -96,6 +96,13 @@ def test_ps_json_from_agent(tree):
     assert tasks["parent"]["awaiting"] == "gather"
     assert tasks["busy"]["awaiting"].endswith("Queue.get")
     assert tasks["locked"]["awaiting"] == "Lock held by holder"
+    assert tasks["reading"]["awaiting"] == "socket read"
+    assert tasks["executor"]["awaiting"] == "executor job"
+    assert tasks["waiting-for"]["awaiting"] == "wait"
+    assert tasks["waited"]["awaited_by"] == [ids["waiting-for"]]
+    if "group-owner" in ids:  # 3.11+
+        assert tasks["group-owner"]["awaiting"] == "TaskGroup"
+        assert tasks["group-child"]["awaited_by"] == [ids["group-owner"]]
     assert tasks["failing"]["state"] == "finished"
     assert tasks["failing"]["exception"] == "ValueError: boom"
     # Who awaits whom, and who spawned whom.

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 
 BUSY_STEPS = 50
 
@@ -56,6 +57,28 @@ async def failing():
     raise ValueError("boom")
 
 
+async def reading(port):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.read(100)  # the server never writes
+    finally:
+        writer.close()
+
+
+async def in_executor(gate):
+    await asyncio.get_running_loop().run_in_executor(None, gate.wait)
+
+
+async def waiting_for(tasks):
+    tasks["waited"] = asyncio.create_task(asyncio.sleep(1000), name="waited")
+    await asyncio.wait([tasks["waited"]])
+
+
+async def group_owner(tasks):
+    async with asyncio.TaskGroup() as tg:
+        tasks["group-child"] = tg.create_task(asyncio.sleep(1000), name="group-child")
+
+
 async def main():
     logging.basicConfig(format="%(taskName)s|%(message)s")
     loop = asyncio.get_running_loop()
@@ -70,6 +93,14 @@ async def main():
     await held
     tasks["locked"] = asyncio.create_task(locked(lock), name="locked")
     tasks["failing"] = asyncio.create_task(failing(), name="failing")
+    accepted = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    tasks["reading"] = asyncio.create_task(reading(server.sockets[0].getsockname()[1]), name="reading")
+    gate = threading.Event()
+    tasks["executor"] = asyncio.create_task(in_executor(gate), name="executor")
+    tasks["waiting-for"] = asyncio.create_task(waiting_for(tasks), name="waiting-for")
+    if sys.version_info >= (3, 11):
+        tasks["group-owner"] = asyncio.create_task(group_owner(tasks), name="group-owner")
     await started
     # Let every task reach its waiting point (each needs at most a few loop iterations).
     for _ in range(10):
@@ -86,6 +117,10 @@ async def main():
     loop.add_reader(sys.stdin.fileno(), lambda: done.done() or done.set_result(None))
     await done
     loop.remove_reader(sys.stdin.fileno())
+    gate.set()
+    server.close()
+    for w in accepted:
+        w.close()
     for t in tasks.values():
         t.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
