@@ -356,3 +356,22 @@ def test_freeze_resumes_target_when_aioscope_is_interrupted(sig):
         assert t.proc.poll() is None
     finally:
         t.close()
+
+
+def test_layout_table_is_what_the_generator_produces():
+    """src/attach/layouts_gen.c is generated, never edited: rerunning tools/gen_layouts.py on the
+    interpreters its header names reproduces it byte for byte."""
+    import shutil
+    if not shutil.which("gdb"):
+        pytest.skip("gdb is not installed")
+    table = (REPO_ROOT / "src" / "attach" / "layouts_gen.c").read_text()
+    libs = re.findall(r"^ \*   (\d+\.\d+\.\d+): (\S+)$", table, re.M)
+    pythons = [str(Path(lib).parent.parent / "bin" / "python3") for _, lib in libs]
+    if not libs or not all(Path(p).exists() for p in pythons):
+        pytest.skip("the interpreters the table was generated from are not all installed")
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "gen_layouts.py"), *pythons],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert out == table
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
