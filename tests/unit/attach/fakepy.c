@@ -191,18 +191,20 @@ uint64_t fp_dict(fakepy *fp, const char *const *keys, const uint64_t *vals, size
     size_t size = 8;
     while (size < n * 2) size *= 2;
     size_t esize = (size_t)L->sizeof_dict_key_entry; /* a general (combined, hashed) table */
-    uint64_t k = fp_alloc(fp, (size_t)L->keys_indices + size + n * esize);
+    /* Index width as CPython picks it: 1 byte up to 0xff slots, 2 up to 0xffff. */
+    size_t ix = size <= 0xff ? 1 : 2;
+    uint64_t k = fp_alloc(fp, (size_t)L->keys_indices + size * ix + n * esize);
     if (fp->minor <= 10) {
         fp_put64(k, L->keys_size, size);
     } else {
         int log2 = 0;
         while ((1u << log2) < size) log2++;
         fp_put8(k, L->keys_log2_size, (uint8_t)log2);
-        fp_put8(k, L->keys_log2_index_bytes, (uint8_t)log2); /* 1-byte indices */
-        fp_put8(k, L->keys_kind, 0);                         /* DICT_KEYS_GENERAL */
+        fp_put8(k, L->keys_log2_index_bytes, (uint8_t)(log2 + (ix == 2)));
+        fp_put8(k, L->keys_kind, 0); /* DICT_KEYS_GENERAL */
     }
     fp_put64(k, L->keys_nentries, n);
-    uint64_t ents = k + (uint64_t)L->keys_indices + size;
+    uint64_t ents = k + (uint64_t)L->keys_indices + size * ix;
     for (size_t i = 0; i < n; i++) {
         fp_put64(ents, (int32_t)(i * esize + 8), fp_str(fp, keys[i]));
         fp_put64(ents, (int32_t)(i * esize + 16), vals[i]);
