@@ -153,7 +153,32 @@ static int asc_starts_with_any(PyObject *s, PyObject *prefixes)
     return 0;
 }
 
+/* In front of the dict, a small direct-mapped cache keyed by the filename object's address: a
+ * task's creation walks a few frames, and this makes each one a pointer compare. Entries hold a
+ * strong reference, so an address cannot be reused by another string while cached. */
+#define ASC_KIND_CACHE_SIZE 64 /* a power of two; programs have few hot files */
+static struct {
+    PyObject *filename; /* owned */
+    int kind;
+} asc_kind_cache[ASC_KIND_CACHE_SIZE];
+
+static int asc_classify_slow(PyObject *filename);
+
 static int asc_classify(PyObject *filename)
+{
+    size_t slot = ((uintptr_t)filename >> 4) & (ASC_KIND_CACHE_SIZE - 1);
+    if (asc_kind_cache[slot].filename == filename)
+        return asc_kind_cache[slot].kind;
+    int kind = asc_classify_slow(filename);
+    if (kind >= 0) {
+        Py_INCREF(filename);
+        Py_XSETREF(asc_kind_cache[slot].filename, filename);
+        asc_kind_cache[slot].kind = kind;
+    }
+    return kind;
+}
+
+static int asc_classify_slow(PyObject *filename)
 {
     if (!PyUnicode_Check(filename))
         return ASC_FILE_LIB;
