@@ -72,6 +72,7 @@ typedef struct {
     int64_t task_due;  /* the period the task below was seen in (0: none) */
     long long task_id;
     char *task_name;   /* owned */
+    aioscope_location task_created; /* owned strings: where that task was created, if known */
 
     /* Under the watchdog mutex: the stack of the blocked period named captured_due, innermost
      * first. A period is named by its mark (asc_slot_late): when the loop last left its poll, or
@@ -244,9 +245,8 @@ static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
     return asc_slot_late(s, asc_now_ns(), &cur) > 0 && cur == mark;
 }
 
-/* The task the loop runs right now, as (id, name). asyncio numbers tasks in their default names
- * ("Task-7"); the id is that number when the name has that form and the object's address
- * otherwise, which is what tasks.c reports too. */
+/* The task the loop runs right now: its id (the object's address, as tasks.c reports it), name
+ * and creation site (tasks.c keeps it for the tasks it made). */
 static void asc_note_task(asc_loop_slot *s, int64_t due) {
     PyObject *task = PyObject_CallOneArg(asc_lp.current_task, s->loop);
     if (!task) {
@@ -257,13 +257,13 @@ static void asc_note_task(asc_loop_slot *s, int64_t due) {
         PyObject *name = PyObject_CallMethod(task, "get_name", NULL);
         const char *n = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
         PyErr_Clear();
-        long long id = (long long)(uintptr_t)task;
-        if (n && strncmp(n, "Task-", 5) == 0 && n[5] >= '0' && n[5] <= '9') id = atoll(n + 5);
         free(s->task_name);
         s->task_name = n ? strdup(n) : NULL;
-        s->task_id = id;
+        s->task_id = (long long)(uintptr_t)task;
         s->task_due = due;
         Py_XDECREF(name);
+        aioscope_location_clear(&s->task_created);
+        if (asc_tasks_created_at(task, &s->task_created) < 0) PyErr_Clear();
     }
     Py_DECREF(task);
 }
@@ -422,6 +422,9 @@ static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
         f.has_task = 1;
         f.task_id = s->task_id;
         f.task_name = s->task_name ? strdup(s->task_name) : NULL;
+        if (s->task_created.file)
+            (void)aioscope_location_set(&f.created_at, s->task_created.file, s->task_created.line,
+                                        s->task_created.function);
     }
     free(frames);
     asc_emit(&f);
@@ -1065,16 +1068,6 @@ void asc_loops_at_exit(void) {
         if (asc_tasks_report_pending(PyList_GET_ITEM(loops, i)) < 0) asc_drop_error("pending at exit");
     }
     Py_DECREF(loops);
-}
-
-int asc_loops_before_fork(void) {
-    if (asc_lp.thread_pid != (long)getpid()) return 0;
-    asc_watchdog_stop();
-    return 1;
-}
-
-void asc_loops_after_fork_parent(int stopped) {
-    if (stopped) asc_watchdog_ensure();
 }
 
 void asc_loops_after_fork_child(void) {
