@@ -780,7 +780,6 @@ static int asc_dl_prepare(void) {
     asc_dl.aexit_func = asc_dl_lookup("asyncio.locks", "_ContextManagerMixin.__aexit__", 0);
     asc_dl.release_waiter = asc_dl_lookup("asyncio.tasks", "_release_waiter", 0);
     asc_dl.on_timeout = asc_dl_lookup("asyncio.timeouts", "Timeout._on_timeout", 0);
-    asc_dl.dis_get_instructions = asc_dl_lookup("dis", "get_instructions", 0);
     PyErr_Clear();
     /* Without these the check cannot say anything for sure. */
     return asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&

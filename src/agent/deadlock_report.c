@@ -218,6 +218,14 @@ static int asc_dl_acquire_offset(PyObject *coro, PyObject *ctx, PyObject **code_
     PyObject *locals = asc_dl_attr(f, "f_locals");
     PyObject *globals = asc_dl_attr(f, "f_globals");
     Py_DECREF(f);
+    /* dis is imported on the first report, not at start: an import takes milliseconds, which a
+     * low --block-threshold would see. */
+    if (!asc_dl.dis_get_instructions) {
+        PyObject *dis = PyImport_ImportModule("dis");
+        asc_dl.dis_get_instructions = dis ? asc_dl_attr(dis, "get_instructions") : NULL;
+        Py_XDECREF(dis);
+        PyErr_Clear();
+    }
     PyObject *instrs = asc_dl.dis_get_instructions
                            ? PyObject_CallOneArg(asc_dl.dis_get_instructions, code) : NULL;
     PyObject *it = instrs ? PyObject_GetIter(instrs) : NULL;
