@@ -771,12 +771,64 @@ int asc_tasks_report_pending(PyObject *loop)
     return 0;
 }
 
+/* 1 when asyncio.run() / Runner.close() cancels the leftovers because the main coroutine raised
+ * (KeyboardInterrupt from Ctrl-C included) rather than returned: the exception being handled
+ * then came out of loop.run_until_complete, which the runner called (uvloop's C
+ * run_until_complete leaves no frame: the runner's own `run` frame shows it). The contract's
+ * `pending-at-exit` is about a main coroutine that returned; after a crash asyncio cancels what
+ * is left as part of it. */
+static int asc_main_raised(void)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *exc = PyErr_GetHandledException();
+#else
+    PyObject *type, *exc, *etb;
+    PyErr_GetExcInfo(&type, &exc, &etb);
+    Py_XDECREF(type);
+    Py_XDECREF(etb);
+#endif
+    if (exc == NULL || exc == Py_None || !PyExceptionInstance_Check(exc)) {
+        Py_XDECREF(exc);
+        return 0;
+    }
+    int found = 0;
+    PyObject *tb = PyException_GetTraceback(exc);
+    /* Bounded: the runner's frames are the outermost ones, a few entries into the chain. */
+    for (int i = 0; tb != NULL && tb != Py_None && i < 64 && !found; i++) {
+        PyObject *frame = PyObject_GetAttrString(tb, "tb_frame");
+        PyObject *code = frame ? PyObject_GetAttrString(frame, "f_code") : NULL;
+        PyObject *name = code ? PyObject_GetAttrString(code, "co_name") : NULL;
+        PyObject *file = code ? PyObject_GetAttrString(code, "co_filename") : NULL;
+        const char *n = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+        const char *f = file && PyUnicode_Check(file) ? PyUnicode_AsUTF8(file) : NULL;
+        size_t fl = f ? strlen(f) : 0;
+        if (n && strcmp(n, "run_until_complete") == 0)
+            found = 1;
+        else if (n && f && strcmp(n, "run") == 0 &&
+                 ((fl >= 18 && strcmp(f + fl - 18, "asyncio/runners.py") == 0) ||
+                  (fl >= 18 && strcmp(f + fl - 18, "uvloop/__init__.py") == 0)))
+            found = 1;
+        Py_XDECREF(file);
+        Py_XDECREF(name);
+        Py_XDECREF(code);
+        Py_XDECREF(frame);
+        PyObject *next = PyObject_GetAttrString(tb, "tb_next");
+        Py_DECREF(tb);
+        tb = next;
+    }
+    Py_XDECREF(tb);
+    Py_DECREF(exc);
+    PyErr_Clear();
+    return found;
+}
+
 /* asyncio.runners._cancel_all_tasks(loop), wrapped: asyncio.run() and Runner.close() call it as
  * soon as the main coroutine is over, before cancelling what is left — the moment the
- * leftovers are `pending-at-exit`. */
+ * leftovers are `pending-at-exit` (when the main coroutine returned; see asc_main_raised). */
 static PyObject *asc_cancel_all_tasks(PyObject *unused, PyObject *loop)
 {
-    asc_tasks_report_pending(loop);
+    if (!asc_main_raised())
+        asc_tasks_report_pending(loop);
     return PyObject_CallFunctionObjArgs(asc_t.orig_cancel_all, loop, NULL);
 }
 
@@ -785,7 +837,8 @@ static PyMethodDef asc_cancel_all_def = {"_cancel_all_tasks", asc_cancel_all_tas
 
 static PyObject *asc_uv_cancel_all_tasks(PyObject *unused, PyObject *loop)
 {
-    asc_tasks_report_pending(loop);
+    if (!asc_main_raised())
+        asc_tasks_report_pending(loop);
     return PyObject_CallFunctionObjArgs(asc_t.uv_cancel_all, loop, NULL);
 }
 
