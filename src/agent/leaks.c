@@ -105,6 +105,27 @@ static PyObject *asc_recalled_site(PyObject *obj)
     return site;
 }
 
+/* Put our filter back in front when the program's own filter changes (simplefilter("ignore"),
+ * resetwarnings(), ...) pushed it down or removed it; run when a loop is created, so a program
+ * that sets its filters at start-up still has its leaks seen. What the program itself shows is
+ * still decided by its filters (asc_program_action skips ours). */
+static void asc_keep_filter_first(void)
+{
+    PyObject *filters = PyObject_GetAttrString(asc_lk.warnings, "filters");
+    if (filters && PyList_Check(filters) && asc_lk.our_filter &&
+        (PyList_GET_SIZE(filters) == 0 || PyList_GET_ITEM(filters, 0) != asc_lk.our_filter)) {
+        for (Py_ssize_t i = PyList_GET_SIZE(filters) - 1; i >= 0; i--)
+            if (PyList_GET_ITEM(filters, i) == asc_lk.our_filter)
+                (void)PySequence_DelItem(filters, i);
+        if (PyList_Insert(filters, 0, asc_lk.our_filter) == 0) {
+            PyObject *r = PyObject_CallMethod(asc_lk.warnings, "_filters_mutated", NULL);
+            Py_XDECREF(r);
+        }
+    }
+    Py_XDECREF(filters);
+    PyErr_Clear();
+}
+
 /* __init__ wrapper: self is the original __init__ function. An event loop also gets its task
  * factory here, not only when it starts running: tasks a program creates on a loop before
  * running it (loop.create_task(...); loop.run_forever()) then remember their creation site too. */
@@ -114,8 +135,12 @@ static PyObject *asc_init_wrapper(PyObject *orig, PyObject *args, PyObject *kwar
     if (r && asc_cfg.enabled && PyTuple_GET_SIZE(args) > 0) {
         PyObject *self = PyTuple_GET_ITEM(args, 0);
         asc_remember_site(self);
-        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1)
+        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1) {
             (void)asc_tasks_on_loop_start(self);
+            asc_keep_filter_first();
+        }
+        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1)
+            (void)asc_steps_on_loop_start(self); /* the live view: the main task's steps count too */
         PyErr_Clear();
     }
     return r;
