@@ -588,12 +588,14 @@ static void asc_read_task(aioscope_snapshot *snap, asc_links *links, asc_links *
         Py_XDECREF(lt);
     }
 
+    /* created_ns stays 0 for a task whose steps never went through our call_soon (a uvloop
+     * loop, a loop class with a C call_soon): its counters are unknown, not zero. */
     asc_task_stats *st = asc_tasks_stats(task);
-    if (st) {
+    if (st && st->created_ns) {
         t->busy_s = (double)st->busy_ns / 1e9;
         t->steps = st->steps;
         t->spawned_by = st->spawned_by;
-        if (st->created_ns) t->age_s = (double)(now_ns - st->created_ns) / 1e9;
+        t->age_s = (double)(now_ns - st->created_ns) / 1e9;
     }
     PyErr_Clear();
 }
