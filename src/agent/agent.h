@@ -148,7 +148,7 @@ typedef struct {
     double lag_s;       /* how late its heartbeat is now (0: on time) */
 } asc_loop_lag;
 int asc_loops_lags(asc_loop_lag *out, int max);
-/* livesnap.c: the module functions snapshot() / print_tasks() / _snapshot_json(). */
+/* livepy.c: the module functions snapshot() / print_tasks() / _snapshot_json(). */
 PyObject *asc_live_snapshot_py(PyObject *self, PyObject *unused);
 PyObject *asc_live_print_tasks_py(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *asc_live_snapshot_json_py(PyObject *self, PyObject *unused);
