@@ -63,7 +63,11 @@
 /* The period is stretched to this many times the last check's cost (<= 2% of the loop's time). */
 #define ASC_DL_COST_FACTOR 50
 /* A loop with more pending tasks than this is not checked: the snapshot would cost too much. */
-#define ASC_DL_MAX_TASKS 20000
+#define ASC_DL_MAX_TASKS 10000
+/* Tasks whose wait is read and classified (their await chain walked) per check at most; the
+ * classification is kept while the task stays on the same waiter, so a loop with many long
+ * waits pays for each once, spread over checks. */
+#define ASC_DL_CLASSIFY_MAX 1000
 /* Loops checked at the same time (each needs its own thread); more run unchecked. */
 #define ASC_DL_MAX_LOOPS 64
 /* A candidate deadlock not seen for this long is forgotten (its seen-time starts again). */
@@ -73,7 +77,8 @@ typedef struct {
     PyObject *loop_ref; /* owned weakref, NULL when the slot is free */
     int64_t next_ns;    /* the next check is due */
     int64_t period_ns;  /* the current period between checks (stretched when checks cost) */
-    PyObject *seen;     /* owned dict: id(task) -> (weakref(waiter), since_ns, stuck reported) */
+    PyObject *seen;     /* owned dict: id(task) -> (weakref(waiter), since_ns, stuck reported,
+                         * what it waits on (asc_wait, -1: not classified yet), its primitive) */
     PyObject *candidates; /* owned dict: key -> [seconds seen, last seen ns] */
     PyObject *reported; /* owned set of keys */
 } asc_dl_slot;
@@ -169,8 +174,11 @@ static void asc_dl_task_clear(asc_dl_task *t) {
     Py_CLEAR(t->prim);
 }
 
-/* Follow the await chain from the task's coroutine. */
-static void asc_dl_walk_chain(asc_dl_task *t) {
+/* Follow the await chain from the task's coroutine (once per check: a stable task whose
+ * classification is known from an earlier check needs it only for holders and reports). */
+void asc_dl_walk_chain(asc_dl_task *t) {
+    if (t->nchain > 0 || t->chain_walked) return;
+    t->chain_walked = 1;
     PyObject *c = PyObject_CallMethod(t->task, "get_coro", NULL);
     if (!c) PyErr_Clear();
     while (c && t->nchain < ASC_DL_MAX_CHAIN) {
@@ -228,6 +236,7 @@ static int asc_dl_visit_exit(PyObject *o, void *arg) {
 
 /* The holds of one task: every lock-like whose __aexit__ is on a stack of its chain. */
 static int asc_dl_collect_holds(asc_dl_task *t, int ti, asc_dl_hold **holds, int *nholds, int *cap) {
+    asc_dl_walk_chain(t);
     for (int d = 0; d < t->nchain; d++) {
         asc_dl_exits e = {.n = 0};
 #if PY_VERSION_HEX >= 0x030B0000
@@ -301,7 +310,7 @@ static int asc_dl_index_of(asc_dl_snap *s, PyObject *obj) {
 
 /* 1 when fut is done (or unreadable: treated as moving). */
 int asc_dl_done(PyObject *fut) {
-    PyObject *r = PyObject_CallMethod(fut, "done", NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(fut, asc_dl.str_done, NULL);
     int done = r ? PyObject_IsTrue(r) : 1;
     Py_XDECREF(r);
     if (done < 0) done = 1;
@@ -405,8 +414,9 @@ static void asc_dl_node(asc_dl_snap *s, int i) {
     }
     case W_WAIT: {
         /* ALL_COMPLETED needs every future; the others end at the first done (or failed) one. */
-        PyObject *inner = s->t[i].chain[t->nchain - 1];
-        PyObject *when = asc_dl_local(inner, "return_when");
+        asc_dl_walk_chain(t);
+        PyObject *inner = t->nchain > 0 ? t->chain[t->nchain - 1] : NULL;
+        PyObject *when = inner ? asc_dl_local(inner, "return_when") : NULL;
         if (when && PyUnicode_Check(when) && PyUnicode_CompareWithASCIIString(when, "ALL_COMPLETED") == 0)
             kind = AIOSCOPE_WAIT_SOME;
         Py_XDECREF(when);
@@ -453,7 +463,7 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
         Py_XDECREF(seen);
         return -1;
     }
-    int any_lock_wait = 0;
+    int any_lock_wait = 0, classified = 0;
     for (Py_ssize_t i = 0; i < s->n; i++) {
         asc_dl_task *t = &s->t[i];
         t->task = PyList_GET_ITEM(s->tasks, i);
@@ -464,7 +474,8 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
             return -1;
         }
         Py_DECREF(idx);
-        t->waiter = asc_dl_attr(t->task, "_fut_waiter");
+        t->waiter = PyObject_GetAttr(t->task, asc_dl.str_fut_waiter);
+        if (!t->waiter) PyErr_Clear();
         if (t->waiter == Py_None || (t->waiter && asc_dl_done(t->waiter))) Py_CLEAR(t->waiter);
         if (!t->waiter) continue; /* runnable, or being woken */
         /* Stable: the same waiter object as at the previous check, so the task ran no step in
@@ -473,29 +484,44 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
         PyObject *key = PyLong_FromVoidPtr(t->task);
         PyObject *old = key ? PyDict_GetItemWithError(slot->seen, key) : NULL; /* borrowed */
         PyErr_Clear();
-        long long since = s->now, reported = 0;
-        PyObject *wref = NULL;
-        if (old && PyTuple_Check(old) && PyTuple_GET_SIZE(old) == 3 &&
+        PyObject *val = NULL;
+        if (old && PyTuple_Check(old) && PyTuple_GET_SIZE(old) == 5 &&
             PyWeakref_CheckRef(PyTuple_GET_ITEM(old, 0)) &&
             asc_dl_weak_target(PyTuple_GET_ITEM(old, 0)) == t->waiter) {
             t->stable = 1;
-            wref = PyTuple_GET_ITEM(old, 0);
-            Py_INCREF(wref);
-            since = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 1));
-            reported = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 2));
+            t->since_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 1));
+            long wait = PyLong_AsLong(PyTuple_GET_ITEM(old, 3));
+            if (wait >= 0) {
+                /* Classified at an earlier check: the task has not run since, so its chain
+                 * and what it waits on are the same. */
+                t->wait = (asc_wait)wait;
+                t->prim = PyTuple_GET_ITEM(old, 4) == Py_None ? NULL : PyTuple_GET_ITEM(old, 4);
+                Py_XINCREF(t->prim);
+                Py_INCREF(old);
+                val = old;
+            } else if (classified >= ASC_DL_CLASSIFY_MAX) {
+                /* Over this check's budget: classified at a later check; free until then. */
+                Py_INCREF(old);
+                val = old;
+            } else {
+                classified++;
+                asc_dl_walk_chain(t);
+                asc_dl_classify(t);
+                val = Py_BuildValue("(OLOiO)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns,
+                                    PyTuple_GET_ITEM(old, 2), (int)t->wait, t->prim ? t->prim : Py_None);
+            }
         } else {
-            wref = PyWeakref_NewRef(t->waiter, NULL);
+            /* First seen on this waiter: (weakref(waiter), since, stuck reported, wait, prim),
+             * the wait -1 until classified at the next check, if still the same. */
+            t->since_ns = s->now;
+            PyObject *wref = PyWeakref_NewRef(t->waiter, NULL);
+            val = wref ? Py_BuildValue("(NLiiO)", wref, (long long)s->now, 0, -1, Py_None) : NULL;
         }
-        t->since_ns = since;
-        PyObject *val = wref ? Py_BuildValue("(NLL)", wref, since, reported) : NULL;
         if (key && val) (void)PyDict_SetItem(seen, key, val);
         Py_XDECREF(key);
         Py_XDECREF(val);
         PyErr_Clear();
-        if (!t->stable) continue;
-        asc_dl_walk_chain(t);
-        asc_dl_classify(t);
-        if (t->wait == W_LOCK || t->wait == W_SEM) any_lock_wait = 1;
+        if (t->stable && (t->wait == W_LOCK || t->wait == W_SEM)) any_lock_wait = 1;
     }
     Py_SETREF(slot->seen, seen);
     /* Holders matter only to a waiter of a lock; a holder that is not stable is moving and so
@@ -526,6 +552,7 @@ static int asc_dl_cmp_ptr(const void *a, const void *b) {
 /* Where a task is suspended, as one number: the code object and instruction of its innermost
  * frame of the program's own code (else of its innermost frame). */
 static uintptr_t asc_dl_site_id(asc_dl_task *t) {
+    asc_dl_walk_chain(t);
     uintptr_t fallback = (uintptr_t)t->task;
     for (int d = t->nchain - 1; d >= 0; d--) {
         PyObject *f = asc_dl_frame_of(t->chain[d]);
@@ -668,15 +695,20 @@ static void asc_dl_check(asc_dl_slot *slot, PyObject *loop, int64_t now, int64_t
     /* stuck-task: long waits on something other than tasks, sleeps and servers. */
     for (Py_ssize_t i = 0; i < s.n; i++) {
         asc_dl_task *t = &s.t[i];
-        if (!t->stable || s.blocked[i] || (double)(now - t->since_ns) / 1e9 < asc_cfg.stuck_after_s) continue;
+        if (!t->stable || t->wait == W_RUNNABLE || s.blocked[i] ||
+            (double)(now - t->since_ns) / 1e9 < asc_cfg.stuck_after_s)
+            continue;
         asc_wait w = t->wait;
         if (w == W_SLEEP || w == W_SERVE || w == W_TASK || w == W_GATHER || w == W_WAIT ||
             w == W_WAIT_FOR || w == W_TASKGROUP)
             continue;
         PyObject *key = PyLong_FromVoidPtr(t->task);
         PyObject *old = key ? PyDict_GetItemWithError(slot->seen, key) : NULL; /* borrowed */
-        if (old && PyTuple_Check(old) && PyLong_AsLongLong(PyTuple_GET_ITEM(old, 2)) == 0) {
-            PyObject *val = Py_BuildValue("(OLL)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns, 1LL);
+        if (old && PyTuple_Check(old) && PyTuple_GET_SIZE(old) == 5 &&
+            PyLong_AsLongLong(PyTuple_GET_ITEM(old, 2)) == 0) {
+            asc_dl_walk_chain(t);
+            PyObject *val = Py_BuildValue("(OLiOO)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns, 1,
+                                          PyTuple_GET_ITEM(old, 3), PyTuple_GET_ITEM(old, 4));
             if (val) (void)PyDict_SetItem(slot->seen, key, val);
             Py_XDECREF(val);
             aioscope_finding f;
@@ -694,7 +726,7 @@ static void asc_dl_check(asc_dl_slot *slot, PyObject *loop, int64_t now, int64_t
                      f.duration_s, what ? what : "?");
             f.message = strdup(msg);
             free(what);
-            if (asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
+            if (t->nchain > 0 && asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
             if (asc_tasks_created_at(t->task, &f.created_at) < 0) PyErr_Clear();
             asc_emit(&f);
         }
@@ -757,6 +789,8 @@ static asc_dl_slot *asc_dl_slot_for(PyObject *loop) {
 
 /* Look up what the check compares against, once asyncio is there (the first heartbeat). */
 static int asc_dl_prepare(void) {
+    asc_dl.str_fut_waiter = PyUnicode_InternFromString("_fut_waiter");
+    asc_dl.str_done = PyUnicode_InternFromString("done");
     asc_dl.all_tasks = asc_dl_lookup("asyncio", "all_tasks", 0);
     asc_dl.task_type = asc_dl_lookup("asyncio", "Task", 0);
     asc_dl.gathering_type = asc_dl_lookup("asyncio.tasks", "_GatheringFuture", 0);
@@ -782,7 +816,7 @@ static int asc_dl_prepare(void) {
     asc_dl.on_timeout = asc_dl_lookup("asyncio.timeouts", "Timeout._on_timeout", 0);
     PyErr_Clear();
     /* Without these the check cannot say anything for sure. */
-    return asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&
+    return asc_dl.str_fut_waiter && asc_dl.str_done && asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&
                    asc_dl.aexit_func ? 0 : -1;
 }
 

@@ -26,6 +26,7 @@ typedef struct {
     PyObject *waiter;  /* _fut_waiter, NULL when runnable */
     PyObject *chain[ASC_DL_MAX_CHAIN]; /* coroutine-likes, outermost first */
     int nchain;
+    int chain_walked;  /* the chain was read in this check (it may be empty) */
     int stable;        /* same waiter as at the previous check */
     asc_wait wait;
     PyObject *prim;    /* the Lock/Semaphore/Condition/Event/Queue/TaskGroup/inner task, or NULL */
@@ -68,6 +69,7 @@ typedef struct {
     PyObject *release_waiter;  /* asyncio.tasks._release_waiter: wait_for/wait timeouts */
     PyObject *on_timeout;      /* asyncio.timeouts.Timeout._on_timeout (3.11+), or NULL */
     PyObject *dis_get_instructions;
+    PyObject *str_fut_waiter, *str_done; /* interned attribute names of the per-task reads */
 } asc_dl_state;
 extern asc_dl_state asc_dl;
 
@@ -87,6 +89,7 @@ static inline PyCodeObject *PyFrame_GetCode(PyFrameObject *f) {
 PyObject *asc_dl_attr(PyObject *o, const char *name);     /* new ref or NULL, never raises */
 PyObject *asc_dl_frame_of(PyObject *c);                   /* a coroutine's frame, new ref */
 int asc_dl_done(PyObject *fut);                           /* 1 when done (or unreadable) */
+void asc_dl_walk_chain(asc_dl_task *t);                   /* read the await chain, once */
 
 /* deadlock_report.c */
 /* 1 when every task of the snapshot waits and nothing but a timeout can ever wake one. */

@@ -177,7 +177,7 @@ static int asc_dl_no_threads(void) {
 int asc_dl_loop_asleep(asc_dl_snap *s) {
     if (s->n == 0) return 0;
     for (Py_ssize_t i = 0; i < s->n; i++)
-        if (!s->t[i].stable) return 0;
+        if (!s->t[i].stable || s->t[i].wait == W_RUNNABLE) return 0; /* moving, or not read yet */
     /* Only a selector loop shows its ready queue, timers and selector (not uvloop). */
     return asc_dl_all_inert(s->loop, "_ready", 0) && asc_dl_all_inert(s->loop, "_scheduled", 1) &&
            asc_dl_no_fds(s->loop) && asc_dl_no_signal_handlers() && asc_dl_no_threads();
@@ -345,6 +345,7 @@ static char *asc_dl_names_of(PyObject *fs) {
 
 /* 1 when nothing but the waiting task (its coroutines and frames) refers to the future. */
 static int asc_dl_future_orphan(asc_dl_task *t) {
+    asc_dl_walk_chain(t);
     PyObject *gc = PyImport_ImportModule("gc");
     PyObject *refs = gc ? PyObject_CallMethod(gc, "get_referrers", "O", t->waiter) : NULL;
     Py_XDECREF(gc);
@@ -472,6 +473,7 @@ void asc_dl_report(asc_dl_snap *s, const int *members, int n, const char *messag
         p->waiting_on = asc_dl_describe(s, members[k]);
         aioscope_finding where;
         aioscope_finding_init(&where);
+        asc_dl_walk_chain(t);
         if (t->nchain > 0 && asc_fill_from_coro(&where, t->chain[0]) < 0) PyErr_Clear();
         (void)aioscope_location_set(&p->site, where.site.file, where.site.line, where.site.function);
         if (asc_tasks_created_at(t->task, &p->created_at) < 0) PyErr_Clear();
