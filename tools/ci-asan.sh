@@ -3,10 +3,11 @@
 #
 #   1. build-asan/ (gcc, -Db_sanitize=address,undefined): the core, the attach library, the CLI
 #      and the C unit tests; runs the unit tests (leak checking on, any UBSan report fatal);
-#   2. a subset of the end-to-end tests with that CLI (AIOSCOPE_BIN=build-asan/aioscope), on one
-#      interpreter, with the agent of the ordinary build (build/python, via AIOSCOPE_HOME: the
+#   2. a subset of the end-to-end tests with that CLI on one interpreter, with the agent
+#      of the ordinary build (build/python: the
 #      agent is loaded by an interpreter that is not built with ASan, so it cannot be the
-#      sanitized one), so every CLI run of those tests is checked for memory errors and leaks;
+#      sanitized one; build-asan/e2e-home/ holds the CLI and a link to it), so every CLI run of
+#      those tests is checked for memory errors and leaks;
 #   3. every fuzz target of tests/fuzz/ for FUZZ_SECONDS each with clang's libFuzzer, from a
 #      build-fuzz/ where everything is compiled with clang, ASan+UBSan and coverage; clang is
 #      installed from Debian's packages when missing (as root). Without clang, the targets are
@@ -17,7 +18,7 @@
 #       tools/ci-asan.sh --only fuzz --fuzz-seconds 3600
 #   A target's corpus grows in build-fuzz/corpus-<target>/ between runs; crash inputs land in
 #   build-fuzz/crashes/ and the script fails naming them.
-# Needs build/ built first (tools/build.sh) for step 2.
+# Needs build/ built first (tools/build.sh) for step 2 (AIOSCOPE_AGENT_BUILD=dir to use another).
 set -eu
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -78,8 +79,9 @@ fi
 
 # ---- 3. end-to-end subset with the sanitized CLI ---------------------------------------------------
 if want e2e; then
-    if [ ! -d build/python/aioscope ]; then
-        echo "ci-asan: build/ is not built (tools/build.sh): no agent for the end-to-end subset" >&2
+    agent_build=${AIOSCOPE_AGENT_BUILD:-build}
+    if [ ! -d "$agent_build/python/aioscope" ]; then
+        echo "ci-asan: $agent_build/ is not built (tools/build.sh): no agent for the end-to-end subset" >&2
         status=1
     else
         if [ -z "$e2e_python" ]; then
@@ -91,7 +93,14 @@ if want e2e; then
         # tests, and the robustness scenarios (signals, fork, os._exit, KeyboardInterrupt...).
         # LSan reports a leak by a non-zero exit status, which those tests check.
         jobs=$(nproc 2>/dev/null || echo 2)
-        if AIOSCOPE_BIN="$REPO/build-asan/aioscope" AIOSCOPE_HOME="$REPO/build/python" \
+        # The CLI finds the agent next to itself (python/): a copy of the sanitized binary goes
+        # beside a link to the ordinary build's agent package.
+        home=build-asan/e2e-home
+        rm -rf "$home"
+        mkdir -p "$home"
+        cp build-asan/aioscope "$home/aioscope"
+        ln -s "$REPO/$agent_build/python" "$home/python"
+        if AIOSCOPE_BIN="$REPO/$home/aioscope" \
             AIOSCOPE_E2E_PYTHONS="$e2e_python" ROBUSTNESS_TASKS=100000 \
             python3 -m pytest -q -n "$jobs" -p no:cacheprovider \
             -k "asyncio and not uvloop or robustness or cli" \

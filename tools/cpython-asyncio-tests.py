@@ -59,6 +59,7 @@ CI_SUBSET = [
     "test_asyncio.test_pep492",
     "test_asyncio.test_unix_events",
     "test_asyncio.test_threads",
+    "test_asyncio.test_subprocess",   # child watchers, fork+exec, SIGCHLD
     "test_asyncio.test_taskgroups",   # 3.11+
     "test_asyncio.test_timeouts",     # 3.11+
     "test_asyncio.test_eager_task_factory",  # 3.12+
