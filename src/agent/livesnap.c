@@ -7,7 +7,7 @@
  * whom (a task, a gather, a TaskGroup, asyncio.wait), and the agent's own counters (busy time,
  * steps, age, spawner: steps.c). The result is the one snapshot model of include/aioscope/
  * snapshot.h, which the control socket (control.c) sends as JSON and snapshot() / print_tasks()
- * give to the program itself.
+ * give to the program itself. The threads' part is in livethreads.c.
  *
  * Speed matters here, because the program's loop waits while we hold the GIL: a C Task's fields
  * (state, coroutine, the future it waits on, its loop) are read directly at the offsets of the
@@ -30,8 +30,6 @@
 /* A coroutine chain deeper than this is cut (the innermost frames are the interesting ones only
  * for the "awaiting" classification, which uses the last frame read). */
 #define ASC_MAX_CORO_DEPTH 64
-/* Thread stacks deeper than this keep their innermost frames. */
-#define ASC_MAX_THREAD_FRAMES 256
 /* A gather / wait / TaskGroup with more children than this links only the first ones. */
 #define ASC_MAX_CHILDREN 4096
 
@@ -45,7 +43,7 @@ static struct {
     PyObject *aexit_func;      /* owned: asyncio.locks._ContextManagerMixin.__aexit__ (or NULL) */
     PyObject *cond_type;       /* owned: asyncio.Condition (or NULL) */
     PyObject *s_get_name, *s_cr_frame, *s_cr_await, *s_gi_frame, *s_gi_yieldfrom, *s_ag_await,
-        *s_f_locals, *s_thread_id, *s_children, *s_when, *s_tasks, *s_fs, *s_self, *s_exception,
+        *s_f_locals, *s_children, *s_when, *s_tasks, *s_fs, *s_self, *s_exception,
         *s_log_traceback, *s_cancelling, *s_must_cancel, *s_h;
 } asc_ls;
 
@@ -60,7 +58,6 @@ static int asc_ls_init(void) {
     ASC_INTERN(s_gi_yieldfrom, "gi_yieldfrom")
     ASC_INTERN(s_ag_await, "ag_await")
     ASC_INTERN(s_f_locals, "f_locals")
-    ASC_INTERN(s_thread_id, "_thread_id")
     ASC_INTERN(s_children, "_children")
     ASC_INTERN(s_when, "_when")
     ASC_INTERN(s_tasks, "_tasks")
@@ -118,7 +115,7 @@ static int asc_is_c_task(PyObject *obj) {
 }
 
 /* UTF-8 of a str (cached in the object by CPython), interned into the snapshot. */
-static const char *asc_str(aioscope_snapshot *snap, PyObject *s, const char *dflt) {
+const char *asc_live_str(aioscope_snapshot *snap, PyObject *s, const char *dflt) {
     const char *u = s && PyUnicode_Check(s) ? PyUnicode_AsUTF8(s) : NULL;
     if (!u) {
         PyErr_Clear();
@@ -128,31 +125,21 @@ static const char *asc_str(aioscope_snapshot *snap, PyObject *s, const char *dfl
 }
 
 /* file / function / line of a frame object. */
-static void asc_frame_info(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out) {
+void asc_live_frame_info(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out) {
 #if PY_VERSION_HEX >= 0x03090000
     PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame); /* new reference */
 #else
     PyCodeObject *code = ((PyFrameObject *)frame)->f_code;
     Py_INCREF(code);
 #endif
-    out->file = asc_str(snap, code->co_filename, "?");
+    out->file = asc_live_str(snap, code->co_filename, "?");
 #if PY_VERSION_HEX >= 0x030B0000
-    out->function = asc_str(snap, code->co_qualname, "?");
+    out->function = asc_live_str(snap, code->co_qualname, "?");
 #else
-    out->function = asc_str(snap, code->co_name, "?");
+    out->function = asc_live_str(snap, code->co_name, "?");
 #endif
     out->line = PyFrame_GetLineNumber((PyFrameObject *)frame);
     Py_DECREF(code);
-}
-
-static PyObject *asc_frame_back(PyObject *frame) {
-#if PY_VERSION_HEX >= 0x03090000
-    return (PyObject *)PyFrame_GetBack((PyFrameObject *)frame); /* new reference */
-#else
-    PyObject *b = (PyObject *)((PyFrameObject *)frame)->f_back;
-    Py_XINCREF(b);
-    return b;
-#endif
 }
 
 /* Attribute or NULL, never an exception. */
@@ -414,8 +401,8 @@ static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap
         PyErr_Clear();
         return 0;
     }
-    out->file = asc_str(snap, ((PyCodeObject *)code)->co_filename, "?");
-    out->function = asc_str(snap, ((PyCodeObject *)code)->co_qualname, "?");
+    out->file = asc_live_str(snap, ((PyCodeObject *)code)->co_filename, "?");
+    out->function = asc_live_str(snap, ((PyCodeObject *)code)->co_qualname, "?");
     out->line = line > 0 ? line : 0;
     Py_DECREF(code);
     return 1;
@@ -501,7 +488,7 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro, Py
             /* Before 3.11 the frame is a real object already: reading it allocates nothing. */
             PyObject *frame = asc_getattr(obj, is_coro ? asc_ls.s_cr_frame : asc_ls.s_gi_frame);
             got = frame && frame != Py_None;
-            if (got) asc_frame_info(snap, frame, &tmp[n]);
+            if (got) asc_live_frame_info(snap, frame, &tmp[n]);
             Py_XDECREF(frame);
         }
         if (!got) break;
@@ -546,7 +533,7 @@ static void asc_read_task(aioscope_snapshot *snap, asc_links *links, asc_links *
     t->loop = (uint64_t)(uintptr_t)loop;
 
     PyObject *name = PyObject_CallMethodObjArgs(task, asc_ls.s_get_name, NULL);
-    t->name = asc_str(snap, name, "?");
+    t->name = asc_live_str(snap, name, "?");
     Py_XDECREF(name);
 
     if (t->state == AIOSCOPE_TASK_PENDING) {
@@ -659,114 +646,6 @@ static PyObject *asc_all_tasks(void) {
     return list;
 }
 
-/* ---- threads ------------------------------------------------------------------------------- */
-
-static int asc_read_threads(aioscope_snapshot *snap) {
-    PyObject *frames = _PyThread_CurrentFrames(); /* {thread id: innermost frame} */
-    if (!frames) return -1;
-    Py_ssize_t n = PyDict_GET_SIZE(frames);
-    snap->threads = calloc(n ? (size_t)n : 1, sizeof *snap->threads);
-    if (!snap->threads) {
-        Py_DECREF(frames);
-        PyErr_NoMemory();
-        return -1;
-    }
-    Py_ssize_t pos = 0;
-    PyObject *key, *frame;
-    while (PyDict_Next(frames, &pos, &key, &frame)) {
-        aioscope_snap_thread *th = &snap->threads[snap->nthreads++];
-        th->thread_id = PyLong_AsUnsignedLongLong(key);
-        th->running_task = -1;
-        aioscope_snap_frame tmp[ASC_MAX_THREAD_FRAMES];
-        size_t k = 0;
-        PyObject *f = frame;
-        Py_INCREF(f);
-        while (f && k < ASC_MAX_THREAD_FRAMES) {
-            asc_frame_info(snap, f, &tmp[k++]);
-            PyObject *back = asc_frame_back(f);
-            Py_DECREF(f);
-            f = back;
-        }
-        Py_XDECREF(f);
-        th->frames = malloc((k ? k : 1) * sizeof *th->frames);
-        if (th->frames) {
-            memcpy(th->frames, tmp, k * sizeof *th->frames);
-            th->nframes = k;
-        }
-    }
-    Py_DECREF(frames);
-    PyErr_Clear();
-    /* The OS thread ids: threading keeps them on its Thread objects (3.8+). */
-    PyObject *threading = PyImport_ImportModule("threading");
-    PyObject *active = threading ? PyObject_GetAttrString(threading, "_active") : NULL;
-    if (active && PyDict_Check(active)) {
-        for (size_t i = 0; i < snap->nthreads; i++) {
-            PyObject *k = PyLong_FromUnsignedLongLong(snap->threads[i].thread_id);
-            PyObject *t = k ? PyDict_GetItemWithError(active, k) : NULL; /* borrowed */
-            PyObject *nid = t ? PyObject_GetAttrString(t, "native_id") : NULL;
-            if (nid && PyLong_Check(nid)) snap->threads[i].native_id = PyLong_AsUnsignedLongLong(nid);
-            Py_XDECREF(nid);
-            Py_XDECREF(k);
-            PyErr_Clear();
-        }
-    }
-    Py_XDECREF(active);
-    Py_XDECREF(threading);
-    PyErr_Clear();
-    return 0;
-}
-
-static long asc_thread_index(aioscope_snapshot *snap, uint64_t thread_id) {
-    for (size_t i = 0; i < snap->nthreads; i++)
-        if (snap->threads[i].thread_id == thread_id) return (long)i;
-    return -1;
-}
-
-/* Which thread runs each loop (loop._thread_id, set while it runs), which task it is running now
- * (_current_tasks), and whether it is polling (its innermost frame is the selector's select). */
-static void asc_place_loops(aioscope_snapshot *snap, PyObject *tasks) {
-    PyObject *seen = PyDict_New();
-    if (!seen) {
-        PyErr_Clear();
-        return;
-    }
-    for (size_t i = 0; i < snap->ntasks; i++) {
-        PyObject *task = PyList_GET_ITEM(tasks, (Py_ssize_t)i);
-        aioscope_snap_task *t = &snap->tasks[i];
-        if (!t->loop) continue;
-        PyObject *loop = asc_is_c_task(task) ? asc_task_field(task, asc_ls.layout->task_loop) : NULL;
-        if (!loop) continue;
-        PyObject *idx = PyDict_GetItemWithError(seen, loop);
-        long th = -1;
-        if (idx) {
-            th = PyLong_AsLong(idx);
-        } else {
-            PyObject *tid = asc_getattr(loop, asc_ls.s_thread_id);
-            if (tid && PyLong_Check(tid)) th = asc_thread_index(snap, PyLong_AsUnsignedLongLong(tid));
-            Py_XDECREF(tid);
-            PyObject *v = PyLong_FromLong(th);
-            if (v) PyDict_SetItem(seen, loop, v);
-            Py_XDECREF(v);
-            if (th >= 0) {
-                aioscope_snap_thread *thr = &snap->threads[th];
-                thr->loop = t->loop;
-                PyObject *cur = asc_ls.current_tasks && PyDict_Check(asc_ls.current_tasks)
-                                    ? PyDict_GetItemWithError(asc_ls.current_tasks, loop)
-                                    : NULL;
-                if (cur) thr->running_task = aioscope_snapshot_find_task(snap, (uint64_t)(uintptr_t)cur);
-                /* "select" or, with 3.11's qualified names, "EpollSelector.select". */
-                int polling = thr->nframes > 0 && asc_ends_with(thr->frames[0].function, "select") &&
-                              asc_ends_with(thr->frames[0].file, "selectors.py");
-                thr->loop_state = polling ? AIOSCOPE_LOOP_POLLING : AIOSCOPE_LOOP_RUNNING;
-            }
-        }
-        PyErr_Clear();
-        t->thread = (th >= 0 && snap->threads[th].running_task == (long)i) ? th : -1;
-    }
-    Py_DECREF(seen);
-    PyErr_Clear();
-}
-
 /* Pause the cyclic GC; returns 1 when it was on. */
 static int asc_gc_pause(void) {
 #if PY_VERSION_HEX >= 0x030A0000
@@ -864,7 +743,7 @@ int asc_live_collect(aioscope_snapshot **out) {
     snap->has_agent_fields = 1;
     asc_links links = {0}, holds = {0};
     PyObject *tasks = NULL;
-    if (asc_read_threads(snap) < 0) goto err;
+    if (asc_live_read_threads(snap) < 0) goto err;
     tasks = asc_all_tasks();
     if (!tasks) goto err;
     Py_ssize_t n = PyList_GET_SIZE(tasks);
@@ -885,7 +764,7 @@ int asc_live_collect(aioscope_snapshot **out) {
     if (gc_was_on) asc_gc_resume();
     asc_apply_links(snap, &links);
     asc_apply_holds(snap, &holds);
-    asc_place_loops(snap, tasks);
+    asc_live_place_loops(snap, asc_ls.current_tasks);
     free(links.v);
     free(holds.v);
     Py_DECREF(tasks);
