@@ -95,6 +95,8 @@ static struct {
     } loops[ASC_TRACE_MAX_LOOPS];
     int nloops;
     PyObject *str_done, *str_cancelled, *str_get_name, *str_get_coro, *str_qualname, *str_run_once;
+    PyTypeObject *done_type;  /* borrowed: the task type done_meth was looked up on */
+    PyObject *done_meth;      /* owned: done_type.done, called unbound for every step */
     PyObject *current_task;   /* owned: asyncio.current_task */
     PyObject *orig_sigterm;   /* owned: the handler we replaced (SIG_DFL) */
     int dumped;
@@ -174,7 +176,7 @@ static void asc_trace_read_name(PyObject *task, asc_task_stats *st) {
 static void asc_trace_adopt(PyObject *task, asc_task_stats *st) {
     st->trace_track = asc_tr.next_task_track;
     asc_tr.next_task_track += ASC_TRACK_STEP;
-    asc_trace_read_name(task, st);
+    /* The name is read at the task's first step (see ASC_TF_NAMED), once it is final. */
     PyObject *coro = PyObject_CallMethodObjArgs(task, asc_tr.str_get_coro, NULL);
     PyObject *qual = coro && coro != Py_None ? PyObject_GetAttr(coro, asc_tr.str_qualname) : NULL;
     st->trace_name = asc_trace_intern(qual);
@@ -209,7 +211,13 @@ void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) 
     }
     asc_trace_put(ASC_EV_STEP, t0, t1 - t0, st->trace_track, st->trace_name, st->trace_label, 0, 0);
     /* Did this step end the task? done() is cheap and, unlike exception(), changes nothing. */
-    PyObject *done = PyObject_CallMethodObjArgs(task, asc_tr.str_done, NULL);
+    /* task.done(), the method looked up once per task type rather than per step. */
+    if (Py_TYPE(task) != asc_tr.done_type) {
+        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(task), asc_tr.str_done);
+        Py_XSETREF(asc_tr.done_meth, m);
+        asc_tr.done_type = m ? Py_TYPE(task) : NULL;
+    }
+    PyObject *done = asc_tr.done_meth ? PyObject_Vectorcall(asc_tr.done_meth, &task, 1, NULL) : NULL;
     if (done == Py_True) {
         PyObject *c = PyObject_CallMethodObjArgs(task, asc_tr.str_cancelled, NULL);
         asc_trace_put(ASC_EV_TASK_DONE, t1, 0, st->trace_track, st->trace_name, st->trace_label, 0,
@@ -353,7 +361,11 @@ static void asc_trace_wrap_ready(PyObject *loop) {
     /* _ready holds what is due now: a handful of handles at a loop's start. */
     while (it && (h = PyIter_Next(it)) != NULL) {
         PyObject *cb = PyObject_GetAttrString(h, "_callback");
-        PyObject *task = cb && Py_TYPE(cb) != &asc_early_step_type ? PyObject_GetAttrString(cb, "__self__") : NULL;
+        /* Steps steps.c already wraps (its TaskStep, when the loop was hooked early enough)
+         * are traced by it: wrapping them again would draw every such step twice. */
+        int wrapped = cb && (Py_TYPE(cb) == &asc_early_step_type ||
+                             strcmp(Py_TYPE(cb)->tp_name, "aioscope._agent.TaskStep") == 0);
+        PyObject *task = cb && !wrapped ? PyObject_GetAttrString(cb, "__self__") : NULL;
         if (task && asc_tasks_stats(task)) {
             asc_early_step *w = PyObject_New(asc_early_step, &asc_early_step_type);
             if (w) {
@@ -443,6 +455,10 @@ uint32_t asc_trace_current_track(void) {
     PyObject *t = asc_tr.current_task ? PyObject_CallObject(asc_tr.current_task, NULL) : NULL;
     asc_task_stats *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
     if (st && !st->trace_track) asc_trace_adopt(t, st);
+    if (st && !(st->trace_flags & ASC_TF_NAMED)) { /* running: its name is final */
+        st->trace_flags |= ASC_TF_NAMED;
+        asc_trace_read_name(t, st);
+    }
     uint32_t track = st ? st->trace_track : 0;
     Py_XDECREF(t);
     PyErr_Clear();
@@ -506,6 +522,17 @@ static int asc_trace_write(const char *path) {
     uint64_t start = asc_tr.written - kept;
     int first = 1;
 
+    /* First pass: each task track's final label (its name as read at its steps), so that the
+     * creation instant, recorded before the name was final, shows it too. */
+    for (uint64_t k = start; tracks && k < asc_tr.written; k++) {
+        const asc_tev *e = &asc_tr.ring[k % asc_tr.limit];
+        size_t i = (e->track - ASC_TRACK_TASK0) / ASC_TRACK_STEP;
+        if (e->track >= ASC_TRACK_TASK0 && i < ntracks && e->type != ASC_EV_LOCK_WAIT &&
+            e->type != ASC_EV_LOCK_HOLD && e->label) {
+            tracks[i].label = e->label;
+            tracks[i].name = e->name;
+        }
+    }
     fputs("{\"traceEvents\":[", out);
     for (uint64_t k = start; k < asc_tr.written; k++) {
         const asc_tev *e = &asc_tr.ring[k % asc_tr.limit];
@@ -537,7 +564,7 @@ static int asc_trace_write(const char *path) {
             fprintf(out, ",\"tid\":%u,\"s\":\"t\",\"cat\":\"task\",\"name\":\"task created\"", e->track);
             asc_put_ts(out, "ts", ts);
             fputs(",\"args\":{\"task\":", out);
-            asc_put_label(out, e->label);
+            asc_put_label(out, ti && ti->label ? ti->label : e->label);
             fputs(",\"coro\":", out);
             asc_put_str(out, asc_name(e->name));
             if (e->aux) fprintf(out, ",\"spawned_by_track\":%llu", (unsigned long long)e->aux);
@@ -588,8 +615,7 @@ static int asc_trace_write(const char *path) {
         }
         if (ti && e->type != ASC_EV_LOCK_WAIT && e->type != ASC_EV_LOCK_HOLD) {
             ti->seen = 1;
-            ti->label = e->label;
-            ti->name = e->name;
+            if (!ti->label) ti->label = e->label, ti->name = e->name;
         }
     }
 
