@@ -10,7 +10,7 @@ sys.setrecursionlimit(3000)
 
 async def descend(depth):
     if depth == 0:
-        time.sleep(0.3)  # EXPECT: blocking-call min_duration=0.2
+        time.sleep(0.6)  # EXPECT: blocking-call min_duration=0.5
         return 0
     return 1 + await descend(depth - 1)
 

@@ -15,7 +15,7 @@ async def short():
 
 async def child_main():
     await asyncio.sleep(0.01)
-    time.sleep(0.3)  # EXPECT: blocking-call min_duration=0.2
+    time.sleep(0.6)  # EXPECT: blocking-call min_duration=0.5
     await asyncio.sleep(0.01)
 
 

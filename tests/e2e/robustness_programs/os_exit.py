@@ -7,7 +7,7 @@ import time
 
 async def main():
     await asyncio.sleep(0.01)
-    time.sleep(0.3)  # EXPECT: blocking-call min_duration=0.2
+    time.sleep(0.6)  # EXPECT: blocking-call min_duration=0.5
     await asyncio.sleep(0.05)  # the late heartbeat runs here and reports the block
     print("leaving with os._exit(3)", flush=True)
     os._exit(3)

@@ -16,7 +16,7 @@ async def worker(n):
 async def thread_main(index):
     if index == 3:
         await asyncio.sleep(0.02)
-        time.sleep(0.3)  # EXPECT: blocking-call min_duration=0.2
+        time.sleep(0.6)  # EXPECT: blocking-call min_duration=0.5
     values = await asyncio.gather(*(worker(n) for n in range(50)))
     queue = asyncio.Queue()
     for v in values:
