@@ -42,15 +42,21 @@
  *
  * Certainty over speed: a task whose _fut_waiter changed since the previous check is free (it is
  * making progress), and a deadlock is reported once it has been seen for AIOSCOPE_DEADLOCK_AFTER
- * seconds (default 1) of checks; the same tasks are never reported twice for the same kind.
+ * seconds (default 1) of checks, added up across interruptions (a timeout that breaks it and a
+ * retry that re-forms it). A deadlock is named by where its tasks are suspended, so the same one
+ * formed again is never reported twice.
+ *
+ * Cost: a task's classification is kept while it stays on the same waiter (it has not run), at
+ * most ASC_DL_CLASSIFY_MAX tasks are classified per check, and holders are read only when a task
+ * waits on a lock. About 2.5 ms per check with 10 000 idle tasks, 0.5 ms with a few hundred.
  *
  * stuck-task (info): a task that waited on the same future for AIOSCOPE_STUCK_AFTER seconds while
  * its loop kept running, unless it sleeps, serves, or waits on other tasks (they are what is
  * slow, and they are reported themselves).
  *
  * AIOSCOPE_ON_DEADLOCK=exit: after a deadlock is reported (the event stream, and stderr at once
- * because the program may never end), the process ends with status 4 (deadlock_report.c); `aioscope
- * run --on-deadlock exit` then exits with 4 as well. */
+ * because the program may never end), the process ends with status 4 (deadlock_report.c);
+ * `aioscope run --on-deadlock exit` then exits with 4 as well. */
 #include "agent/deadlock.h"
 
 #include <stdlib.h>
