@@ -47,11 +47,11 @@
 #define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
 #endif
 
-/* Events kept by default: 40 bytes each, so 20 MB of ring and a file of roughly 50-80 MB,
+/* Events kept by default: 48 bytes each, so 24 MB of ring and a file of roughly 50-80 MB,
  * which Perfetto opens comfortably; --trace-limit changes it. */
 #define ASC_TRACE_DEFAULT_LIMIT 500000
 /* Smallest and largest accepted limits: below a few hundred events a trace shows nothing
- * useful; above 50 million the ring alone would take 2 GB. */
+ * useful; above 50 million the ring alone would take 2.4 GB. */
 #define ASC_TRACE_MIN_LIMIT 100
 #define ASC_TRACE_MAX_LIMIT 50000000
 /* Distinct names kept; a program generating names without bound (a task name per request)
@@ -98,7 +98,6 @@ static struct {
     PyTypeObject *done_type;  /* borrowed: the task type done_meth was looked up on */
     PyObject *done_meth;      /* owned: done_type.done, called unbound for every step */
     PyObject *current_task;   /* owned: asyncio.current_task */
-    PyObject *orig_sigterm;   /* owned: the handler we replaced (SIG_DFL) */
     int dumped;
 } asc_tr;
 
@@ -113,7 +112,7 @@ static asc_tev *asc_trace_slot(void) {
 }
 
 void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
-                          uint32_t label, uint64_t aux, uint8_t flags) {
+                   uint32_t label, uint64_t aux, uint8_t flags) {
     asc_tev *e = asc_trace_slot();
     e->type = type;
     e->ts = ts;
