@@ -25,8 +25,14 @@ async def gathering(ev):
 async def main():
     loop = asyncio.get_running_loop()
     ev = asyncio.Event()
-    kinds = (on_event, sleeping, gathering)
-    tasks = [asyncio.create_task(kinds[i % 3](ev) if i % 3 != 1 else sleeping()) for i in range(N)]
+    # N tasks in all: a gathering task brings two children of its own.
+    tasks, total, i = [], 0, 0
+    while total < N:
+        kind = i % 3 if N - total >= 3 else 1
+        coro = on_event(ev) if kind == 0 else sleeping() if kind == 1 else gathering(ev)
+        tasks.append(asyncio.create_task(coro))
+        total += 3 if kind == 2 else 1
+        i += 1
     worst = [0.0]
 
     async def watch():
