@@ -9,8 +9,8 @@
  * The protocol is read-only: the client sends one request line and reads one JSON document until
  * the agent closes the connection. Requests:
  *   "snapshot\n"       the snapshot model (snapshot.h) in its compact form (snapshot_wire.h), plus
- *                      an "agent" object: how it was read ("gil" or "memory"), collect_ms, the
- *                      blocking threshold, and per loop its heartbeat lag
+ *                      an "agent" object: how it was read ("gil" or "memory"), collect_ms and
+ *                      collect_cpu_ms, the blocking threshold, and per loop its heartbeat lag
  *   "snapshot json\n"  the same in aioscope_snapshot_to_json's form (for other tools)
  *   "ping\n"      {"pid": N, "python": "3.12.1", "agent": "0.1.0"}
  * An error is {"error": "ENAME", "message": "..."}. Nothing in the protocol changes the program. */
