@@ -88,15 +88,32 @@ static PyObject *asc_step_vectorcall(PyObject *self, PyObject *const *args, size
     return asc_step_run((asc_step *)self, args, nargsf, kwnames);
 }
 
-static void asc_step_dealloc(PyObject *self) {
+/* The wrapper takes part in the garbage collector: a task's exception holds a traceback whose
+ * frames hold the Handle that holds this wrapper, which holds the task (a cycle through every
+ * failed or cancelled step); a wrapper the collector could not see through would keep that
+ * cycle, the task and everything its frames reference, alive for ever. */
+static int asc_step_traverse(PyObject *self, visitproc visit, void *arg) {
+    asc_step *s = (asc_step *)self;
+    Py_VISIT(s->callback);
+    Py_VISIT(s->task);
+    return 0;
+}
+
+static int asc_step_clear(PyObject *self) {
     asc_step *s = (asc_step *)self;
     Py_CLEAR(s->callback);
     Py_CLEAR(s->task);
+    return 0;
+}
+
+static void asc_step_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    (void)asc_step_clear(self);
     if (asc_st.nfree < ASC_STEP_FREELIST) {
-        asc_st.freelist[asc_st.nfree++] = self;
+        asc_st.freelist[asc_st.nfree++] = self; /* untracked; tracked again when reused */
         return;
     }
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
 }
 
 /* Handle.__repr__ and the loop's exception handler show the callback: show the task's own. */
@@ -114,7 +131,9 @@ static PyTypeObject asc_step_type = {
     .tp_repr = asc_step_repr,
     .tp_call = PyVectorcall_Call,
     .tp_getattro = asc_step_getattro,
-    .tp_flags = Py_TPFLAGS_DEFAULT | ASC_TPFLAGS_VECTORCALL,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
+    .tp_traverse = asc_step_traverse,
+    .tp_clear = asc_step_clear,
     .tp_vectorcall_offset = offsetof(asc_step, vectorcall),
 };
 
@@ -124,7 +143,7 @@ static PyObject *asc_step_new(PyObject *callback, PyObject *task) {
         s = (asc_step *)asc_st.freelist[--asc_st.nfree];
         (void)PyObject_INIT(s, &asc_step_type);
     } else {
-        s = PyObject_New(asc_step, &asc_step_type);
+        s = PyObject_GC_New(asc_step, &asc_step_type);
         if (!s) return NULL;
     }
     Py_INCREF(callback);
@@ -132,6 +151,7 @@ static PyObject *asc_step_new(PyObject *callback, PyObject *task) {
     s->callback = callback;
     s->task = task;
     s->vectorcall = asc_step_vectorcall;
+    PyObject_GC_Track(s);
     return (PyObject *)s;
 }
 
