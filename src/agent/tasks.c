@@ -3,7 +3,7 @@
  *
  * Every loop that starts running gets a task factory that creates instances of a C subclass of
  * _asyncio.Task. The subclass adds a few fields after the base object (asc_task_extra: the
- * creation site and the cancellation state, 48 bytes, plus the live view's counters) and
+ * creation site and the cancellation state, 32 bytes, plus the live view's counters) and
  * overrides cancel(); creating a task costs the factory call plus a walk to the first user frame. Nothing else happens per task: the findings come
  * from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
@@ -38,8 +38,10 @@
 /* The fields the subclass adds after the base Task object. */
 typedef struct {
     asc_codeloc created; /* where the task was created */
-    asc_codeloc cancel_site; /* where it was suspended when cancel() took effect */
-    PyObject *cancel_waiter;  /* owned: what it awaited then (its _fut_waiter), until it ends */
+    /* Only for a task whose cancel() took effect (so it costs 8 bytes, not 24, per task):
+     * (code or None, lasti, waiter): where it was suspended then, and what it awaited (its
+     * _fut_waiter; replaced by None when the task ends). Owned. */
+    PyObject *cancel_state;
     int flags;
     asc_task_stats stats; /* busy time, steps, age, spawner: written by steps.c (live view) */
 } asc_task_extra;
@@ -65,6 +67,19 @@ static struct {
 } asc_t;
 
 static PyMethodDef asc_uv_cancel_all_def;
+
+/* Unpack x->cancel_state into borrowed references (code NULL when unknown). */
+static void asc_cancel_state_get(asc_task_extra *x, asc_codeloc *site, PyObject **waiter)
+{
+    PyObject *t = x->cancel_state;
+    if (t == NULL || !PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3)
+        return;
+    PyObject *code = PyTuple_GET_ITEM(t, 0);
+    site->code = code == Py_None ? NULL : code;
+    site->lasti = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
+    if (waiter)
+        *waiter = PyTuple_GET_ITEM(t, 2);
+}
 
 static asc_task_extra *asc_extra(PyObject *task)
 {
@@ -98,8 +113,7 @@ static void asc_task_dealloc(PyObject *self)
      * at refcount 0; the base dealloc expects it tracked again. */
     PyObject_GC_UnTrack(self);
     asc_codeloc_clear(&x->created);
-    asc_codeloc_clear(&x->cancel_site);
-    Py_CLEAR(x->cancel_waiter);
+    Py_CLEAR(x->cancel_state);
     PyObject_GC_Track(self);
     asc_t.base_dealloc(self);
     if (decref_type)
@@ -133,8 +147,11 @@ static int asc_ran_since_cancel(PyObject *task, asc_task_extra *x)
         return 0;
     }
     int ran;
-    if (x->cancel_waiter && x->cancel_waiter != Py_None) {
-        ran = waiter != x->cancel_waiter;
+    asc_codeloc then = {NULL, 0};
+    PyObject *then_waiter = NULL;
+    asc_cancel_state_get(x, &then, &then_waiter);
+    if (then_waiter && then_waiter != Py_None) {
+        ran = waiter != then_waiter;
     } else {
         PyObject *coro = PyObject_CallMethod(task, "get_coro", NULL);
         asc_codeloc now = {NULL, 0};
@@ -142,7 +159,7 @@ static int asc_ran_since_cancel(PyObject *task, asc_task_extra *x)
             asc_capture_coro_site(coro, &now);
         Py_XDECREF(coro);
         PyErr_Clear();
-        ran = now.code != x->cancel_site.code || now.lasti != x->cancel_site.lasti;
+        ran = now.code != then.code || now.lasti != then.lasti;
         asc_codeloc_clear(&now);
     }
     Py_DECREF(waiter);
@@ -225,13 +242,19 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
     /* The cancellation took effect: note where the task is now and check how it ends. */
     x->flags |= ASC_TF_CANCEL_WATCHED;
     PyObject *coro = PyObject_CallMethod(self, "get_coro", NULL);
+    asc_codeloc site = {NULL, 0};
     if (coro) {
-        asc_capture_coro_site(coro, &x->cancel_site);
+        asc_capture_coro_site(coro, &site);
         Py_DECREF(coro);
     }
-    /* A strong reference, so that a new future at the same address cannot pass for it; dropped
-     * when the task ends (the done callback). */
-    x->cancel_waiter = PyObject_GetAttrString(self, "_fut_waiter");
+    /* The waiter by a strong reference, so that a new future at the same address cannot pass
+     * for it; dropped when the task ends (the done callback). */
+    PyObject *waiter = PyObject_GetAttrString(self, "_fut_waiter");
+    PyErr_Clear();
+    Py_XSETREF(x->cancel_state, Py_BuildValue("(OiO)", site.code ? site.code : Py_None, site.lasti,
+                                              waiter ? waiter : Py_None));
+    Py_XDECREF(waiter);
+    asc_codeloc_clear(&site);
     PyObject *ok = PyObject_CallMethod(self, "add_done_callback", "O", asc_t.on_cancel_done);
     Py_XDECREF(ok);
     PyErr_Clear(); /* the program's cancel() must behave as before, whatever happened here */
@@ -242,8 +265,12 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
 static PyObject *asc_on_cancel_done(PyObject *unused, PyObject *task)
 {
     asc_task_extra *x = asc_extra(task);
-    if (x)
-        Py_CLEAR(x->cancel_waiter);
+    if (x && x->cancel_state) { /* the task is over: let go of the waiter, keep the site */
+        asc_codeloc site = {NULL, 0};
+        asc_cancel_state_get(x, &site, NULL);
+        Py_XSETREF(x->cancel_state, Py_BuildValue("(OiO)", site.code ? site.code : Py_None, site.lasti, Py_None));
+        PyErr_Clear();
+    }
     if (x == NULL || !asc_cfg.enabled || (x->flags & ASC_TF_REPORTED_SWALLOW))
         Py_RETURN_NONE;
     PyObject *cancelled = PyObject_CallMethod(task, "cancelled", NULL);
@@ -623,7 +650,9 @@ static int asc_report_swallowed(PyObject *task, asc_task_extra *x, const char *h
     snprintf(msg, sizeof msg, "%s was cancelled but %s: the CancelledError was caught and not re-raised",
              asc_task_label(&f, label, sizeof label), how);
     f.message = strdup(msg);
-    if (x->cancel_site.code && asc_codeloc_to_location(&x->cancel_site, &f.site) == 0)
+    asc_codeloc cancel_site = {NULL, 0};
+    asc_cancel_state_get(x, &cancel_site, NULL);
+    if (cancel_site.code && asc_codeloc_to_location(&cancel_site, &f.site) == 0)
         (void)aioscope_finding_push_frame(&f, f.site.file, f.site.line, f.site.function);
     else
         asc_site_from_creation_or_coro(&f, task);
