@@ -1070,6 +1070,16 @@ void asc_loops_at_exit(void) {
     Py_DECREF(loops);
 }
 
+int asc_loops_before_fork(void) {
+    if (asc_lp.thread_pid != (long)getpid()) return 0;
+    asc_watchdog_stop();
+    return 1;
+}
+
+void asc_loops_after_fork_parent(int stopped) {
+    if (stopped) asc_watchdog_ensure();
+}
+
 void asc_loops_after_fork_child(void) {
     int any = 0;
     for (int i = 0; i < ASC_MAX_LOOPS; i++) {
