@@ -58,11 +58,6 @@ typedef struct {
     pthread_t thread; /* the loop thread, to know it again in a forked child */
     /* When the next beat is due (CLOCK_MONOTONIC ns). Stored by each beat without the mutex. */
     _Atomic int64_t due_ns;
-    /* Selector loops (asc_hook_poll): the loop thread is inside selector.select() (in_poll), or
-     * when it last left it (poll_end_ns). Stored around every poll without the mutex. */
-    int poll_hooked;
-    _Atomic int in_poll;
-    _Atomic int64_t poll_end_ns;
 
     /* With the GIL only. */
     int used;
@@ -74,9 +69,8 @@ typedef struct {
     char *task_name;   /* owned */
     aioscope_location task_created; /* owned strings: where that task was created, if known */
 
-    /* Under the watchdog mutex: the stack of the blocked period named captured_due, innermost
-     * first. A period is named by its mark (asc_slot_late): when the loop last left its poll, or
-     * when its late beat was due. */
+    /* Under the watchdog mutex: the stack of the blocked period whose beat was due at
+     * captured_due, innermost first. */
     int64_t captured_due;
     int64_t probe_due; /* the period the watchdog learnt (or is learning) the task of */
     aioscope_frame *frames; /* owned, ASC_STACK_MAX entries, allocated with the slot */
@@ -103,8 +97,6 @@ static struct {
     PyObject *seen_loops;            /* owned weakref.WeakSet: every loop that ever ran */
     PyObject *current_task;          /* owned: asyncio.current_task */
     PyObject *get_running_loop;      /* owned: asyncio.events._get_running_loop */
-    PyObject *selector_loop_type;    /* owned: asyncio.selector_events.BaseSelectorEventLoop */
-    PyObject *base_selector_type;    /* owned: selectors.BaseSelector */
     PyObject *str_call_later;        /* owned, interned */
     PyObject *str_cancel;
     PyObject *period_s;              /* owned float: the period for call_later */
@@ -222,29 +214,6 @@ static int asc_arm(asc_loop_slot *s, PyObject *hb) {
     return 0;
 }
 
-/* How long the slot's loop has gone without getting back to polling, and the mark that names this
- * period. A selector loop's poll is stamped (exact: the time since it left select(), 0 while it is
- * in select()); any other loop (uvloop) is judged by its beat, which is late by about as long as
- * the loop has been stuck, give or take one beat period. */
-static int64_t asc_slot_late(asc_loop_slot *s, int64_t now, int64_t *mark) {
-    if (s->poll_hooked) {
-        if (atomic_load(&s->in_poll)) {
-            *mark = 0;
-            return 0;
-        }
-        *mark = atomic_load(&s->poll_end_ns);
-    } else {
-        *mark = atomic_load(&s->due_ns);
-    }
-    return now - *mark;
-}
-
-/* 1 while the period named mark is still the slot's current, unfinished one. */
-static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
-    int64_t cur;
-    return asc_slot_late(s, asc_now_ns(), &cur) > 0 && cur == mark;
-}
-
 /* The task the loop runs right now: its id (the object's address, as tasks.c reports it), name
  * and creation site (tasks.c keeps it for the tasks it made). */
 static void asc_note_task(asc_loop_slot *s, int64_t due) {
@@ -320,8 +289,8 @@ static size_t asc_stack_with_gil(PyThreadState *ts, aioscope_frame *out, size_t 
 static void asc_probe(int i, int64_t due) {
     PyGILState_STATE g = PyGILState_Ensure();
     asc_loop_slot *s = &asc_lp.slots[i];
-    /* The loop may have stopped, or got back to polling, while we waited. */
-    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || !asc_slot_in_period(s, due))
+    /* The loop may have stopped, or got back to polling (its beat ran), while we waited. */
+    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || atomic_load(&s->due_ns) != due)
         goto out;
     asc_saved_error saved;
     asc_save_error(&saved);
@@ -439,9 +408,7 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
     /* Move the period on first, so the watchdog cannot take this beat's own stack for the
      * blocked one. */
     int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
-    /* A selector loop's blocks are measured at its poll (asc_poll_hook_call), not here. */
-    if (asc_cfg.enabled && !s->poll_hooked && now - due > asc_lp.threshold_ns)
-        asc_report_block(s, due, now - due);
+    if (asc_cfg.enabled && now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
     if (asc_arm(s, self) < 0) asc_drop_error("heartbeat");
     if (asc_cfg.enabled) asc_deadlock_on_heartbeat(s->loop); /* deadlock.c: every ~0.2 s */
     Py_RETURN_NONE;
@@ -471,14 +438,14 @@ static void asc_open_target(void) {
 }
 
 /* Read the blocked loop thread's stack into the slot, under the mutex, without the GIL. The read
- * goes into scratch and is kept only if the period is still going on afterwards: a read that
- * raced with the end of the block may show the poll or the beat rather than the blocking code. */
+ * goes into scratch and is kept only if the beat is still overdue afterwards: a read that raced
+ * with the beat may show the beat itself rather than the blocking code. */
 static void asc_capture(asc_loop_slot *s, int64_t due) {
     size_t n = 0;
     if (asc_lp.target &&
         aioscope_thread_stack(asc_lp.target, (uint64_t)s->tstate, asc_lp.scratch, ASC_STACK_MAX,
                               &n) == 0 &&
-        n > 0 && asc_slot_in_period(s, due)) {
+        n > 0 && atomic_load(&s->due_ns) == due) {
         memcpy(s->frames, asc_lp.scratch, n * sizeof *s->frames);
         s->nframes = n;
         s->captured_due = due;
@@ -504,8 +471,8 @@ static void *asc_watchdog_main(void *arg) {
         for (int i = 0; i < ASC_MAX_LOOPS; i++) {
             asc_loop_slot *s = &asc_lp.slots[i];
             if (!s->running) continue;
-            int64_t due;
-            if (asc_slot_late(s, now, &due) <= asc_lp.threshold_ns) continue;
+            int64_t due = atomic_load(&s->due_ns);
+            if (now - due <= asc_lp.threshold_ns) continue;
             /* A failed read (the thread moved under us) is retried at the next wake-up. */
             if (s->captured_due != due) asc_capture(s, due);
             if (s->probe_due != due && probe < 0) {
@@ -615,12 +582,10 @@ static void asc_loop_stopped(void) {
     asc_loop_slot *s = asc_slot_of_this_thread();
     if (!s) return;
     /* The loop may stop right after a block (asyncio.run(main()) whose main() ends with the
-     * blocking call): no poll or late beat follows, so the period is closed here. */
+     * blocking call): its late beat will never run, so the period is closed here. */
     int64_t now = asc_now_ns();
-    int64_t mark;
-    int64_t late = asc_slot_late(s, now, &mark);
-    atomic_store(&s->due_ns, now + asc_lp.period_ns);
-    if (late > asc_lp.threshold_ns) asc_report_block(s, mark, late);
+    int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
+    if (now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
     pthread_mutex_lock(&asc_lp.mutex);
     s->running = 0;
     s->tstate = 0;
@@ -635,112 +600,6 @@ static void asc_loop_stopped(void) {
         Py_DECREF(h);
         asc_drop_error("loop stop");
     }
-}
-
-/* ---- the poll stamp of selector loops ------------------------------------------------------- */
-
-/* asyncio's selector loops call self._selector.select(timeout) once per iteration, and only
- * there wait for I/O: the exact moment the loop "gets back to polling". Their selector gets this
- * callable as an instance attribute in front of its own select: it closes a blocked period (one
- * finding) when the loop comes back to poll, and stamps the time it leaves the poll. The beat
- * alone cannot split periods on these loops: asyncio runs callbacks that were ready before the
- * timers that fell due, so two blocking steps separated by `await asyncio.sleep(0)` would run
- * before the late beat and read as one. The cost is one C call and two clock reads per loop
- * iteration. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *orig; /* owned: the selector's bound select method */
-    int index;      /* the slot of the loop's current run */
-    uint64_t gen;   /* that slot's gen at the start of the run */
-} asc_poll_hook;
-
-static PyObject *asc_poll_hook_call(PyObject *self, PyObject *args, PyObject *kwargs) {
-    asc_poll_hook *ph = (asc_poll_hook *)self;
-    asc_loop_slot *s = &asc_lp.slots[ph->index];
-    if (!s->used || s->gen != ph->gen || !s->running || !s->poll_hooked)
-        return PyObject_Call(ph->orig, args, kwargs); /* a run we do not watch */
-    int64_t now = asc_now_ns();
-    int64_t since = atomic_load(&s->poll_end_ns);
-    if (asc_cfg.enabled && now - since > asc_lp.threshold_ns) asc_report_block(s, since, now - since);
-    atomic_store(&s->in_poll, 1);
-    PyObject *r = PyObject_Call(ph->orig, args, kwargs);
-    /* The end stamp first: the watchdog must never see "not polling" with the old stamp. */
-    atomic_store(&s->poll_end_ns, asc_now_ns());
-    atomic_store(&s->in_poll, 0);
-    return r;
-}
-
-static int asc_poll_hook_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_poll_hook *)self)->orig);
-    return 0;
-}
-
-/* The selector holds the hook in its __dict__ and the hook holds the selector's bound method: a
- * cycle, so the hook takes part in garbage collection. */
-static int asc_poll_hook_clear(PyObject *self) {
-    Py_CLEAR(((asc_poll_hook *)self)->orig);
-    return 0;
-}
-
-static void asc_poll_hook_dealloc(PyObject *self) {
-    PyObject_GC_UnTrack(self);
-    asc_poll_hook_clear(self);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyTypeObject asc_poll_hook_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "aioscope._agent.PollStamp",
-    .tp_basicsize = sizeof(asc_poll_hook),
-    .tp_dealloc = asc_poll_hook_dealloc,
-    .tp_call = asc_poll_hook_call,
-    .tp_traverse = asc_poll_hook_traverse,
-    .tp_clear = asc_poll_hook_clear,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "aioscope's stamp around an asyncio selector's select() (blocking detector).",
-};
-
-/* Put (or re-aim) the poll stamp on an asyncio selector loop that starts a run in slot index;
- * returns 1 when the loop's polls are stamped. Only loops of asyncio's BaseSelectorEventLoop with
- * a selectors.BaseSelector: they poll through _selector.select every iteration. Anything unusual
- * (a select already replaced by someone else) leaves the loop to the beat alone. Runs Python code
- * (an ABC's isinstance): never with the watchdog mutex held. */
-static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop) {
-    if (!asc_lp.selector_loop_type || !asc_lp.base_selector_type) return 0;
-    int ok = PyObject_IsInstance(loop, asc_lp.selector_loop_type);
-    PyObject *sel = ok > 0 ? PyObject_GetAttrString(loop, "_selector") : NULL;
-    ok = sel ? PyObject_IsInstance(sel, asc_lp.base_selector_type) : 0;
-    PyObject *dict = ok > 0 ? PyObject_GetAttrString(sel, "__dict__") : NULL;
-    asc_poll_hook *ph = NULL;
-    if (dict && PyDict_Check(dict)) {
-        PyObject *cur = PyDict_GetItemString(dict, "select"); /* borrowed */
-        if (cur && Py_TYPE(cur) == &asc_poll_hook_type) {
-            ph = (asc_poll_hook *)cur;
-            Py_INCREF(ph);
-        } else if (!cur) {
-            PyObject *orig = PyObject_GetAttrString(sel, "select");
-            ph = orig ? PyObject_GC_New(asc_poll_hook, &asc_poll_hook_type) : NULL;
-            if (ph) {
-                ph->orig = orig;
-                ph->index = -1;
-                PyObject_GC_Track((PyObject *)ph);
-                if (PyDict_SetItemString(dict, "select", (PyObject *)ph) < 0) Py_CLEAR(ph);
-            } else {
-                Py_XDECREF(orig);
-            }
-        }
-    }
-    int hooked = 0;
-    if (ph) {
-        ph->index = index;
-        ph->gen = s->gen;
-        hooked = 1;
-        Py_DECREF(ph);
-    }
-    Py_XDECREF(dict);
-    Py_XDECREF(sel);
-    asc_drop_error("poll stamp");
-    return hooked;
 }
 
 /* ---- exception handler chaining ------------------------------------------------------------ */
@@ -919,11 +778,7 @@ static void asc_loop_started(PyObject *loop, int check_running) {
         return;
     }
     Py_DECREF(hb); /* the TimerHandle holds it */
-    int hooked = asc_hook_poll(s, index, loop);
     pthread_mutex_lock(&asc_lp.mutex);
-    s->poll_hooked = hooked;
-    atomic_store(&s->in_poll, 0);
-    atomic_store(&s->poll_end_ns, asc_now_ns());
     atomic_store(&s->due_ns, asc_now_ns() + asc_lp.period_ns);
     s->captured_due = 0;
     s->probe_due = 0;
@@ -994,7 +849,7 @@ static void asc_hook_early_uvloop(void) {
 /* ---- init and exit ------------------------------------------------------------------------- */
 
 int asc_loops_module_init(PyObject *module) {
-    if (PyType_Ready(&asc_heartbeat_type) < 0 || PyType_Ready(&asc_poll_hook_type) < 0) return -1;
+    if (PyType_Ready(&asc_heartbeat_type) < 0) return -1;
     return 0;
 }
 
@@ -1035,14 +890,6 @@ int asc_loops_init(PyObject *module) {
         asc_hook_attr(asyncio, "_set_running_loop", hook) < 0)
         goto done;
     asc_hook_early_uvloop();
-    /* The poll stamp's types; without them (an unusual asyncio) every loop relies on its beat. */
-    PyObject *selmod = PyImport_ImportModule("selectors");
-    PyObject *selev = selmod ? PyImport_ImportModule("asyncio.selector_events") : NULL;
-    asc_lp.base_selector_type = selmod ? PyObject_GetAttrString(selmod, "BaseSelector") : NULL;
-    asc_lp.selector_loop_type = selev ? PyObject_GetAttrString(selev, "BaseSelectorEventLoop") : NULL;
-    Py_XDECREF(selev);
-    Py_XDECREF(selmod);
-    PyErr_Clear();
     if (pthread_atfork(asc_atfork_prepare, asc_atfork_parent, asc_atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "aioscope: pthread_atfork failed");
         goto done;
