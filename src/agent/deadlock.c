@@ -549,53 +549,6 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
     return 0;
 }
 
-/* qsort order of addresses. */
-static int asc_dl_cmp_ptr(const void *a, const void *b) {
-    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Where a task is suspended, as one number: the code object and instruction of its innermost
- * frame of the program's own code (else of its innermost frame). */
-static uintptr_t asc_dl_site_id(asc_dl_task *t) {
-    asc_dl_walk_chain(t);
-    uintptr_t fallback = (uintptr_t)t->task;
-    for (int d = t->nchain - 1; d >= 0; d--) {
-        PyObject *f = asc_dl_frame_of(t->chain[d]);
-        if (!f) continue;
-        PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)f);
-        PyObject *lasti = asc_dl_attr(f, "f_lasti");
-        uintptr_t id = (uintptr_t)code * 31u + (uintptr_t)(lasti ? PyLong_AsLong(lasti) : 0);
-        int user = asc_is_user_file(code->co_filename);
-        Py_XDECREF(lasti);
-        Py_DECREF(code);
-        Py_DECREF(f);
-        PyErr_Clear();
-        if (d == t->nchain - 1) fallback = id;
-        if (user == 1) return id;
-    }
-    return fallback;
-}
-
-/* The key naming a deadlock: its kind and where its tasks are suspended, sorted. The same
- * deadlock formed again (by the same tasks, or by new ones at the same places, as when a timeout
- * breaks it and the program retries) is the same finding, reported once. New reference. */
-static PyObject *asc_dl_key(asc_dl_snap *s, const char *kind, const int *members, int n) {
-    uintptr_t *ptrs = malloc(((size_t)n + 1) * sizeof *ptrs);
-    char *buf = malloc((size_t)n * 20 + 32);
-    PyObject *key = NULL;
-    if (ptrs && buf) {
-        for (int k = 0; k < n; k++) ptrs[k] = asc_dl_site_id(&s->t[members[k]]);
-        qsort(ptrs, (size_t)n, sizeof *ptrs, asc_dl_cmp_ptr);
-        size_t len = (size_t)sprintf(buf, "%s", kind);
-        for (int k = 0; k < n; k++) len += (size_t)sprintf(buf + len, ":%lx", (unsigned long)ptrs[k]);
-        key = PyUnicode_FromString(buf);
-    }
-    free(ptrs);
-    free(buf);
-    return key;
-}
-
 /* Count a candidate deadlock as seen now; 1 when it has been seen long enough and was not
  * reported yet (it is then marked reported). Seen-time adds up over checks, so a deadlock that a
  * timeout breaks now and then (and the program re-forms) still gets reported. */
@@ -717,24 +670,7 @@ static void asc_dl_check(asc_dl_slot *slot, PyObject *loop, int64_t now, int64_t
                                           PyTuple_GET_ITEM(old, 3), PyTuple_GET_ITEM(old, 4));
             if (val) (void)PyDict_SetItem(slot->seen, key, val);
             Py_XDECREF(val);
-            aioscope_finding f;
-            aioscope_finding_init(&f);
-            char name[128], msg[1200];
-            char *what = asc_dl_describe(&s, (int)i);
-            f.kind = strdup("stuck-task");
-            f.severity = AIOSCOPE_SEV_INFO;
-            f.has_task = 1;
-            f.task_id = asc_dl_task_id(t->task, name, sizeof name);
-            f.task_name = strdup(name);
-            f.count = 1;
-            f.duration_s = f.max_duration_s = (double)(now - t->since_ns) / 1e9;
-            snprintf(msg, sizeof msg, "%s made no progress for %.1f s: it waits on %s", name,
-                     f.duration_s, what ? what : "?");
-            f.message = strdup(msg);
-            free(what);
-            if (t->nchain > 0 && asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
-            if (asc_tasks_created_at(t->task, &f.created_at) < 0) PyErr_Clear();
-            asc_emit(&f);
+            asc_dl_report_stuck(&s, (int)i, now);
         }
         Py_XDECREF(key);
         PyErr_Clear();

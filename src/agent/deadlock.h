@@ -103,5 +103,9 @@ void asc_dl_order_cycle(asc_dl_snap *s, int *members, int n);
 /* Build, print at once on stderr and emit one deadlock finding over members; under
  * AIOSCOPE_ON_DEADLOCK=exit, end the process. */
 void asc_dl_report(asc_dl_snap *s, const int *members, int n, const char *message);
+/* The key naming a deadlock of `kind` among members: where they are suspended (new ref). */
+PyObject *asc_dl_key(asc_dl_snap *s, const char *kind, const int *members, int n);
+/* Emit the stuck-task finding of task i (waiting since its since_ns). */
+void asc_dl_report_stuck(asc_dl_snap *s, int i, int64_t now);
 
 #endif

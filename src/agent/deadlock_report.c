@@ -5,8 +5,9 @@
  * count), its selector's registered descriptors and signal handlers, and the program's other
  * threads. The findings half turns a set of deadlocked tasks into a `deadlock` finding: for each
  * task where it is suspended, where it was created and what it waits on, in words ("asyncio.Lock
- * held by Task-3 (acquired at app.py:12)"), printed at once on stderr and sent to the sink.
- * See deadlock.c for the method. */
+ * held by Task-3 (acquired at app.py:12)"), printed at once on stderr and sent to the sink;
+ * likewise the `stuck-task` finding. A deadlock is named (for "reported once") by where its tasks
+ * are suspended. See deadlock.c for the method. */
 #include "agent/deadlock.h"
 
 #include <stdlib.h>
@@ -545,4 +546,76 @@ void asc_dl_order_cycle(asc_dl_snap *s, int *members, int n) {
             }
         }
     }
+}
+
+/* ---- naming a deadlock ------------------------------------------------------------------------ */
+
+/* qsort order of addresses. */
+static int asc_dl_cmp_ptr(const void *a, const void *b) {
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Where a task is suspended, as one number: the code object and instruction of its innermost
+ * frame of the program's own code (else of its innermost frame). */
+static uintptr_t asc_dl_site_id(asc_dl_task *t) {
+    asc_dl_walk_chain(t);
+    uintptr_t fallback = (uintptr_t)t->task;
+    for (int d = t->nchain - 1; d >= 0; d--) {
+        PyObject *f = asc_dl_frame_of(t->chain[d]);
+        if (!f) continue;
+        PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)f);
+        PyObject *lasti = asc_dl_attr(f, "f_lasti");
+        uintptr_t id = (uintptr_t)code * 31u + (uintptr_t)(lasti ? PyLong_AsLong(lasti) : 0);
+        int user = asc_is_user_file(code->co_filename);
+        Py_XDECREF(lasti);
+        Py_DECREF(code);
+        Py_DECREF(f);
+        PyErr_Clear();
+        if (d == t->nchain - 1) fallback = id;
+        if (user == 1) return id;
+    }
+    return fallback;
+}
+
+/* The key naming a deadlock: its kind and where its tasks are suspended, sorted. The same
+ * deadlock formed again (by the same tasks, or by new ones at the same places, as when a timeout
+ * breaks it and the program retries) is the same finding, reported once. New reference. */
+PyObject *asc_dl_key(asc_dl_snap *s, const char *kind, const int *members, int n) {
+    uintptr_t *ptrs = malloc(((size_t)n + 1) * sizeof *ptrs);
+    char *buf = malloc((size_t)n * 20 + 32);
+    PyObject *key = NULL;
+    if (ptrs && buf) {
+        for (int k = 0; k < n; k++) ptrs[k] = asc_dl_site_id(&s->t[members[k]]);
+        qsort(ptrs, (size_t)n, sizeof *ptrs, asc_dl_cmp_ptr);
+        size_t len = (size_t)sprintf(buf, "%s", kind);
+        for (int k = 0; k < n; k++) len += (size_t)sprintf(buf + len, ":%lx", (unsigned long)ptrs[k]);
+        key = PyUnicode_FromString(buf);
+    }
+    free(ptrs);
+    free(buf);
+    return key;
+}
+
+/* Emit one stuck-task finding for task i, waiting since t->since_ns. */
+void asc_dl_report_stuck(asc_dl_snap *s, int i, int64_t now) {
+    asc_dl_task *t = &s->t[i];
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    char name[128], msg[1200];
+    char *what = asc_dl_describe(s, i);
+    f.kind = strdup("stuck-task");
+    f.severity = AIOSCOPE_SEV_INFO;
+    f.has_task = 1;
+    f.task_id = asc_dl_task_id(t->task, name, sizeof name);
+    f.task_name = strdup(name);
+    f.count = 1;
+    f.duration_s = f.max_duration_s = (double)(now - t->since_ns) / 1e9;
+    snprintf(msg, sizeof msg, "%s made no progress for %.1f s: it waits on %s", name,
+             f.duration_s, what ? what : "?");
+    f.message = strdup(msg);
+    free(what);
+    if (t->nchain > 0 && asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
+    if (asc_tasks_created_at(t->task, &f.created_at) < 0) PyErr_Clear();
+    asc_emit(&f);
 }
