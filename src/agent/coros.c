@@ -29,6 +29,13 @@
  * the high bits of larger opargs. */
 #define ASC_INSTR_SIZE 2
 
+/* Bounds of the searches (all on the rare path, but a finalizer must not walk forever): frames
+ * of the current stack, awaited coroutines of the current task, and levels of code nested in a
+ * function (def in def in def...). */
+#define ASC_MAX_FRAMES 256
+#define ASC_MAX_AWAIT_CHAIN 64
+#define ASC_MAX_NESTED_CODE 4
+
 /* How an opcode's oparg names something. */
 enum {
     ASC_ARG_NONE = 0,
@@ -184,7 +191,7 @@ static int asc_search_stack(PyObject *name, PyCodeObject **code_out, int *line)
 {
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
-    for (int depth = 0; f && depth < 256; depth++) {
+    for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
         PyCodeObject *co = asc_frame_code(f);
         if (asc_is_user_file(co->co_filename)) {
             int l = asc_find_load_line(co, name, asc_frame_lasti(f));
@@ -213,7 +220,7 @@ static int asc_search_current_task(PyObject *name, PyCodeObject **code_out, int 
     PyObject *coro = task && task != Py_None ? PyObject_CallMethod(task, "get_coro", NULL) : NULL;
     Py_XDECREF(task);
     PyErr_Clear();
-    for (int depth = 0; coro && coro != Py_None && depth < 64; depth++) {
+    for (int depth = 0; coro && coro != Py_None && depth < ASC_MAX_AWAIT_CHAIN; depth++) {
         PyObject *code = PyObject_GetAttrString(coro, "cr_code");
         if (code && PyCode_Check(code) && asc_is_user_file(((PyCodeObject *)code)->co_filename)) {
             int l = asc_find_load_line((PyCodeObject *)code, name, -1);
@@ -247,7 +254,7 @@ static int asc_search_code_tree(PyCodeObject *co, PyObject *name, int depth, PyC
         *line = l;
         return 1;
     }
-    if (depth >= 4)
+    if (depth >= ASC_MAX_NESTED_CODE)
         return 0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(co->co_consts); i++) {
         PyObject *c = PyTuple_GET_ITEM(co->co_consts, i);
@@ -289,7 +296,7 @@ static int asc_search_module(PyObject *name, PyObject *callee_names, PyCodeObjec
 {
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
-    for (int depth = 0; f && depth < 256; depth++) {
+    for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
         PyCodeObject *co = asc_frame_code(f);
         int user = asc_is_user_file(co->co_filename);
         Py_DECREF(co);
@@ -339,7 +346,7 @@ static int asc_search_current_line(PyObject *name, PyCodeObject **code_out, int 
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
     PyCodeObject *co = NULL;
-    for (int depth = 0; f && depth < 256; depth++) {
+    for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
         co = asc_frame_code(f);
         if (asc_is_user_file(co->co_filename))
             break;

@@ -224,7 +224,8 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
     if (asc_cfg.enabled && (x->flags & ASC_TF_CANCEL_WATCHED))
         asc_check_kept_running(self, x);
 
-    /* Call the base cancel with self prepended (at most msg= and a keyword: a small array). */
+    /* Call the base cancel with self prepended. cancel() takes one argument (msg), so 8 slots
+     * are plenty; more is an error the base would raise anyway. */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
     if (1 + nargs + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
@@ -355,6 +356,7 @@ static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "task factory takes (loop, coro)");
         return NULL;
     }
+    /* (coro, loop, kwargs...): create_task passes at most name, context and eager_start. */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
     if (2 + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
