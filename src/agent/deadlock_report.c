@@ -438,6 +438,16 @@ char *asc_dl_describe(asc_dl_snap *s, int i) {
     return strdup(buf);
 }
 
+/* 1 when path is a file of the program's own code (not the standard library, ...). */
+static int asc_dl_is_user_path(const char *path) {
+    if (!path) return 0;
+    PyObject *u = PyUnicode_DecodeFSDefault(path);
+    int user = u ? asc_is_user_file(u) : 0;
+    Py_XDECREF(u);
+    PyErr_Clear();
+    return user == 1;
+}
+
 /* Flush the program's own streams, so that our lines on stderr come after what it printed. */
 static void asc_dl_flush_std(void) {
     const char *names[] = {"stdout", "stderr"};
@@ -476,8 +486,13 @@ void asc_dl_report(asc_dl_snap *s, const int *members, int n, const char *messag
         aioscope_finding_init(&where);
         asc_dl_walk_chain(t);
         if (t->nchain > 0 && asc_fill_from_coro(&where, t->chain[0]) < 0) PyErr_Clear();
-        (void)aioscope_location_set(&p->site, where.site.file, where.site.line, where.site.function);
         if (asc_tasks_created_at(t->task, &p->created_at) < 0) PyErr_Clear();
+        /* A task with none of the program's frames (wait_for(event.wait()) below 3.12 runs
+         * event.wait() as a task of its own) is shown where the program created it. */
+        if (p->created_at.file && !asc_dl_is_user_path(where.site.file))
+            (void)aioscope_location_set(&where.site, p->created_at.file, p->created_at.line,
+                                        p->created_at.function);
+        (void)aioscope_location_set(&p->site, where.site.file, where.site.line, where.site.function);
         if (k == 0) {
             /* The finding's own site, stack and task are the first participant's. */
             f.site = where.site;
