@@ -632,5 +632,7 @@ void asc_dl_report_stuck(asc_dl_snap *s, int i, int64_t now) {
     free(what);
     if (t->nchain > 0 && asc_fill_from_coro(&f, t->chain[0]) < 0) PyErr_Clear();
     if (asc_tasks_created_at(t->task, &f.created_at) < 0) PyErr_Clear();
+    if (f.created_at.file && !asc_dl_is_user_path(f.site.file))
+        (void)aioscope_location_set(&f.site, f.created_at.file, f.created_at.line, f.created_at.function);
     asc_emit(&f);
 }
