@@ -30,6 +30,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,20 @@ typedef struct {
     pthread_t thread; /* the loop thread, to know it again in a forked child */
     /* When the next beat is due (CLOCK_MONOTONIC ns). Stored by each beat without the mutex. */
     _Atomic int64_t due_ns;
+    /* Selector loops (asc_hook_poll): the loop thread is inside selector.select() (in_poll), and
+     * how many polls it has left (polls: the mark of a stamped loop's period). Stored around every
+     * poll without the mutex. block_flag: the watchdog saw the current period blocked; the loop
+     * closes it at its next poll. */
+    int poll_hooked;
+    int stamp_tried;   /* the watchdog tried to stamp this run's polls (asc_stamp_with_gil) */
+    _Atomic int in_poll;
+    _Atomic int64_t polls;
+    _Atomic int block_flag;
+    /* The watchdog's view of a stamped loop, under the mutex: the polls count it last saw out of
+     * the poll and since when (the period's start, late by at most one watchdog period), and the
+     * flagged period. */
+    int64_t wd_polls, wd_since;
+    int64_t block_mark, block_since;
 
     /* With the GIL only. */
     int used;
@@ -69,8 +84,9 @@ typedef struct {
     char *task_name;   /* owned */
     aioscope_location task_created; /* owned strings: where that task was created, if known */
 
-    /* Under the watchdog mutex: the stack of the blocked period whose beat was due at
-     * captured_due, innermost first. */
+    /* Under the watchdog mutex: the stack of the blocked period named captured_due, innermost
+     * first. A period is named by its mark (asc_slot_late): when the loop last left its poll, or
+     * when its late beat was due. */
     int64_t captured_due;
     int64_t probe_due; /* the period the watchdog learnt (or is learning) the task of */
     aioscope_frame *frames; /* owned, ASC_STACK_MAX entries, allocated with the slot */
@@ -97,9 +113,13 @@ static struct {
     PyObject *seen_loops;            /* owned weakref.WeakSet: every loop that ever ran */
     PyObject *current_task;          /* owned: asyncio.current_task */
     PyObject *get_running_loop;      /* owned: asyncio.events._get_running_loop */
+    PyObject *selector_loop_type;    /* owned: asyncio.selector_events.BaseSelectorEventLoop */
+    PyObject *base_selector_type;    /* owned: selectors.BaseSelector */
     PyObject *str_call_later;        /* owned, interned */
     PyObject *str_cancel;
     PyObject *period_s;              /* owned float: the period for call_later */
+    PyObject *slow_period_s;         /* owned float: the same for poll-stamped loops */
+    int64_t slow_period_ns;
 } asc_lp = {
     .mutex = PTHREAD_MUTEX_INITIALIZER,
     .threshold_ns = 100000000,
@@ -166,10 +186,19 @@ void asc_loops_set_threshold(double seconds) {
     if (period < 0.001) period = 0.001;
     asc_lp.threshold_ns = (int64_t)(seconds * 1e9);
     asc_lp.period_ns = (int64_t)(period * 1e9);
+    /* A loop whose polls are stamped (asc_hook_poll) does not need its beat to see blocks; its
+     * beat only drives the deadlock check and the live view's lag, so it beats every 50 ms: ten
+     * times fewer wake-ups of an idle loop. */
+    double slow = period > 0.05 ? period : 0.05;
+    asc_lp.slow_period_ns = (int64_t)(slow * 1e9);
     PyObject *p = PyFloat_FromDouble(period);
-    if (p) {
+    PyObject *ps = PyFloat_FromDouble(slow);
+    if (p && ps) {
         Py_XSETREF(asc_lp.period_s, p);
+        Py_XSETREF(asc_lp.slow_period_s, ps);
     } else {
+        Py_XDECREF(p);
+        Py_XDECREF(ps);
         PyErr_Clear();
     }
 }
@@ -205,13 +234,69 @@ int asc_loops_is_heartbeat(PyObject *callback) {
     return callback && Py_TYPE(callback) == &asc_heartbeat_type;
 }
 
+/* The slot's beat period. */
+static int64_t asc_beat_ns(const asc_loop_slot *s) {
+    return s->poll_hooked ? asc_lp.slow_period_ns : asc_lp.period_ns;
+}
+
 /* Arm the slot's next beat: loop.call_later(period, heartbeat). */
 static int asc_arm(asc_loop_slot *s, PyObject *hb) {
-    PyObject *h = PyObject_CallMethodObjArgs(s->loop, asc_lp.str_call_later, asc_lp.period_s, hb,
-                                             NULL);
+    PyObject *period = s->poll_hooked ? asc_lp.slow_period_s : asc_lp.period_s;
+    PyObject *h = PyObject_CallMethodObjArgs(s->loop, asc_lp.str_call_later, period, hb, NULL);
     if (!h) return -1;
     Py_XSETREF(s->handle, h);
     return 0;
+}
+
+/* The watchdog's measure (under the mutex) of how long the slot's loop has gone without getting
+ * back to polling, and the mark that names this period. A stamped selector loop is out of its poll
+ * since the watchdog first saw its current polls count (0 while it is in select()); any other loop
+ * (uvloop) is judged by its beat, which is late by about as long as the loop has been stuck. Both
+ * are short by at most one period. */
+static int64_t asc_slot_late(asc_loop_slot *s, int64_t now, int64_t *mark) {
+    if (!s->poll_hooked) {
+        *mark = atomic_load(&s->due_ns);
+        return now - *mark;
+    }
+    *mark = -1;
+    if (atomic_load_explicit(&s->in_poll, memory_order_acquire)) {
+        s->wd_polls = -1;
+        return 0;
+    }
+    int64_t p = atomic_load_explicit(&s->polls, memory_order_relaxed);
+    if (p != s->wd_polls) {
+        s->wd_polls = p;
+        s->wd_since = now;
+        return 0;
+    }
+    *mark = p;
+    return now - s->wd_since;
+}
+
+/* 1 while the period named mark is still the slot's current, unfinished one. */
+static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
+    if (s->poll_hooked)
+        return !atomic_load_explicit(&s->in_poll, memory_order_acquire) &&
+               atomic_load_explicit(&s->polls, memory_order_relaxed) == mark;
+    return asc_now_ns() > mark && atomic_load(&s->due_ns) == mark;
+}
+
+static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns);
+
+/* A stamped loop closes the period the watchdog flagged (with the GIL, in the loop thread): at its
+ * next poll, or when it stops. */
+static void asc_close_flagged_block(asc_loop_slot *s) {
+    int64_t mark = 0, since = 0;
+    int valid = 0;
+    pthread_mutex_lock(&asc_lp.mutex);
+    if (atomic_load(&s->block_flag)) {
+        valid = s->block_mark == atomic_load(&s->polls);
+        mark = s->block_mark;
+        since = s->block_since;
+        atomic_store(&s->block_flag, 0);
+    }
+    pthread_mutex_unlock(&asc_lp.mutex);
+    if (valid && asc_cfg.enabled) asc_report_block(s, mark, asc_now_ns() - since);
 }
 
 /* The task the loop runs right now: its id (the object's address, as tasks.c reports it), name
@@ -289,8 +374,8 @@ static size_t asc_stack_with_gil(PyThreadState *ts, aioscope_frame *out, size_t 
 static void asc_probe(int i, int64_t due) {
     PyGILState_STATE g = PyGILState_Ensure();
     asc_loop_slot *s = &asc_lp.slots[i];
-    /* The loop may have stopped, or got back to polling (its beat ran), while we waited. */
-    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || atomic_load(&s->due_ns) != due)
+    /* The loop may have stopped, or got back to polling, while we waited. */
+    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || !asc_slot_in_period(s, due))
         goto out;
     asc_saved_error saved;
     asc_save_error(&saved);
@@ -407,8 +492,10 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
     int64_t now = asc_now_ns();
     /* Move the period on first, so the watchdog cannot take this beat's own stack for the
      * blocked one. */
-    int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
-    if (asc_cfg.enabled && now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
+    int64_t due = atomic_exchange(&s->due_ns, now + asc_beat_ns(s));
+    /* A selector loop's blocks are measured at its poll (asc_poll_hook_call), not here. */
+    if (asc_cfg.enabled && !s->poll_hooked && now - due > asc_lp.threshold_ns)
+        asc_report_block(s, due, now - due);
     if (asc_arm(s, self) < 0) asc_drop_error("heartbeat");
     if (asc_cfg.enabled) asc_deadlock_on_heartbeat(s->loop); /* deadlock.c: every ~0.2 s */
     Py_RETURN_NONE;
@@ -438,14 +525,14 @@ static void asc_open_target(void) {
 }
 
 /* Read the blocked loop thread's stack into the slot, under the mutex, without the GIL. The read
- * goes into scratch and is kept only if the beat is still overdue afterwards: a read that raced
- * with the beat may show the beat itself rather than the blocking code. */
+ * goes into scratch and is kept only if the period is still going on afterwards: a read that
+ * raced with the end of the block may show the poll or the beat rather than the blocking code. */
 static void asc_capture(asc_loop_slot *s, int64_t due) {
     size_t n = 0;
     if (asc_lp.target &&
         aioscope_thread_stack(asc_lp.target, (uint64_t)s->tstate, asc_lp.scratch, ASC_STACK_MAX,
                               &n) == 0 &&
-        n > 0 && atomic_load(&s->due_ns) == due) {
+        n > 0 && asc_slot_in_period(s, due)) {
         memcpy(s->frames, asc_lp.scratch, n * sizeof *s->frames);
         s->nframes = n;
         s->captured_due = due;
@@ -454,6 +541,8 @@ static void asc_capture(asc_loop_slot *s, int64_t due) {
                     asc_lp.scratch[0].file, asc_lp.scratch[0].line);
     }
 }
+
+static void asc_stamp_with_gil(int i, int64_t due);
 
 static void *asc_watchdog_main(void *arg) {
     pthread_mutex_lock(&asc_lp.mutex);
@@ -466,13 +555,27 @@ static void *asc_watchdog_main(void *arg) {
         pthread_cond_timedwait(&asc_lp.cond, &asc_lp.mutex, &ts);
         if (asc_lp.stop) break;
         int64_t now = asc_now_ns();
-        int probe = -1;
-        int64_t probe_due = 0;
+        int probe = -1, stamp = -1;
+        int64_t probe_due = 0, stamp_due = 0;
         for (int i = 0; i < ASC_MAX_LOOPS; i++) {
             asc_loop_slot *s = &asc_lp.slots[i];
             if (!s->running) continue;
-            int64_t due = atomic_load(&s->due_ns);
-            if (now - due <= asc_lp.threshold_ns) continue;
+            int64_t due;
+            int64_t late = asc_slot_late(s, now, &due);
+            if (!s->poll_hooked && !s->stamp_tried && late > asc_lp.threshold_ns / 2 && stamp < 0) {
+                /* Read the stack first, without the GIL: taking the GIL may wait for as long as a
+                 * C call holding it lasts, and this may already be the blocking step. */
+                asc_capture(s, due);
+                s->stamp_tried = 1;
+                stamp = i;
+                stamp_due = due;
+            }
+            if (late <= asc_lp.threshold_ns) continue;
+            if (s->poll_hooked && !atomic_load(&s->block_flag)) {
+                s->block_mark = due;
+                s->block_since = s->wd_since;
+                atomic_store(&s->block_flag, 1);
+            }
             /* A failed read (the thread moved under us) is retried at the next wake-up. */
             if (s->captured_due != due) asc_capture(s, due);
             if (s->probe_due != due && probe < 0) {
@@ -481,16 +584,53 @@ static void *asc_watchdog_main(void *arg) {
                 probe_due = due;
             }
         }
-        if (probe >= 0) {
+        if (probe >= 0 || stamp >= 0) {
             /* Never wait for the GIL with the mutex held: the loop thread takes the mutex with the
              * GIL held (loop start and stop). */
             pthread_mutex_unlock(&asc_lp.mutex);
-            asc_probe(probe, probe_due);
+            if (stamp >= 0) asc_stamp_with_gil(stamp, stamp_due);
+            if (probe >= 0) asc_probe(probe, probe_due);
             pthread_mutex_lock(&asc_lp.mutex);
         }
     }
     pthread_mutex_unlock(&asc_lp.mutex);
     return NULL;
+}
+
+static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop, int install);
+
+/* Stamp the polls of a selector loop whose current period has run for half the threshold (with the
+ * GIL, from the watchdog thread, while the loop thread is paused inside its long step). The
+ * period under way becomes the stamped loop's first one, started when its beat was due; from the
+ * next poll on, periods are split exactly. */
+static void asc_stamp_with_gil(int i, int64_t due) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    asc_loop_slot *s = &asc_lp.slots[i];
+    if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || s->poll_hooked ||
+        atomic_load(&s->due_ns) != due) {
+        if (!asc_lp.stop && s->used) s->stamp_tried = 0; /* the period ended: maybe next time */
+        PyGILState_Release(g);
+        return;
+    }
+    asc_saved_error saved;
+    asc_save_error(&saved);
+    int hooked = asc_hook_poll(s, i, s->loop, 1);
+    asc_restore_error(&saved);
+    if (hooked) {
+        pthread_mutex_lock(&asc_lp.mutex);
+        atomic_store(&s->in_poll, 0);
+        atomic_store(&s->polls, 1);
+        atomic_store(&s->block_flag, 0);
+        s->wd_polls = 1;
+        s->wd_since = due;
+        /* What the watchdog already read for this period now belongs to mark 1. */
+        if (s->captured_due == due) s->captured_due = 1;
+        if (s->probe_due == due) s->probe_due = 1;
+        if (s->task_due == due) s->task_due = 1;
+        s->poll_hooked = 1;
+        pthread_mutex_unlock(&asc_lp.mutex);
+    }
+    PyGILState_Release(g);
 }
 
 /* Start the watchdog if this process has none (first loop, or first loop after a fork). Signals
@@ -582,10 +722,14 @@ static void asc_loop_stopped(void) {
     asc_loop_slot *s = asc_slot_of_this_thread();
     if (!s) return;
     /* The loop may stop right after a block (asyncio.run(main()) whose main() ends with the
-     * blocking call): its late beat will never run, so the period is closed here. */
+     * blocking call): no poll or late beat follows, so the period is closed here. */
     int64_t now = asc_now_ns();
-    int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
-    if (now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
+    if (s->poll_hooked) {
+        asc_close_flagged_block(s);
+    } else {
+        int64_t due = atomic_exchange(&s->due_ns, now + asc_lp.period_ns);
+        if (now - due > asc_lp.threshold_ns) asc_report_block(s, due, now - due);
+    }
     pthread_mutex_lock(&asc_lp.mutex);
     s->running = 0;
     s->tstate = 0;
@@ -600,6 +744,123 @@ static void asc_loop_stopped(void) {
         Py_DECREF(h);
         asc_drop_error("loop stop");
     }
+}
+
+/* ---- the poll stamp of selector loops ------------------------------------------------------- */
+
+/* asyncio's selector loops call self._selector.select(timeout) once per iteration, and only
+ * there wait for I/O: the exact moment the loop "gets back to polling". The beat alone cannot
+ * split periods on these loops: asyncio runs callbacks that were ready before the timers that
+ * fell due, so two 60 ms steps separated by `await asyncio.sleep(0)` run before the late beat and
+ * would read as one 120 ms block. The stamp is a callable put in front of the selector's select
+ * (an instance attribute); it closes a blocked period when the loop comes back to poll and counts
+ * polls, and the watchdog does the timing. It is kept to a vectorcall, two relaxed stores and an
+ * increment, but an extra call layer per iteration still costs iteration-heavy programs several
+ * per cent, so a loop only gets it once its beat has been late by half the threshold (it runs
+ * long steps; asc_stamp_with_gil): programs whose steps are all short never pay for it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *orig; /* owned: the selector's bound select method */
+    int index;      /* the slot of the loop's current run */
+    uint64_t gen;   /* that slot's gen at the start of the run */
+    vectorcallfunc vectorcall;
+} asc_poll_hook;
+
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#define Py_TPFLAGS_HAVE_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL
+#endif
+
+static PyObject *asc_poll_hook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames) {
+    asc_poll_hook *ph = (asc_poll_hook *)self;
+    asc_loop_slot *s = &asc_lp.slots[ph->index];
+    if (!s->used || s->gen != ph->gen || !s->running || !s->poll_hooked)
+        return PyObject_Vectorcall(ph->orig, args, nargsf, kwnames); /* a run we do not watch */
+    if (atomic_load_explicit(&s->block_flag, memory_order_relaxed)) asc_close_flagged_block(s);
+    atomic_store_explicit(&s->in_poll, 1, memory_order_relaxed);
+    PyObject *r = PyObject_Vectorcall(ph->orig, args, nargsf, kwnames);
+    /* The count first, published by the release store: the watchdog must never see "not
+     * polling" with the old count. */
+    atomic_fetch_add_explicit(&s->polls, 1, memory_order_relaxed);
+    atomic_store_explicit(&s->in_poll, 0, memory_order_release);
+    return r;
+}
+
+static int asc_poll_hook_traverse(PyObject *self, visitproc visit, void *arg) {
+    Py_VISIT(((asc_poll_hook *)self)->orig);
+    return 0;
+}
+
+/* The selector holds the hook in its __dict__ and the hook holds the selector's bound method: a
+ * cycle, so the hook takes part in garbage collection. */
+static int asc_poll_hook_clear(PyObject *self) {
+    Py_CLEAR(((asc_poll_hook *)self)->orig);
+    return 0;
+}
+
+static void asc_poll_hook_dealloc(PyObject *self) {
+    PyObject_GC_UnTrack(self);
+    asc_poll_hook_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject asc_poll_hook_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aioscope._agent.PollStamp",
+    .tp_basicsize = sizeof(asc_poll_hook),
+    .tp_dealloc = asc_poll_hook_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(asc_poll_hook, vectorcall),
+    .tp_traverse = asc_poll_hook_traverse,
+    .tp_clear = asc_poll_hook_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "aioscope's stamp around an asyncio selector's select() (blocking detector).",
+};
+
+/* Re-aim the poll stamp already on an asyncio selector loop at the run in slot index, or (install)
+ * put one there; returns 1 when the loop's polls are stamped. Only loops of asyncio's BaseSelectorEventLoop with
+ * a selectors.BaseSelector: they poll through _selector.select every iteration. Anything unusual
+ * (a select already replaced by someone else) leaves the loop to the beat alone. Runs Python code
+ * (an ABC's isinstance): never with the watchdog mutex held. */
+static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop, int install) {
+    if (!asc_lp.selector_loop_type || !asc_lp.base_selector_type) return 0;
+    int ok = PyObject_IsInstance(loop, asc_lp.selector_loop_type);
+    PyObject *sel = ok > 0 ? PyObject_GetAttrString(loop, "_selector") : NULL;
+    ok = sel ? PyObject_IsInstance(sel, asc_lp.base_selector_type) : 0;
+    PyObject *dict = ok > 0 ? PyObject_GetAttrString(sel, "__dict__") : NULL;
+    asc_poll_hook *ph = NULL;
+    if (dict && PyDict_Check(dict)) {
+        PyObject *cur = PyDict_GetItemString(dict, "select"); /* borrowed */
+        if (cur && Py_TYPE(cur) == &asc_poll_hook_type) {
+            ph = (asc_poll_hook *)cur;
+            Py_INCREF(ph);
+        } else if (!cur && install) {
+            PyObject *orig = PyObject_GetAttrString(sel, "select");
+            ph = orig ? PyObject_GC_New(asc_poll_hook, &asc_poll_hook_type) : NULL;
+            if (ph) {
+                ph->orig = orig;
+                ph->index = 0;
+                ph->gen = 0; /* no slot has gen 0: a run that is not watched */
+                ph->vectorcall = asc_poll_hook_vectorcall;
+                PyObject_GC_Track((PyObject *)ph);
+                if (PyDict_SetItemString(dict, "select", (PyObject *)ph) < 0) Py_CLEAR(ph);
+            } else {
+                Py_XDECREF(orig);
+            }
+        }
+    }
+    int hooked = 0;
+    if (ph) {
+        ph->index = index;
+        ph->gen = s->gen;
+        hooked = 1;
+        Py_DECREF(ph);
+    }
+    Py_XDECREF(dict);
+    Py_XDECREF(sel);
+    asc_drop_error("poll stamp");
+    return hooked;
 }
 
 /* ---- exception handler chaining ------------------------------------------------------------ */
@@ -770,6 +1031,14 @@ static void asc_loop_started(PyObject *loop, int check_running) {
     s->task_due = 0;
     hb->index = index;
     hb->gen = s->gen;
+    /* A stamp left on the selector by an earlier run is re-aimed at once; a loop without one
+     * gets it only when it shows long steps. Before the first beat is armed: the beat's period
+     * depends on it. Not under the mutex: asc_hook_poll runs Python code. */
+    int hooked = asc_hook_poll(s, index, loop, 0);
+    pthread_mutex_lock(&asc_lp.mutex);
+    s->poll_hooked = hooked;
+    s->stamp_tried = hooked;
+    pthread_mutex_unlock(&asc_lp.mutex);
     if (asc_arm(s, (PyObject *)hb) < 0) {
         asc_drop_error("heartbeat");
         s->used = 0;
@@ -779,7 +1048,11 @@ static void asc_loop_started(PyObject *loop, int check_running) {
     }
     Py_DECREF(hb); /* the TimerHandle holds it */
     pthread_mutex_lock(&asc_lp.mutex);
-    atomic_store(&s->due_ns, asc_now_ns() + asc_lp.period_ns);
+    atomic_store(&s->in_poll, 0);
+    atomic_store(&s->polls, 1);
+    atomic_store(&s->block_flag, 0);
+    s->wd_polls = -1;
+    atomic_store(&s->due_ns, asc_now_ns() + asc_beat_ns(s));
     s->captured_due = 0;
     s->probe_due = 0;
     s->nframes = 0;
@@ -849,7 +1122,7 @@ static void asc_hook_early_uvloop(void) {
 /* ---- init and exit ------------------------------------------------------------------------- */
 
 int asc_loops_module_init(PyObject *module) {
-    if (PyType_Ready(&asc_heartbeat_type) < 0) return -1;
+    if (PyType_Ready(&asc_heartbeat_type) < 0 || PyType_Ready(&asc_poll_hook_type) < 0) return -1;
     return 0;
 }
 
@@ -882,7 +1155,7 @@ int asc_loops_init(PyObject *module) {
     asc_lp.orig_set_running_loop = PyObject_GetAttrString(events, "_set_running_loop");
     hook = PyObject_GetAttrString(module, "_set_running_loop");
     if (!asc_lp.str_call_later || !asc_lp.str_cancel || !asc_lp.seen_loops ||
-        !asc_lp.current_task || !asc_lp.get_running_loop || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s)
+        !asc_lp.current_task || !asc_lp.get_running_loop || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s || !asc_lp.slow_period_s)
         goto done;
     /* asyncio.events._set_running_loop: BaseEventLoop.run_forever calls it through the module.
      * asyncio._set_running_loop: uvloop reads it at import. */
@@ -890,6 +1163,14 @@ int asc_loops_init(PyObject *module) {
         asc_hook_attr(asyncio, "_set_running_loop", hook) < 0)
         goto done;
     asc_hook_early_uvloop();
+    /* The poll stamp's types; without them (an unusual asyncio) every loop relies on its beat. */
+    PyObject *selmod = PyImport_ImportModule("selectors");
+    PyObject *selev = selmod ? PyImport_ImportModule("asyncio.selector_events") : NULL;
+    asc_lp.base_selector_type = selmod ? PyObject_GetAttrString(selmod, "BaseSelector") : NULL;
+    asc_lp.selector_loop_type = selev ? PyObject_GetAttrString(selev, "BaseSelectorEventLoop") : NULL;
+    Py_XDECREF(selev);
+    Py_XDECREF(selmod);
+    PyErr_Clear();
     if (pthread_atfork(asc_atfork_prepare, asc_atfork_parent, asc_atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "aioscope: pthread_atfork failed");
         goto done;
