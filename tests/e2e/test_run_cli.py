@@ -332,11 +332,13 @@ def finish(proc, timeout=30):
 
 
 @pytest.mark.parametrize("how,sig", [
-    ("ctrl-c", signal.SIGINT),            # typed in the terminal
-    ("sigint-group", signal.SIGINT),      # kill -INT -PGID: one SIGINT for every process
-    ("sigterm-group", signal.SIGTERM),    # kill -TERM -PGID
-    ("sigterm-aioscope", signal.SIGTERM),  # kill PID of aioscope, which passes it on
-], ids=lambda v: v if isinstance(v, str) else "")
+    pytest.param("ctrl-c", signal.SIGINT, id="ctrl-c"),  # typed in the terminal
+    # kill -INT -PGID / kill -TERM -PGID: one signal for every process of the group
+    pytest.param("sigint-group", signal.SIGINT, id="sigint-group"),
+    pytest.param("sigterm-group", signal.SIGTERM, id="sigterm-group"),
+    # kill PID of aioscope, which passes it on
+    pytest.param("sigterm-aioscope", signal.SIGTERM, id="sigterm-aioscope"),
+])
 def test_signal_still_gives_the_report(how, sig, python, tmp_path):
     """A service stopped by a signal: the status is 128+N, the JSON report is written and holds
     what was found before, and nothing more."""
