@@ -628,7 +628,21 @@ static void asc_stamp_with_gil(int i, int64_t due) {
         if (s->probe_due == due) s->probe_due = 1;
         if (s->task_due == due) s->task_due = 1;
         s->poll_hooked = 1;
+        /* Taking the GIL may have waited for the whole blocking call (a regex holding it): the
+         * loop thread, paused right after it, polls as soon as we let go, before the watchdog's
+         * next look. So a period already over the threshold is flagged now. */
+        int64_t now = asc_now_ns();
+        if (now - due > asc_lp.threshold_ns) {
+            s->block_mark = 1;
+            s->block_since = due;
+            atomic_store(&s->block_flag, 1);
+            s->probe_due = 1;
+        }
         pthread_mutex_unlock(&asc_lp.mutex);
+        /* The loop thread is inside the period's step: the running task is the one to name. */
+        asc_save_error(&saved);
+        asc_note_task(s, 1);
+        asc_restore_error(&saved);
     }
     PyGILState_Release(g);
 }
