@@ -17,8 +17,9 @@ at once and reports the growth of resident memory per task; the agent's share is
 
 The budget (the issue's): at most 1.05x per workload on 3.11-3.13, at most 128 bytes per live task.
 Prints a table as it goes and a markdown table at the end; --save FILE writes every raw figure
-as JSON. A full run takes about 8 minutes on 2 cores, --quick about 1 (sizes / 10, fewer rounds:
-good for a look, too noisy for the 1.05 verdict).
+as JSON. A full run needs about 7 minutes of CPU (it took 25 minutes of wall time on 2 cores that
+other work kept at a load average of 15); --quick (sizes / 10, 3 rounds) took 1.6 minutes there:
+good for a look, too coarse for the 1.05 verdict.
 """
 import argparse
 import json
