@@ -452,6 +452,44 @@ static PyObject *asc_dl_weak_target(PyObject *ref) {
 #endif
 }
 
+/* What the per-loop `seen` cache keeps of a task's primitive (a new reference): a weak reference
+ * when the object takes one (locks, events, queues, futures, tasks), else the object, or None.
+ * The cache of a loop lives until that loop's next check, which for a loop that stopped may be
+ * never: a strong reference to a future or task there kept its exception, the exception's
+ * traceback and every frame and local on it alive (test_asyncio's test_handshake_timeout saw its
+ * SSLContext outlive a timed-out connection, on 3.10, through wait_for's inner task). */
+static PyObject *asc_dl_prim_ref(PyObject *prim) {
+    if (!prim) Py_RETURN_NONE;
+    PyObject *ref = PyWeakref_NewRef(prim, NULL);
+    if (ref) return ref;
+    PyErr_Clear();
+    Py_INCREF(prim);
+    return prim;
+}
+
+/* The primitive a cache entry names: 1 with *out a new reference (NULL for None), 0 when it was
+ * a weak reference whose object is gone. */
+static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
+    *out = NULL;
+    if (stored == Py_None) return 1;
+    if (!PyWeakref_CheckRef(stored)) {
+        Py_INCREF(stored);
+        *out = stored;
+        return 1;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(stored, out) < 0) PyErr_Clear();
+#else
+    PyObject *o = PyWeakref_GetObject(stored);
+    if (o && o != Py_None) {
+        Py_INCREF(o);
+        *out = o;
+    }
+    PyErr_Clear();
+#endif
+    return *out != NULL;
+}
+
 /* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
  * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
  * the loop cannot be checked now. */
@@ -497,12 +535,14 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
             t->stable = 1;
             t->since_ns = PyLong_AsLongLong(PyTuple_GET_ITEM(old, 1));
             long wait = PyLong_AsLong(PyTuple_GET_ITEM(old, 3));
+            PyObject *prim = NULL;
+            /* A primitive that is gone (its weak reference died): classify again. */
+            if (wait >= 0 && !asc_dl_prim_get(PyTuple_GET_ITEM(old, 4), &prim)) wait = -1;
             if (wait >= 0) {
                 /* Classified at an earlier check: the task has not run since, so its chain
                  * and what it waits on are the same. */
                 t->wait = (asc_wait)wait;
-                t->prim = PyTuple_GET_ITEM(old, 4) == Py_None ? NULL : PyTuple_GET_ITEM(old, 4);
-                Py_XINCREF(t->prim);
+                t->prim = prim;
                 Py_INCREF(old);
                 val = old;
             } else if (classified >= ASC_DL_CLASSIFY_MAX) {
@@ -513,8 +553,8 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
                 classified++;
                 asc_dl_walk_chain(t);
                 asc_dl_classify(t);
-                val = Py_BuildValue("(OLOiO)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns,
-                                    PyTuple_GET_ITEM(old, 2), (int)t->wait, t->prim ? t->prim : Py_None);
+                val = Py_BuildValue("(OLOiN)", PyTuple_GET_ITEM(old, 0), (long long)t->since_ns,
+                                    PyTuple_GET_ITEM(old, 2), (int)t->wait, asc_dl_prim_ref(t->prim));
             }
         } else {
             /* First seen on this waiter: (weakref(waiter), since, stuck reported, wait, prim),
