@@ -639,6 +639,7 @@ static void asc_stamp_with_gil(int i, int64_t due) {
             s->probe_due = 1;
         }
         pthread_mutex_unlock(&asc_lp.mutex);
+        if (asc_lp.debug) fprintf(stderr, "aioscope: polls of loop %d stamped after %.3f s\n", i, (double)(now - due) / 1e9);
         /* The loop thread is inside the period's step: the running task is the one to name. */
         asc_save_error(&saved);
         asc_note_task(s, 1);
