@@ -4,20 +4,22 @@
  * method on the loop each time: the first step and every bare `yield` (sleep(0), cancellation)
  * schedule a TaskStepMethWrapper, and a task waiting on a future is woken by the future's
  * done-callback, which the future schedules with call_soon as well (TaskWakeupMethWrapper on
- * 3.8/3.9, a builtin method named task_wakeup from 3.10). An instance attribute wins over the
- * class's method, so for each loop that starts we put a small C callable in loop.__dict__
- * ["call_soon"]. It passes every call through to the class's call_soon unchanged, except that a
- * task's step callback is wrapped in an asc_step object which, when the loop runs it, times the
- * step (two vDSO clock reads) and adds it to the task's counters. The cost is one extra C call
- * per call_soon and one small allocation (from a free list) plus two clock reads per task step;
- * nothing at all for callbacks that are not task steps.
+ * 3.8/3.9, a builtin method named task_wakeup from 3.10). So the first time a loop of a class
+ * starts, the class that defines its call_soon gets a C method descriptor in place of that
+ * function (asc_call_soon below; class-level, so the loops' instance dicts and the interpreter's
+ * specialisations are untouched). It passes every call through to the function unchanged, except
+ * that a task's step callback is wrapped in an asc_step object which, when the loop runs it,
+ * times the step (two vDSO clock reads) and adds it to the task's counters. The cost is one extra
+ * C call per call_soon and one small allocation (from a free list) plus two clock reads per task
+ * step; nothing else for callbacks that are not task steps. (The earlier per-instance
+ * loop.__dict__["call_soon"] cost 1.2-1.3x on queue ping-pong by itself, see git log.)
  *
  * The counters live in the task itself (asc_task_stats in the Task subclass of tasks.c); a task
  * created by the program's own task factory has none and shows as "not measured". The first time
  * a task schedules a step (in Task.__init__) its creation time and the task that was running on
  * the loop at that moment (its spawner) are noted.
  *
- * Not covered: uvloop (its loop has no __dict__ and a C call_soon), pure-Python tasks
+ * Not covered: uvloop (a C call_soon), pure-Python tasks
  * (asyncio.tasks._PyTask), and the first step of 3.12's eager tasks (run inside __init__). */
 #include "agent/agent.h"
 
@@ -190,12 +192,19 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
     return NULL;
 }
 
-/* ---- the per-loop call_soon ------------------------------------------------------------------ */
+/* ---- the class-level call_soon ---------------------------------------------------------------- */
 
+/* A method descriptor put in the dict of the loop class that defines call_soon (asyncio's
+ * BaseEventLoop, or a subclass's override), in place of the function, once per class. It is
+ * flagged Py_TPFLAGS_METHOD_DESCRIPTOR, so method lookups (the C Future's call_soon, and the
+ * interpreter's specialised LOAD_ATTR method forms) call it unbound with the loop first, as they
+ * call the function: no bound method is created, and the loops' instance dicts stay as asyncio
+ * made them (an instance attribute would turn a loop's inline attribute values into a real dict
+ * and cost every `self._x` in the loop's own code its specialisation). A program that sets its
+ * own loop.call_soon on an instance keeps it (instance attributes win over the class's). */
 typedef struct {
     PyObject_HEAD
-    PyObject *loop; /* owned; the loop's __dict__ holds us: a cycle the GC breaks */
-    PyObject *orig; /* owned: the class's call_soon (a function), called with the loop first */
+    PyObject *orig; /* owned: the class's call_soon function, called with the loop first */
     vectorcallfunc vectorcall;
 } asc_call_soon;
 
@@ -215,50 +224,56 @@ static void asc_note_first_schedule(PyObject *loop, PyObject *callback, asc_task
     }
 }
 
-static PyObject *asc_call_soon_run(asc_call_soon *self, PyObject *const *args, Py_ssize_t nargs,
-                                   PyObject *kwnames) {
+/* args: (loop, callback, *args), kwnames: context= at most. */
+static PyObject *asc_call_soon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames) {
+    PyObject *orig = ((asc_call_soon *)self)->orig;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *stack[1 + ASC_MAX_CALL_ARGS];
-    if (nargs < 1 || nargs + nkw > ASC_MAX_CALL_ARGS) {
-        /* Not a shape asyncio uses for task steps: let the real call_soon judge it. */
-        PyObject *bound = PyMethod_New(self->orig, self->loop);
-        if (!bound) return NULL;
-        PyObject *r = PyObject_Vectorcall(bound, args, (size_t)nargs, kwnames);
-        Py_DECREF(bound);
-        return r;
-    }
-    stack[0] = self->loop;
-    memcpy(stack + 1, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
-    PyObject *wrapped = NULL;
-    PyObject *task = asc_cfg.enabled ? asc_task_of_callback(args[0]) : NULL;
+    PyObject *task = nargs >= 2 && nargs + nkw <= 1 + ASC_MAX_CALL_ARGS && asc_cfg.enabled
+                         ? asc_task_of_callback(args[1])
+                         : NULL;
     asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
-    if (st) {
-        if (st->created_ns == 0) {
-            asc_note_first_schedule(self->loop, args[0], st);
-            if (asc_trace_active) asc_trace_task_created(task, st, (PyObject *)st->spawned_by);
-        }
-        wrapped = asc_step_new(args[0], task);
-        if (wrapped) stack[1] = wrapped;
-        else PyErr_Clear(); /* out of memory: schedule the step unmeasured */
+    if (!st) /* not a task step of ours: straight through, the arguments untouched */
+        return PyObject_Vectorcall(orig, args, nargsf, kwnames);
+    PyObject *loop = args[0];
+    if (st->created_ns == 0) {
+        asc_note_first_schedule(loop, args[1], st);
+        if (asc_trace_active) asc_trace_task_created(task, st, (PyObject *)st->spawned_by);
     }
-    PyObject *r = PyObject_Vectorcall(self->orig, stack, (size_t)(1 + nargs), kwnames);
+    PyObject *stack[1 + ASC_MAX_CALL_ARGS];
+    memcpy(stack, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
+    PyObject *wrapped = asc_step_new(args[1], task);
+    if (wrapped) stack[1] = wrapped;
+    else PyErr_Clear(); /* out of memory: schedule the step unmeasured */
+    PyObject *r = PyObject_Vectorcall(orig, stack, (size_t)nargs, kwnames);
     Py_XDECREF(wrapped);
     return r;
 }
 
-static PyObject *asc_call_soon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                                          PyObject *kwnames) {
-    return asc_call_soon_run((asc_call_soon *)self, args, PyVectorcall_NARGS(nargsf), kwnames);
+/* loop.call_soon: bound like a function (the interpreter's method calls never get here). */
+static PyObject *asc_call_soon_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* __name__, __doc__, __wrapped__-style questions: the function's answers. */
+static PyObject *asc_call_soon_getattro(PyObject *self, PyObject *name) {
+    PyObject *r = PyObject_GenericGetAttr(self, name);
+    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
+    PyErr_Clear();
+    return PyObject_GetAttr(((asc_call_soon *)self)->orig, name);
 }
 
 static int asc_call_soon_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_call_soon *)self)->loop);
     Py_VISIT(((asc_call_soon *)self)->orig);
     return 0;
 }
 
 static int asc_call_soon_clear(PyObject *self) {
-    Py_CLEAR(((asc_call_soon *)self)->loop);
     Py_CLEAR(((asc_call_soon *)self)->orig);
     return 0;
 }
@@ -270,9 +285,9 @@ static void asc_call_soon_dealloc(PyObject *self) {
 }
 
 static PyObject *asc_call_soon_repr(PyObject *self) {
-    asc_call_soon *cs = (asc_call_soon *)self;
-    if (!cs->loop) return PyUnicode_FromString("<call_soon>");
-    return PyUnicode_FromFormat("<bound method call_soon of %R>", cs->loop);
+    PyObject *orig = ((asc_call_soon *)self)->orig;
+    if (!orig) return PyUnicode_FromString("<call_soon>");
+    return PyObject_Repr(orig);
 }
 
 static PyTypeObject asc_call_soon_type = {
@@ -281,9 +296,12 @@ static PyTypeObject asc_call_soon_type = {
     .tp_dealloc = asc_call_soon_dealloc,
     .tp_repr = asc_call_soon_repr,
     .tp_call = PyVectorcall_Call,
+    .tp_getattro = asc_call_soon_getattro,
     .tp_traverse = asc_call_soon_traverse,
     .tp_clear = asc_call_soon_clear,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
+    .tp_descr_get = asc_call_soon_descr_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_vectorcall_offset = offsetof(asc_call_soon, vectorcall),
 };
 
@@ -302,36 +320,29 @@ int asc_steps_init(PyObject *module) {
 }
 
 int asc_steps_on_loop_start(PyObject *loop) {
-    /* A loop without an instance dict (uvloop) cannot be given an instance attribute. */
-    PyObject **dictptr = _PyObject_GetDictPtr(loop);
-    if (!dictptr) return 0;
-    PyObject *cur = PyObject_GetAttr(loop, asc_st.str_call_soon);
-    if (!cur) return -1;
-    int ours = Py_TYPE(cur) == &asc_call_soon_type;
-    Py_DECREF(cur);
-    if (ours) return 0;
-    /* The class's function (a subclass's override included): called with the loop first, just as
-     * the method lookup would have bound it. A program that set its own loop.call_soon on the
-     * instance keeps it (we do not stack on top of instance attributes). */
-    if (*dictptr && PyDict_GetItemWithError(*dictptr, asc_st.str_call_soon)) return 0;
-    if (PyErr_Occurred()) return -1;
-    PyObject *orig = PyObject_GetAttr((PyObject *)Py_TYPE(loop), asc_st.str_call_soon);
-    if (!orig) return -1;
-    if (!PyFunction_Check(orig)) {
-        Py_DECREF(orig); /* a C call_soon (an extension loop): not a function we can re-bind */
+    /* The class that defines the loop's call_soon, and what it holds there. */
+    PyTypeObject *tp = Py_TYPE(loop);
+    PyObject *mro = tp->tp_mro;
+    if (!mro || !PyTuple_Check(mro)) return 0;
+    PyObject *owner = NULL, *cur = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro) && !cur; i++) {
+        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
+        cur = dict ? PyDict_GetItemWithError(dict, asc_st.str_call_soon) : NULL; /* borrowed */
+        if (!cur && PyErr_Occurred()) return -1;
+        if (cur) owner = PyTuple_GET_ITEM(mro, i);
+    }
+    if (!cur || Py_TYPE(cur) == &asc_call_soon_type) return 0; /* none, or ours already */
+    /* A C call_soon (uvloop, an extension loop) or anything unusual: not ours to wrap. Static
+     * types (no asyncio loop is one) cannot take attributes. */
+    if (!PyFunction_Check(cur) || !(((PyTypeObject *)owner)->tp_flags & Py_TPFLAGS_HEAPTYPE))
         return 0;
-    }
     asc_call_soon *cs = PyObject_GC_New(asc_call_soon, &asc_call_soon_type);
-    if (!cs) {
-        Py_DECREF(orig);
-        return -1;
-    }
-    Py_INCREF(loop);
-    cs->loop = loop;
-    cs->orig = orig;
+    if (!cs) return -1;
+    Py_INCREF(cur);
+    cs->orig = cur;
     cs->vectorcall = asc_call_soon_vectorcall;
     PyObject_GC_Track((PyObject *)cs);
-    int rc = PyObject_GenericSetAttr(loop, asc_st.str_call_soon, (PyObject *)cs);
+    int rc = PyObject_SetAttr(owner, asc_st.str_call_soon, (PyObject *)cs);
     Py_DECREF(cs);
     return rc;
 }
