@@ -2,36 +2,44 @@
  * garbage-collected without being closed, with the line that opened them.
  *
  * CPython already notices these: their finalizers warn "unclosed transport ...", "unclosed event
- * loop ...", "unclosed <socket.socket ...>", "unclosed <StreamWriter ...>" (3.11.x+) with
- * ResourceWarning, and uvloop's handles warn "unclosed resource ...". The default filters ignore
- * ResourceWarning, so such a warning normally stops in the filter check and is never shown. We
- * put an "always" filter for ResourceWarning first in warnings.filters, so every such warning
- * reaches warnings._showwarnmsg, which we replace by a C function: it records the finding, then
- * applies the program's own filters (every filter but ours, in order, as warnings.py does) and
- * forwards to the original only what the program would have shown — with "default", "module"
- * and "once" still shown once — so the program's visible output stays the same.
+ * loop ...", "unclosed <socket.socket ...>", "unclosed <StreamWriter ...>" (3.11+) with
+ * ResourceWarning. The default filters ignore ResourceWarning, so such a warning normally stops
+ * in the filter check and never reaches Python code we could hook, and changing warnings.filters
+ * would be seen by the program. So we wrap the finalizers themselves, at class level: the
+ * __del__ of asyncio's transports, BaseEventLoop and StreamWriter (3.11+) becomes a C function
+ * that makes the same "still open" test the original makes before it warns, reports the leak if
+ * so, then calls the original (with the original's default arguments, such as _warn=warnings.warn
+ * bound at class creation), which warns and closes exactly as before. socket.socket (a Python
+ * subclass of _socket.socket, whose C finalizer warns) gets a __del__ that reports when the fd is
+ * still open, then calls _socket.socket.__del__, which warns and closes the fd as it always did.
+ * What the program shows (nothing by default, the warnings under -W default or -X dev) is what
+ * it showed without us. This costs one C call per finalization of those objects, nothing else.
+ *
+ * uvloop's transports are C objects whose deallocator warns "unclosed resource ..."; there is no
+ * finalizer to wrap. warnings._showwarnmsg is replaced by a C function that forwards every
+ * warning to the original unchanged and reports the "unclosed ..." warnings that did not come
+ * from a finalizer wrapped here: those are seen only when the program's own filters show
+ * ResourceWarning (-W default, -X dev, a filter of its own).
  *
  * Nothing records where a transport was opened, so we capture a creation site (code object +
  * offset, see frames.c) in the __init__ of the classes concerned: asyncio's transports, event
  * loops, StreamWriter and socket.socket. That runs on connection setup only. Objects with an
  * instance __dict__ keep it as an attribute (it survives until __del__, also in a collected
  * cycle); sockets have __slots__, so theirs go in a table keyed by id() and emptied by a weak
- * reference callback. uvloop's transports are C objects with neither: their leaks are reported,
- * but where they were opened is unknown (the site is then where the collection happened). */
+ * reference callback. uvloop's transports are C objects with neither: where they were opened is
+ * unknown (the site is then where the collection happened). */
 #include "agent/agent.h"
 
-#include <frameobject.h>
 #include <string.h>
 
 #define ASC_SITE_ATTR "_aioscope_opened_at"
 
 static struct {
     PyObject *orig_show;       /* warnings._showwarnmsg as it was */
-    PyObject *our_filter;      /* the filter tuple we put first in warnings.filters */
+    PyObject *sock_fileno;     /* _socket.socket.fileno (not a subclass's override) */
     PyObject *warnings;        /* the warnings module */
     PyObject *socket_type;     /* socket.socket */
     PyObject *socket_sites;    /* dict: id(sock) -> (weakref, code, lasti) */
-    PyObject *shown_once;      /* set: keys of warnings already shown for "default"/"once"/"module" */
     PyObject *loop_type;       /* asyncio.base_events.BaseEventLoop */
 } asc_lk;
 
@@ -105,27 +113,6 @@ static PyObject *asc_recalled_site(PyObject *obj)
     return site;
 }
 
-/* Put our filter back in front when the program's own filter changes (simplefilter("ignore"),
- * resetwarnings(), ...) pushed it down or removed it; run when a loop is created, so a program
- * that sets its filters at start-up still has its leaks seen. What the program itself shows is
- * still decided by its filters (asc_program_action skips ours). */
-static void asc_keep_filter_first(void)
-{
-    PyObject *filters = PyObject_GetAttrString(asc_lk.warnings, "filters");
-    if (filters && PyList_Check(filters) && asc_lk.our_filter &&
-        (PyList_GET_SIZE(filters) == 0 || PyList_GET_ITEM(filters, 0) != asc_lk.our_filter)) {
-        for (Py_ssize_t i = PyList_GET_SIZE(filters) - 1; i >= 0; i--)
-            if (PyList_GET_ITEM(filters, i) == asc_lk.our_filter)
-                (void)PySequence_DelItem(filters, i);
-        if (PyList_Insert(filters, 0, asc_lk.our_filter) == 0) {
-            PyObject *r = PyObject_CallMethod(asc_lk.warnings, "_filters_mutated", NULL);
-            Py_XDECREF(r);
-        }
-    }
-    Py_XDECREF(filters);
-    PyErr_Clear();
-}
-
 /* __init__ wrapper: self is the original __init__ function. An event loop also gets its task
  * factory here, not only when it starts running: tasks a program creates on a loop before
  * running it (loop.create_task(...); loop.run_forever()) then remember their creation site too. */
@@ -137,10 +124,8 @@ static PyObject *asc_init_wrapper(PyObject *orig, PyObject *args, PyObject *kwar
         asc_remember_site(self);
         if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1) {
             (void)asc_tasks_on_loop_start(self);
-            asc_keep_filter_first();
-        }
-        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1)
             (void)asc_steps_on_loop_start(self); /* the live view: the main task's steps count too */
+        }
         PyErr_Clear();
     }
     return r;
@@ -173,57 +158,15 @@ static int asc_wrap_init(const char *module_name, const char *cls_name)
     return rc;
 }
 
-/* ---- turning a warning into a finding -------------------------------------------------------------- */
+/* ---- reporting a leak ------------------------------------------------------------------------ */
 static const char asc_kind_transport[] = "transport", asc_kind_loop[] = "event loop",
                   asc_kind_writer[] = "StreamWriter", asc_kind_socket[] = "socket";
 
-/* What kind of resource an "unclosed ..." text names (one of the asc_kind_* strings, compared
- * by address), or NULL when it is not one of ours. */
-static const char *asc_resource_kind(const char *text, PyObject *source)
+/* Emit the finding for a leaked resource: kind is one of asc_kind_*, detail what the warning
+ * says after "unclosed ", owner the object (its opening site is looked up) or NULL. */
+static void asc_report_leak(const char *kind, const char *detail, PyObject *owner)
 {
-    if (source && source != Py_None && PyObject_IsInstance(source, asc_lk.socket_type) == 1)
-        return asc_kind_socket;
-    PyErr_Clear();
-    if (strncmp(text, "unclosed transport ", 19) == 0)
-        return asc_kind_transport;
-    if (strncmp(text, "unclosed event loop ", 20) == 0)
-        return asc_kind_loop;
-    if (strncmp(text, "unclosed <StreamWriter", 22) == 0)
-        return asc_kind_writer;
-    if (strncmp(text, "unclosed <socket.socket", 23) == 0 || strncmp(text, "unclosed <ssl.SSLSocket", 23) == 0)
-        return asc_kind_socket;
-    if (strncmp(text, "unclosed resource <", 19) == 0) /* uvloop's handles */
-        return asc_kind_transport;
-    return NULL;
-}
-
-/* StreamWriter.__del__ warns without source=: the writer is `self` in the frame that warns. */
-static PyObject *asc_self_of_warning_frame(void)
-{
-    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
-    if (f == NULL)
-        return NULL;
-    PyObject *locals = PyObject_GetAttrString((PyObject *)f, "f_locals");
-    PyObject *self = locals ? PyMapping_GetItemString(locals, "self") : NULL;
-    Py_XDECREF(locals);
-    PyErr_Clear();
-    return self;
-}
-
-static void asc_report_leak(PyObject *msg, const char *text, PyObject *source)
-{
-    const char *kind = asc_resource_kind(text, source);
-    if (kind == NULL)
-        return;
-    PyObject *owner = NULL;
-    if (source && source != Py_None) {
-        owner = source;
-        Py_INCREF(owner);
-    } else if (kind == asc_kind_writer) {
-        owner = asc_self_of_warning_frame();
-    }
     PyObject *site = asc_recalled_site(owner);
-    Py_XDECREF(owner);
     if (site == NULL && kind == asc_kind_socket) {
         /* A socket whose opening we did not see. The usual one is a leaked transport's socket
          * collected in the same cycle as the transport (the weak reference that keeps its site
@@ -235,7 +178,7 @@ static void asc_report_leak(PyObject *msg, const char *text, PyObject *source)
     aioscope_finding_init(&f);
     f.kind = strdup("resource-leak");
     f.severity = AIOSCOPE_SEV_WARNING;
-    f.detail = strdup(text + 9); /* after "unclosed " */
+    f.detail = strdup(detail);
     char m[256];
     if (site && PyTuple_Check(site) && PyTuple_GET_SIZE(site) == 2) {
         asc_codeloc loc = {PyTuple_GET_ITEM(site, 0), (int)PyLong_AsLong(PyTuple_GET_ITEM(site, 1))};
@@ -258,153 +201,229 @@ static void asc_report_leak(PyObject *msg, const char *text, PyObject *source)
         aioscope_finding_clear(&f);
 }
 
-/* ---- the program's own filters ------------------------------------------------------------------ */
-/* The action the program's filters (all but ours) give this warning, as warnings.py decides
- * it: the first filter whose message regex, category, module regex and line match. The module
- * is derived from the filename, as warnings does when it has no module name. New reference. */
-static PyObject *asc_program_action(PyObject *text, PyObject *category, PyObject *filename, PyObject *lineno)
+/* ---- the wrapped finalizers -------------------------------------------------------------------- */
+/* How a finalizer decides that its object is still open, as the original __del__ does it. */
+enum {
+    ASC_DEL_SOCK_ATTR,   /* _SelectorTransport: self._sock is not None */
+    ASC_DEL_PIPE_ATTR,   /* _UnixRead/WritePipeTransport: self._pipe is not None */
+    ASC_DEL_NOT_CLOSED,  /* BaseSubprocessTransport, _SSLProtocolTransport: not self._closed */
+    ASC_DEL_LOOP,        /* BaseEventLoop: not self.is_closed() */
+    ASC_DEL_WRITER,      /* StreamWriter: not self._transport.is_closing(), loop not closed */
+    ASC_DEL_SOCKET,      /* socket.socket: the fd is not -1 */
+};
+
+/* > 0 while this thread runs an original finalizer from our wrapper: the warning it gives is
+ * already reported, the _showwarnmsg hook leaves it alone. */
+static _Thread_local int asc_in_wrapped_del;
+
+/* 1 when the object is still open by the finalizer's own test, 0 when not or unknown. */
+static int asc_still_open(int how, PyObject *self)
 {
-    PyObject *filters = PyObject_GetAttrString(asc_lk.warnings, "filters");
-    PyObject *module = NULL;
-    if (filename && PyUnicode_Check(filename)) {
-        Py_ssize_t n = PyUnicode_GET_LENGTH(filename);
-        PyObject *suffix = PyUnicode_FromString(".py");
-        int py = suffix && n >= 3 && PyUnicode_Tailmatch(filename, suffix, 0, n, 1) == 1;
-        Py_XDECREF(suffix);
-        module = py ? PyUnicode_Substring(filename, 0, n - 3) : (Py_INCREF(filename), filename);
+    int open = 0;
+    PyObject *v = NULL, *r = NULL;
+    switch (how) {
+    case ASC_DEL_SOCK_ATTR:
+    case ASC_DEL_PIPE_ATTR:
+        v = PyObject_GetAttrString(self, how == ASC_DEL_SOCK_ATTR ? "_sock" : "_pipe");
+        open = v != NULL && v != Py_None;
+        break;
+    case ASC_DEL_NOT_CLOSED:
+        v = PyObject_GetAttrString(self, "_closed");
+        open = v != NULL && PyObject_Not(v) == 1;
+        break;
+    case ASC_DEL_LOOP:
+        r = PyObject_CallMethod(self, "is_closed", NULL);
+        open = r != NULL && PyObject_Not(r) == 1;
+        break;
+    case ASC_DEL_WRITER:
+        v = PyObject_GetAttrString(self, "_transport");
+        r = v ? PyObject_CallMethod(v, "is_closing", NULL) : NULL;
+        if (r != NULL && PyObject_Not(r) == 1) {
+            Py_CLEAR(v);
+            Py_CLEAR(r);
+            /* With its loop closed the writer warns "loop is closed", not about itself. */
+            v = PyObject_GetAttrString(self, "_loop");
+            r = v ? PyObject_CallMethod(v, "is_closed", NULL) : NULL;
+            open = r != NULL && PyObject_Not(r) == 1;
+        }
+        break;
+    case ASC_DEL_SOCKET:
+        r = PyObject_CallFunctionObjArgs(asc_lk.sock_fileno, self, NULL);
+        open = r != NULL && PyLong_Check(r) && PyLong_AsLong(r) != -1;
+        break;
     }
-    long line = lineno ? PyLong_AsLong(lineno) : 0;
-    PyObject *action = NULL;
-    for (Py_ssize_t i = 0; filters && PyList_Check(filters) && i < PyList_GET_SIZE(filters); i++) {
-        PyObject *flt = PyList_GET_ITEM(filters, i);
-        if (flt == asc_lk.our_filter || !PyTuple_Check(flt) || PyTuple_GET_SIZE(flt) != 5)
-            continue;
-        PyObject *act = PyTuple_GET_ITEM(flt, 0), *msg_re = PyTuple_GET_ITEM(flt, 1);
-        PyObject *cat = PyTuple_GET_ITEM(flt, 2), *mod_re = PyTuple_GET_ITEM(flt, 3);
-        long ln = PyLong_AsLong(PyTuple_GET_ITEM(flt, 4));
-        int ok = PyType_Check(cat) && PyObject_IsSubclass(category, cat) == 1;
-        if (ok && msg_re != Py_None) {
-            PyObject *m = PyObject_CallMethod(msg_re, "match", "O", text);
-            ok = m && m != Py_None;
-            Py_XDECREF(m);
-        }
-        if (ok && mod_re != Py_None && module) {
-            PyObject *m = PyObject_CallMethod(mod_re, "match", "O", module);
-            ok = m && m != Py_None;
-            Py_XDECREF(m);
-        }
-        if (ok && ln != 0 && ln != line)
-            ok = 0;
-        PyErr_Clear();
-        if (ok) {
-            action = act;
-            Py_INCREF(action);
-            break;
-        }
-    }
-    Py_XDECREF(filters);
-    Py_XDECREF(module);
-    if (action == NULL)
-        action = PyObject_GetAttrString(asc_lk.warnings, "defaultaction");
+    Py_XDECREF(v);
+    Py_XDECREF(r);
     PyErr_Clear();
-    return action;
+    return open;
 }
 
-/* 1 when the program would show this warning now ("default"/"module"/"once" only the first
- * time for their key), 0 when not, 2 for "error". */
-static int asc_program_would_show(PyObject *msg, PyObject *text, PyObject *category)
+/* Report self as left open: kind as in asc_kind_*, the detail being the text the original warns
+ * with after "unclosed ". Keeps any exception set. */
+static void asc_report_open(const char *kind, PyObject *self)
 {
-    PyObject *filename = PyObject_GetAttrString(msg, "filename");
-    PyObject *lineno = PyObject_GetAttrString(msg, "lineno");
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *repr = PyObject_Repr(self);
+    const char *rs = repr ? PyUnicode_AsUTF8(repr) : NULL;
+    PyObject *detail = NULL;
+    if (rs && (kind == asc_kind_transport || kind == asc_kind_loop))
+        detail = PyUnicode_FromFormat("%s %s", kind, rs);
+    else if (rs)
+        detail = PyUnicode_FromString(rs);
+    const char *d = detail ? PyUnicode_AsUTF8(detail) : NULL;
+    if (d)
+        asc_report_leak(kind, d, self);
+    Py_XDECREF(detail);
+    Py_XDECREF(repr);
     PyErr_Clear();
-    PyObject *action = asc_program_action(text, category, filename, lineno);
-    const char *a = action && PyUnicode_Check(action) ? PyUnicode_AsUTF8(action) : "default";
-    int show = 1;
-    PyObject *key = NULL;
-    if (a == NULL || strcmp(a, "ignore") == 0)
-        show = 0;
-    else if (strcmp(a, "error") == 0)
-        show = 2;
-    else if (strcmp(a, "once") == 0)
-        key = Py_BuildValue("(sOO)", "once", text, category);
-    else if (strcmp(a, "module") == 0)
-        key = Py_BuildValue("(sOOO)", "module", text, category, filename ? filename : Py_None);
-    else if (strcmp(a, "default") == 0)
-        key = Py_BuildValue("(sOOOO)", "default", text, category, filename ? filename : Py_None,
-                            lineno ? lineno : Py_None);
-    if (key) {
-        int seen = PySet_Contains(asc_lk.shown_once, key);
-        if (seen == 1)
-            show = 0;
-        else if (seen == 0)
-            (void)PySet_Add(asc_lk.shown_once, key);
-        Py_DECREF(key);
-    }
-    Py_XDECREF(action);
-    Py_XDECREF(filename);
-    Py_XDECREF(lineno);
-    PyErr_Clear();
-    return show;
+    PyErr_Restore(et, ev, etb);
 }
 
-/* The replacement of warnings._showwarnmsg(msg). */
-static PyObject *asc_showwarnmsg(PyObject *unused, PyObject *msg)
+/* data: (original __del__, how, kind as in asc_kind_*, with the address in an int). */
+static PyObject *asc_del_wrapper(PyObject *data, PyObject *args, PyObject *kwargs)
 {
-    PyObject *category = PyObject_GetAttrString(msg, "category");
-    if (category == NULL || !PyType_Check(category) ||
-        !PyType_IsSubtype((PyTypeObject *)category, (PyTypeObject *)PyExc_ResourceWarning)) {
-        Py_XDECREF(category);
-        PyErr_Clear();
-        return PyObject_CallFunctionObjArgs(asc_lk.orig_show, msg, NULL);
+    PyObject *orig = PyTuple_GET_ITEM(data, 0);
+    PyObject *self = PyTuple_GET_SIZE(args) > 0 ? PyTuple_GET_ITEM(args, 0) : NULL;
+    int how = (int)PyLong_AsLong(PyTuple_GET_ITEM(data, 1));
+    const char *kind = (const char *)PyLong_AsVoidPtr(PyTuple_GET_ITEM(data, 2));
+    int open = 0;
+    if (asc_cfg.enabled && self) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        open = asc_still_open(how, self);
+        PyErr_Restore(et, ev, etb);
     }
-    PyObject *message = PyObject_GetAttrString(msg, "message");
-    PyObject *text = message ? PyObject_Str(message) : NULL;
-    PyObject *source = PyObject_GetAttrString(msg, "source");
-    PyErr_Clear();
-    const char *t = text ? PyUnicode_AsUTF8(text) : NULL;
-    if (t && asc_cfg.enabled)
-        asc_report_leak(msg, t, source);
-    PyErr_Clear();
-    int show = text ? asc_program_would_show(msg, text, category) : 1;
-    PyObject *r = NULL;
-    if (show == 1) {
-        r = PyObject_CallFunctionObjArgs(asc_lk.orig_show, msg, NULL);
-    } else if (show == 2 && message) {
-        PyErr_SetObject(category, message); /* what the program's "error" filter would do */
-    } else {
+    /* Each finalizer forms its text before it closes, but StreamWriter's closes itself first:
+     * the detail is the repr at the moment the original warns. */
+    if (open && how != ASC_DEL_WRITER)
+        asc_report_open(kind, self);
+    asc_in_wrapped_del++;
+    PyObject *r = PyObject_Call(orig, args, kwargs);
+    asc_in_wrapped_del--;
+    if (open && how == ASC_DEL_WRITER)
+        asc_report_open(kind, self);
+    if (r == NULL) {
+        /* What the interpreter does when a __del__ raises (-W error::ResourceWarning), naming
+         * the original as it did without us: "Exception ignored in: <function ...__del__ ...>". */
+        PyErr_WriteUnraisable(orig);
         r = Py_None;
         Py_INCREF(r);
     }
-    Py_XDECREF(category);
-    Py_XDECREF(message);
-    Py_XDECREF(text);
-    Py_XDECREF(source);
     return r;
 }
 
+static PyMethodDef asc_del_wrapper_def = {"__del__", (PyCFunction)(void (*)(void))asc_del_wrapper,
+                                          METH_VARARGS | METH_KEYWORDS,
+                                          "aioscope notes a resource left open, then the original __del__."};
+
+/* Put the wrapper on the class of module.cls that defines __del__ (itself or a base), around
+ * orig; for socket.socket, which defines none, around _socket.socket.__del__. Classes missing
+ * on this version or platform (StreamWriter has no __del__ below 3.11) are skipped. */
+static int asc_wrap_del(const char *module_name, const char *cls_name, int how, const char *kind)
+{
+    PyObject *mod = PyImport_ImportModule(module_name);
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, cls_name) : NULL;
+    Py_XDECREF(mod);
+    int rc = 0;
+    if (cls && PyType_Check(cls)) {
+        PyObject *mro = ((PyTypeObject *)cls)->tp_mro;
+        PyObject *owner = NULL, *orig = NULL; /* borrowed */
+        for (Py_ssize_t i = 0; mro && i < PyTuple_GET_SIZE(mro) && orig == NULL; i++) {
+            owner = PyTuple_GET_ITEM(mro, i);
+            orig = PyDict_GetItemString(((PyTypeObject *)owner)->tp_dict, "__del__");
+        }
+        int ok = orig && (how == ASC_DEL_SOCKET ? owner != cls : PyFunction_Check(orig));
+        if (ok && how == ASC_DEL_SOCKET)
+            owner = cls; /* a __del__ of its own, calling the C finalizer of _socket.socket */
+        if (ok && (((PyTypeObject *)owner)->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            PyObject *kp = PyLong_FromVoidPtr((void *)kind);
+            PyObject *data = kp ? Py_BuildValue("(OiO)", orig, how, kp) : NULL;
+            PyObject *fn = data ? PyCFunction_New(&asc_del_wrapper_def, data) : NULL;
+            PyObject *meth = fn ? PyInstanceMethod_New(fn) : NULL;
+            rc = meth ? PyObject_SetAttrString(owner, "__del__", meth) : -1;
+            Py_XDECREF(meth);
+            Py_XDECREF(fn);
+            Py_XDECREF(data);
+            Py_XDECREF(kp);
+        }
+    }
+    Py_XDECREF(cls);
+    if (rc == 0)
+        PyErr_Clear();
+    return rc;
+}
+
+/* ---- uvloop: the warnings the program shows ----------------------------------------------------- */
+/* What kind of resource an "unclosed ..." text names (one of the asc_kind_* strings, compared
+ * by address), or NULL when it is not one of ours. */
+static const char *asc_resource_kind(const char *text)
+{
+    if (strncmp(text, "unclosed transport ", 19) == 0)
+        return asc_kind_transport;
+    if (strncmp(text, "unclosed event loop ", 20) == 0)
+        return asc_kind_loop;
+    if (strncmp(text, "unclosed resource <", 19) == 0) /* uvloop's handles */
+        return asc_kind_transport;
+    return NULL;
+}
+
+/* The replacement of warnings._showwarnmsg(msg): the original shows everything it showed; an
+ * "unclosed ..." ResourceWarning that no wrapped finalizer gave (uvloop's) is reported first. */
+static PyObject *asc_showwarnmsg(PyObject *unused, PyObject *msg)
+{
+    if (asc_cfg.enabled && asc_in_wrapped_del == 0) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        PyObject *category = PyObject_GetAttrString(msg, "category");
+        if (category && PyType_Check(category) &&
+            PyType_IsSubtype((PyTypeObject *)category, (PyTypeObject *)PyExc_ResourceWarning)) {
+            PyObject *message = PyObject_GetAttrString(msg, "message");
+            PyObject *text = message ? PyObject_Str(message) : NULL;
+            PyObject *source = PyObject_GetAttrString(msg, "source");
+            const char *t = text ? PyUnicode_AsUTF8(text) : NULL;
+            const char *kind = t ? asc_resource_kind(t) : NULL;
+            if (kind)
+                asc_report_leak(kind, t + 9, source != Py_None ? source : NULL); /* after "unclosed " */
+            Py_XDECREF(message);
+            Py_XDECREF(text);
+            Py_XDECREF(source);
+        }
+        Py_XDECREF(category);
+        PyErr_Clear();
+        PyErr_Restore(et, ev, etb);
+    }
+    return PyObject_CallFunctionObjArgs(asc_lk.orig_show, msg, NULL);
+}
+
 static PyMethodDef asc_showwarnmsg_def = {"_showwarnmsg", asc_showwarnmsg, METH_O,
-                                          "aioscope: notes unclosed resources, then shows warnings as before."};
+                                          "aioscope: notes uvloop's unclosed resources, then shows warnings as before."};
 
 /* ---- init --------------------------------------------------------------------------------------- */
 int asc_leaks_init(PyObject *module)
 {
     asc_lk.warnings = PyImport_ImportModule("warnings");
     PyObject *socket = PyImport_ImportModule("socket");
-    if (asc_lk.warnings == NULL || socket == NULL) {
+    PyObject *csocket = PyImport_ImportModule("_socket");
+    PyObject *ctype = csocket ? PyObject_GetAttrString(csocket, "socket") : NULL;
+    Py_XDECREF(csocket);
+    if (asc_lk.warnings == NULL || socket == NULL || ctype == NULL) {
         Py_XDECREF(socket);
+        Py_XDECREF(ctype);
         return -1;
     }
     asc_lk.socket_type = PyObject_GetAttrString(socket, "socket");
+    asc_lk.sock_fileno = PyObject_GetAttrString(ctype, "fileno");
     Py_DECREF(socket);
+    Py_DECREF(ctype);
     PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
     asc_lk.loop_type = base_events ? PyObject_GetAttrString(base_events, "BaseEventLoop") : NULL;
     Py_XDECREF(base_events);
     if (asc_lk.loop_type == NULL)
         return -1;
     asc_lk.socket_sites = PyDict_New();
-    asc_lk.shown_once = PySet_New(NULL);
     asc_lk.orig_show = PyObject_GetAttrString(asc_lk.warnings, "_showwarnmsg");
-    if (!asc_lk.socket_type || !asc_lk.socket_sites || !asc_lk.shown_once || !asc_lk.orig_show)
+    if (!asc_lk.socket_type || !asc_lk.sock_fileno || !asc_lk.socket_sites || !asc_lk.orig_show)
         return -1;
 
     static const char *const classes[][2] = {
@@ -421,23 +440,24 @@ int asc_leaks_init(PyObject *module)
         if (asc_wrap_init(classes[i][0], classes[i][1]) < 0)
             return -1;
 
-    /* Our filter first: every ResourceWarning reaches _showwarnmsg (see the top of the file). */
-    PyObject *fw = PyObject_GetAttrString(asc_lk.warnings, "filterwarnings");
-    PyObject *fargs = Py_BuildValue("(s)", "always");
-    PyObject *fkw = Py_BuildValue("{s:O}", "category", PyExc_ResourceWarning);
-    PyObject *r = fw && fargs && fkw ? PyObject_Call(fw, fargs, fkw) : NULL;
-    Py_XDECREF(fw);
-    Py_XDECREF(fargs);
-    Py_XDECREF(fkw);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    PyObject *filters = PyObject_GetAttrString(asc_lk.warnings, "filters");
-    if (filters && PyList_Check(filters) && PyList_GET_SIZE(filters) > 0) {
-        asc_lk.our_filter = PyList_GET_ITEM(filters, 0);
-        Py_INCREF(asc_lk.our_filter);
-    }
-    Py_XDECREF(filters);
+    static const struct {
+        const char *module, *cls;
+        int how;
+        const char *kind;
+    } dels[] = {
+        {"asyncio.selector_events", "_SelectorTransport", ASC_DEL_SOCK_ATTR, asc_kind_transport},
+        {"asyncio.base_subprocess", "BaseSubprocessTransport", ASC_DEL_NOT_CLOSED, asc_kind_transport},
+        {"asyncio.unix_events", "_UnixReadPipeTransport", ASC_DEL_PIPE_ATTR, asc_kind_transport},
+        {"asyncio.unix_events", "_UnixWritePipeTransport", ASC_DEL_PIPE_ATTR, asc_kind_transport},
+        {"asyncio.sslproto", "_SSLProtocolTransport", ASC_DEL_NOT_CLOSED, asc_kind_transport},
+        {"asyncio.base_events", "BaseEventLoop", ASC_DEL_LOOP, asc_kind_loop},
+        {"asyncio.streams", "StreamWriter", ASC_DEL_WRITER, asc_kind_writer},
+        {"socket", "socket", ASC_DEL_SOCKET, asc_kind_socket},
+    };
+    for (size_t i = 0; i < sizeof dels / sizeof dels[0]; i++)
+        if (asc_wrap_del(dels[i].module, dels[i].cls, dels[i].how, dels[i].kind) < 0)
+            return -1;
+
     PyObject *fn = PyCFunction_New(&asc_showwarnmsg_def, NULL);
     int rc = fn ? PyObject_SetAttrString(asc_lk.warnings, "_showwarnmsg", fn) : -1;
     Py_XDECREF(fn);
