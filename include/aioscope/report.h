@@ -60,6 +60,10 @@ typedef struct {
     aioscope_participant *tasks; /* owned array (deadlock) */
     size_t ntasks;
     char *detail;      /* owned, optional: exception text, resource type, ... */
+    /* Event stream only (0 elsewhere): names one blocked period. The agent writes a provisional
+     * `blocking-call` while the loop is still blocked (the program may never come back) and the
+     * final one when the block ends, both with the same block id; the report counts them once. */
+    long long block;
 } aioscope_finding;
 
 /* Zero a finding for filling in. */
@@ -83,6 +87,7 @@ typedef struct {
     aioscope_finding *findings; /* owned array */
     size_t nfindings;
     size_t cap;
+    void *blocks;      /* private: the blocked periods seen in the event stream */
 } aioscope_report;
 
 aioscope_report *aioscope_report_new(void);

@@ -36,6 +36,9 @@ extern asc_config asc_cfg;
  * (so a crash loses nothing); with plain install() it is kept for the report at exit.
  * Takes ownership of the finding's contents (f is cleared). Never raises. */
 void asc_emit(aioscope_finding *f);
+/* Append ready event lines to the event stream (nothing without the CLI). Needs no GIL: the
+ * watchdog thread announces a blocked period with it while the loop thread holds the GIL. */
+void asc_events_write(const aioscope_buf *b);
 
 /* ---- frames and sites (frames.c) --------------------------------------------------------- */
 /* 1 when filename belongs to the program's own code: not the standard library, not

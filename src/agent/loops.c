@@ -27,6 +27,7 @@
 #include "agent/agent.h"
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -88,16 +89,28 @@ typedef struct {
      * first. A period is named by its mark (asc_slot_late): when the loop last left its poll, or
      * when its late beat was due. */
     int64_t captured_due;
+    int64_t announced_due; /* the period already written to the event stream as provisional */
     int64_t probe_due; /* the period the watchdog learnt (or is learning) the task of */
     aioscope_frame *frames; /* owned, ASC_STACK_MAX entries, allocated with the slot */
     size_t nframes;
 } asc_loop_slot;
+
+/* stdlib, platstdlib, purelib, platlib and aioscope's own folder, each also as its realpath. */
+#define ASC_NOT_USER_DIRS 16
 
 static struct {
     asc_loop_slot slots[ASC_MAX_LOOPS];
     pthread_mutex_t mutex;
     pthread_cond_t cond;   /* wakes the watchdog early to stop */
     pthread_t thread;
+    /* The GIL worker: takes the GIL for what the watchdog needs it for (stamping a loop's polls,
+     * learning the running task), so that the watchdog itself never waits for the GIL and keeps
+     * reading and announcing a block that holds it (a long C call). Requests are one slot each,
+     * under the mutex; -1 when none. */
+    pthread_t gil_thread;
+    pthread_cond_t gil_cond;
+    int pend_stamp, pend_probe;
+    int64_t pend_stamp_due, pend_probe_due;
     long thread_pid;       /* the process the thread runs in (0: none); differs after fork */
     int stop;
     int64_t threshold_ns;
@@ -120,10 +133,17 @@ static struct {
     PyObject *period_s;              /* owned float: the period for call_later */
     PyObject *slow_period_s;         /* owned float: the same for poll-stamped loops */
     int64_t slow_period_ns;
+    /* Directories whose files are not the program's own (the standard library, site-packages,
+     * aioscope), as C strings ending in '/', for the watchdog, which classifies frames without
+     * the GIL. Set once at init. */
+    char *not_user_dirs[ASC_NOT_USER_DIRS];
+    int n_not_user_dirs;
 } asc_lp = {
     .mutex = PTHREAD_MUTEX_INITIALIZER,
     .threshold_ns = 100000000,
     .period_ns = 10000000,
+    .pend_stamp = -1,
+    .pend_probe = -1,
 };
 
 /* The C API moved between the supported versions; these keep the code below version-free. */
@@ -282,6 +302,7 @@ static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
 }
 
 static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns);
+static long long asc_block_id(const asc_loop_slot *s, int64_t mark);
 
 /* A stamped loop closes the period the watchdog flagged (with the GIL, in the loop thread): at its
  * next poll, or when it stops. */
@@ -480,6 +501,7 @@ static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
             (void)aioscope_location_set(&f.created_at, s->task_created.file, s->task_created.line,
                                         s->task_created.function);
     }
+    f.block = asc_block_id(s, due);
     free(frames);
     asc_emit(&f);
 }
@@ -542,6 +564,65 @@ static void asc_capture(asc_loop_slot *s, int64_t due) {
     }
 }
 
+/* The program's own file, judged without the GIL by the folders noted at init ("<frozen ...>",
+ * "<string>" and the like are not). */
+static int asc_path_is_user_nogil(const char *file) {
+    if (!file[0] || file[0] == '<') return 0;
+    for (int i = 0; i < asc_lp.n_not_user_dirs; i++)
+        if (strncmp(file, asc_lp.not_user_dirs[i], strlen(asc_lp.not_user_dirs[i])) == 0) return 0;
+    return 1;
+}
+
+/* The id of a blocked period in the event stream, the same for its provisional and its final
+ * finding: the process, the loop's slot and the period's mark mixed, below 2^53 so that a JSON
+ * number carries it exactly. */
+static long long asc_block_id(const asc_loop_slot *s, int64_t mark) {
+    uint64_t h = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
+    h ^= (uint64_t)(s - asc_lp.slots) << 40;
+    h ^= (uint64_t)mark * 0xBF58476D1CE4E5B9ull;
+    h &= (1ull << 53) - 1;
+    return (long long)(h ? h : 1);
+}
+
+/* Write a provisional `blocking-call` for the period the watchdog just captured, while the loop
+ * is still blocked: a program that never comes back (killed, hung for good) still gets its
+ * finding. The loop's own report of the period when it ends carries the same block id, and the
+ * CLI counts the two as one. Watchdog thread, mutex held, no GIL: only C and write(). */
+static void asc_announce_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
+    if (s->nframes == 0) return;
+    aioscope_finding f;
+    aioscope_finding_init(&f);
+    double secs = (double)late_ns / 1e9;
+    char msg[96];
+    snprintf(msg, sizeof msg, "event loop blocked for %.3f s (still blocked when last seen)", secs);
+    f.kind = strdup("blocking-call");
+    f.message = strdup(msg);
+    f.severity = AIOSCOPE_SEV_ERROR;
+    f.duration_s = secs;
+    f.max_duration_s = secs;
+    f.block = asc_block_id(s, due);
+    size_t site = 0;
+    for (size_t k = 0; k < s->nframes; k++) {
+        if (asc_path_is_user_nogil(s->frames[k].file)) {
+            site = k;
+            break;
+        }
+    }
+    asc_set_location(&f.site, &s->frames[site]);
+    for (size_t k = s->nframes; k-- > 0;) {
+        aioscope_location loc = {0};
+        asc_set_location(&loc, &s->frames[k]);
+        (void)aioscope_finding_push_frame(&f, loc.file, loc.line, loc.function);
+        aioscope_location_clear(&loc);
+    }
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_event_finding(&b, &f);
+    asc_events_write(&b);
+    aioscope_buf_free(&b);
+    aioscope_finding_clear(&f);
+}
+
 static void asc_stamp_with_gil(int i, int64_t due);
 
 static void *asc_watchdog_main(void *arg) {
@@ -562,7 +643,7 @@ static void *asc_watchdog_main(void *arg) {
             if (!s->running) continue;
             int64_t due;
             int64_t late = asc_slot_late(s, now, &due);
-            if (!s->poll_hooked && !s->stamp_tried && late > asc_lp.threshold_ns / 2 && stamp < 0) {
+            if (!s->poll_hooked && !s->stamp_tried && late > asc_lp.threshold_ns / 4 && stamp < 0) {
                 /* Read the stack first, without the GIL: taking the GIL may wait for as long as a
                  * C call holding it lasts, and this may already be the blocking step. */
                 asc_capture(s, due);
@@ -572,26 +653,33 @@ static void *asc_watchdog_main(void *arg) {
             }
             if (late <= asc_lp.threshold_ns) continue;
             if (s->poll_hooked && !atomic_load(&s->block_flag)) {
-                s->block_mark = due;
+                            s->block_mark = due;
                 s->block_since = s->wd_since;
                 atomic_store(&s->block_flag, 1);
             }
             /* A failed read (the thread moved under us) is retried at the next wake-up. */
             if (s->captured_due != due) asc_capture(s, due);
+            if (s->captured_due == due && s->announced_due != due) {
+                s->announced_due = due;
+                asc_announce_block(s, due, late);
+            }
             if (s->probe_due != due && probe < 0) {
                 s->probe_due = due;
                 probe = i;
                 probe_due = due;
             }
         }
-        if (probe >= 0 || stamp >= 0) {
-            /* Never wait for the GIL with the mutex held: the loop thread takes the mutex with the
-             * GIL held (loop start and stop). */
-            pthread_mutex_unlock(&asc_lp.mutex);
-            if (stamp >= 0) asc_stamp_with_gil(stamp, stamp_due);
-            if (probe >= 0) asc_probe(probe, probe_due);
-            pthread_mutex_lock(&asc_lp.mutex);
+        /* Hand what needs the GIL to the GIL worker; a request while it is still busy with the
+         * previous one is dropped (that period then just lacks its task or its stamp). */
+        if (stamp >= 0 && asc_lp.pend_stamp < 0) {
+            asc_lp.pend_stamp = stamp;
+            asc_lp.pend_stamp_due = stamp_due;
         }
+        if (probe >= 0 && asc_lp.pend_probe < 0) {
+            asc_lp.pend_probe = probe;
+            asc_lp.pend_probe_due = probe_due;
+        }
+        if (stamp >= 0 || probe >= 0) pthread_cond_signal(&asc_lp.gil_cond);
     }
     pthread_mutex_unlock(&asc_lp.mutex);
     return NULL;
@@ -599,10 +687,30 @@ static void *asc_watchdog_main(void *arg) {
 
 static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop, int install);
 
-/* Stamp the polls of a selector loop whose current period has run for half the threshold (with the
- * GIL, from the watchdog thread, while the loop thread is paused inside its long step). The
- * period under way becomes the stamped loop's first one, started when its beat was due; from the
- * next poll on, periods are split exactly. */
+static void *asc_gil_worker_main(void *arg) {
+    pthread_mutex_lock(&asc_lp.mutex);
+    for (;;) {
+        while (!asc_lp.stop && asc_lp.pend_stamp < 0 && asc_lp.pend_probe < 0)
+            pthread_cond_wait(&asc_lp.gil_cond, &asc_lp.mutex);
+        if (asc_lp.stop) break;
+        int stamp = asc_lp.pend_stamp, probe = asc_lp.pend_probe;
+        int64_t stamp_due = asc_lp.pend_stamp_due, probe_due = asc_lp.pend_probe_due;
+        asc_lp.pend_stamp = asc_lp.pend_probe = -1;
+        /* Never wait for the GIL with the mutex held: the loop thread takes the mutex with the
+         * GIL held (loop start and stop). */
+        pthread_mutex_unlock(&asc_lp.mutex);
+        if (stamp >= 0) asc_stamp_with_gil(stamp, stamp_due);
+        if (probe >= 0) asc_probe(probe, probe_due);
+        pthread_mutex_lock(&asc_lp.mutex);
+    }
+    pthread_mutex_unlock(&asc_lp.mutex);
+    return NULL;
+}
+
+/* Stamp the polls of a selector loop whose current period has run for a quarter of the
+ * threshold (with the GIL, from the GIL worker, while the loop thread is paused inside its long
+ * step). The period under way becomes the stamped loop's first one, timed from the stamp; from
+ * the next poll on, periods are split exactly. */
 static void asc_stamp_with_gil(int i, int64_t due) {
     PyGILState_STATE g = PyGILState_Ensure();
     asc_loop_slot *s = &asc_lp.slots[i];
@@ -622,7 +730,12 @@ static void asc_stamp_with_gil(int i, int64_t due) {
         atomic_store(&s->polls, 1);
         atomic_store(&s->block_flag, 0);
         s->wd_polls = 1;
-        s->wd_since = due;
+        /* The period is timed from now, not from the late beat's due time: the loop may have
+         * polled in between (before the stamp was there to count it), and two short steps
+         * around that poll are not one block. A block that is already going on is timed from
+         * here, a lower bound; the watchdog asks for the stamp early (a quarter of the
+         * threshold) so that little of it is lost. */
+        s->wd_since = asc_now_ns();
         /* What the watchdog already read for this period now belongs to mark 1. */
         if (s->captured_due == due) s->captured_due = 1;
         if (s->probe_due == due) s->probe_due = 1;
@@ -662,13 +775,25 @@ static void asc_watchdog_ensure(void) {
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&asc_lp.cond, &ca);
         pthread_condattr_destroy(&ca);
+        pthread_cond_init(&asc_lp.gil_cond, NULL);
         cond_ready = 1;
     }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     asc_lp.stop = 0;
-    if (pthread_create(&asc_lp.thread, NULL, asc_watchdog_main, NULL) == 0) asc_lp.thread_pid = pid;
+    asc_lp.pend_stamp = asc_lp.pend_probe = -1;
+    if (pthread_create(&asc_lp.gil_thread, NULL, asc_gil_worker_main, NULL) == 0) {
+        if (pthread_create(&asc_lp.thread, NULL, asc_watchdog_main, NULL) == 0) {
+            asc_lp.thread_pid = pid;
+        } else {
+            pthread_mutex_lock(&asc_lp.mutex);
+            asc_lp.stop = 1;
+            pthread_cond_signal(&asc_lp.gil_cond);
+            pthread_mutex_unlock(&asc_lp.mutex);
+            pthread_join(asc_lp.gil_thread, NULL);
+        }
+    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
@@ -677,10 +802,12 @@ static void asc_watchdog_stop(void) {
     pthread_mutex_lock(&asc_lp.mutex);
     asc_lp.stop = 1;
     pthread_cond_signal(&asc_lp.cond);
+    pthread_cond_signal(&asc_lp.gil_cond);
     pthread_mutex_unlock(&asc_lp.mutex);
-    /* The watchdog may be waiting for the GIL (asc_probe): join without it. */
+    /* The GIL worker may be waiting for the GIL (asc_probe): join without it. */
     Py_BEGIN_ALLOW_THREADS
     pthread_join(asc_lp.thread, NULL);
+    pthread_join(asc_lp.gil_thread, NULL);
     Py_END_ALLOW_THREADS
     asc_lp.thread_pid = 0;
 }
@@ -693,6 +820,7 @@ static void asc_atfork_parent(void) { pthread_mutex_unlock(&asc_lp.mutex); }
 static void asc_atfork_child(void) {
     pthread_mutex_unlock(&asc_lp.mutex);
     asc_lp.thread_pid = 0; /* re-created at the next loop start or beat */
+    asc_lp.pend_stamp = asc_lp.pend_probe = -1;
     /* Only the thread that forked exists in the child: loops of other threads will never beat
      * again, and their thread states are gone. asc_loops_after_fork_child frees their slots. */
     for (int i = 0; i < ASC_MAX_LOOPS; i++) {
@@ -771,7 +899,7 @@ static void asc_loop_stopped(void) {
  * (an instance attribute); it closes a blocked period when the loop comes back to poll and counts
  * polls, and the watchdog does the timing. It is kept to a vectorcall, two relaxed stores and an
  * increment, but an extra call layer per iteration still costs iteration-heavy programs several
- * per cent, so a loop only gets it once its beat has been late by half the threshold (it runs
+ *  per cent, so a loop only gets it once its beat has been late by a quarter of the threshold (it runs
  * long steps; asc_stamp_with_gil): programs whose steps are all short never pay for it. */
 typedef struct {
     PyObject_HEAD
@@ -1155,6 +1283,48 @@ static int asc_hook_attr(PyObject *mod, const char *name, PyObject *hook) {
     return rc;
 }
 
+/* Add dir (a str) and its realpath, each ending in '/', to the watchdog's not-user folders. */
+static void asc_add_not_user_dir(PyObject *dir) {
+    const char *d = dir && PyUnicode_Check(dir) ? PyUnicode_AsUTF8(dir) : NULL;
+    if (!d || !*d) {
+        PyErr_Clear();
+        return;
+    }
+    char real[PATH_MAX];
+    const char *forms[2] = {d, realpath(d, real)};
+    for (int i = 0; i < 2 && asc_lp.n_not_user_dirs < ASC_NOT_USER_DIRS; i++) {
+        if (!forms[i] || (i == 1 && strcmp(forms[0], forms[1]) == 0)) continue;
+        size_t n = strlen(forms[i]);
+        char *copy = malloc(n + 2);
+        if (!copy) return;
+        memcpy(copy, forms[i], n);
+        if (n == 0 || copy[n - 1] != '/') copy[n++] = '/';
+        copy[n] = '\0';
+        asc_lp.not_user_dirs[asc_lp.n_not_user_dirs++] = copy;
+    }
+}
+
+/* The same folders frames.c treats as not the program's own, as C strings the watchdog can use
+ * without the GIL (asc_announce_block). */
+static void asc_note_not_user_dirs(PyObject *module) {
+    if (asc_lp.n_not_user_dirs) return;
+    PyObject *sysconfig = PyImport_ImportModule("sysconfig");
+    PyObject *paths = sysconfig ? PyObject_CallMethod(sysconfig, "get_paths", NULL) : NULL;
+    static const char *const keys[] = {"stdlib", "platstdlib", "purelib", "platlib"};
+    for (size_t i = 0; paths && PyDict_Check(paths) && i < sizeof keys / sizeof keys[0]; i++)
+        asc_add_not_user_dir(PyDict_GetItemString(paths, keys[i]));
+    PyObject *file = PyObject_GetAttrString(module, "__file__");
+    PyObject *os_path = file ? PyImport_ImportModule("os.path") : NULL;
+    PyObject *dir = os_path ? PyObject_CallMethod(os_path, "dirname", "O", file) : NULL;
+    asc_add_not_user_dir(dir);
+    Py_XDECREF(dir);
+    Py_XDECREF(os_path);
+    Py_XDECREF(file);
+    Py_XDECREF(paths);
+    Py_XDECREF(sysconfig);
+    PyErr_Clear();
+}
+
 int asc_loops_init(PyObject *module) {
     int rc = -1;
     PyObject *asyncio = NULL, *events = NULL, *weakref = NULL, *hook = NULL;
@@ -1186,6 +1356,7 @@ int asc_loops_init(PyObject *module) {
     Py_XDECREF(selev);
     Py_XDECREF(selmod);
     PyErr_Clear();
+    asc_note_not_user_dirs(module);
     if (pthread_atfork(asc_atfork_prepare, asc_atfork_parent, asc_atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "aioscope: pthread_atfork failed");
         goto done;

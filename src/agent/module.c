@@ -52,7 +52,7 @@ static struct {
  * places it atomically at the end of the file, so lines from a forked child never interleave
  * with ours. A short write (a full disk) is not retried: a torn line would corrupt the stream
  * more than a lost one; the CLI skips a malformed last line. */
-static void asc_events_write(const aioscope_buf *b) {
+void asc_events_write(const aioscope_buf *b) {
     if (asc_mod.events_fd < 0 || b->oom || b->len == 0) return;
     ssize_t n;
     do {

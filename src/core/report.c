@@ -125,6 +125,7 @@ int aioscope_finding_copy(aioscope_finding *dst, const aioscope_finding *src) {
     dst->count = src->count;
     dst->duration_s = src->duration_s;
     dst->max_duration_s = src->max_duration_s;
+    dst->block = src->block;
     dst->kind = dup_or_null(src->kind, &err);
     dst->message = dup_or_null(src->message, &err);
     dst->task_name = dup_or_null(src->task_name, &err);
@@ -160,6 +161,7 @@ void aioscope_report_free(aioscope_report *r) {
     free(r->argv);
     for (size_t i = 0; i < r->nfindings; i++) aioscope_finding_clear(&r->findings[i]);
     free(r->findings);
+    free(r->blocks);
     free(r);
 }
 
@@ -259,6 +261,7 @@ int aioscope_report_add_finding(aioscope_report *r, const aioscope_finding *f) {
     int rc = aioscope_finding_copy(&r->findings[r->nfindings], f);
     if (rc < 0) return rc;
     aioscope_finding *n = &r->findings[r->nfindings];
+    n->block = 0; /* an event-stream id, not part of the report */
     if (n->count < 1) n->count = 1;
     if (n->max_duration_s < n->duration_s) n->max_duration_s = n->duration_s;
     r->nfindings++;

@@ -53,6 +53,7 @@ static void write_finding_fields(aioscope_buf *b, const aioscope_finding *f) {
         aioscope_buf_puts(b, ",\"detail\":");
         aioscope_buf_json_string(b, f->detail);
     }
+    if (f->block) aioscope_buf_printf(b, ",\"block\":%lld", f->block);
     aioscope_buf_puts(b, ",\"tasks\":[");
     for (size_t i = 0; i < f->ntasks; i++) {
         const aioscope_participant *p = &f->tasks[i];
@@ -165,6 +166,9 @@ int aioscope_finding_from_json(const aioscope_json *obj, aioscope_finding *out) 
     out->count = count >= 1 && count < 1e15 ? (long)count : 1;
     out->duration_s = aioscope_json_get_number(obj, "duration_s", 0);
     out->max_duration_s = aioscope_json_get_number(obj, "max_duration_s", out->duration_s);
+    /* Ids are below 2^53 (the agent keeps them so), so the double holds them exactly. */
+    double block = aioscope_json_get_number(obj, "block", 0);
+    out->block = block > 0 && block < 9007199254740992.0 ? (long long)block : 0;
     if (!err) err = read_location(aioscope_json_get(obj, "site"), &out->site);
     if (!err) err = read_location(aioscope_json_get(obj, "created_at"), &out->created_at);
     const aioscope_json *task = aioscope_json_get(obj, "task");
@@ -252,6 +256,70 @@ int aioscope_report_from_json(const char *text, size_t len, aioscope_report **ou
     return 0;
 }
 
+/* The blocked periods seen so far: a later finding of the same period replaces the duration the
+ * earlier one added instead of counting the period again. */
+typedef struct {
+    long long block;
+    size_t finding; /* index into r->findings */
+    double duration_s;
+} block_seen;
+
+typedef struct {
+    size_t n, cap;
+    block_seen items[];
+} block_table;
+
+static int add_block_finding(aioscope_report *r, const aioscope_finding *f) {
+    block_table *t = r->blocks;
+    for (size_t i = 0; t && i < t->n; i++) {
+        block_seen *b = &t->items[i];
+        if (b->block != f->block || b->finding >= r->nfindings) continue;
+        aioscope_finding *g = &r->findings[b->finding];
+        /* The final word on a period knows more (its task, the exact duration) than the
+         * provisional one written while the loop was still blocked. */
+        if (g->count == 1 && f->message) {
+            char *m = strdup(f->message);
+            if (m) free(g->message), g->message = m;
+        }
+        if (!g->has_task && f->has_task) {
+            char *name = f->task_name ? strdup(f->task_name) : NULL;
+            g->has_task = 1;
+            g->task_id = f->task_id;
+            free(g->task_name);
+            g->task_name = name;
+            if (f->created_at.file && !g->created_at.file)
+                (void)aioscope_location_set(&g->created_at, f->created_at.file, f->created_at.line,
+                                            f->created_at.function);
+        }
+        g->duration_s += f->duration_s - b->duration_s;
+        if (f->duration_s > g->max_duration_s) g->max_duration_s = f->duration_s;
+        b->duration_s = f->duration_s;
+        return 0;
+    }
+    int rc = aioscope_report_add_finding(r, f);
+    if (rc < 0) return rc;
+    size_t idx = r->nfindings;
+    for (size_t i = 0; i < r->nfindings; i++) {
+        const aioscope_finding *g = &r->findings[i];
+        if (g->kind && strcmp(g->kind, f->kind) == 0 && g->site.line == f->site.line &&
+            ((!g->site.file && !f->site.file) || (g->site.file && f->site.file && strcmp(g->site.file, f->site.file) == 0))) {
+            idx = i;
+            break;
+        }
+    }
+    if (idx == r->nfindings) return 0;
+    if (!t || t->n == t->cap) {
+        size_t ncap = t ? t->cap * 2 : 16;
+        block_table *nt = realloc(t, sizeof *nt + ncap * sizeof nt->items[0]);
+        if (!nt) return AIOSCOPE_ENOMEM;
+        if (!t) nt->n = 0;
+        nt->cap = ncap;
+        r->blocks = t = nt;
+    }
+    t->items[t->n++] = (block_seen){f->block, idx, f->duration_s};
+    return 0;
+}
+
 int aioscope_report_feed_event(aioscope_report *r, const char *line, size_t len) {
     aioscope_json *ev = NULL;
     int rc = aioscope_json_parse(line, len, &ev);
@@ -270,7 +338,7 @@ int aioscope_report_feed_event(aioscope_report *r, const char *line, size_t len)
         aioscope_finding f;
         rc = aioscope_finding_from_json(ev, &f);
         if (rc == 0) {
-            rc = aioscope_report_add_finding(r, &f);
+            rc = f.block ? add_block_finding(r, &f) : aioscope_report_add_finding(r, &f);
             aioscope_finding_clear(&f);
         }
     }

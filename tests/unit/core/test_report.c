@@ -173,3 +173,34 @@ TEST(severity_names_round_trip) {
     CHECK_EQ_STR(aioscope_err_name(AIOSCOPE_EPARSE), "EPARSE");
     CHECK_EQ_STR(aioscope_strerror(-999), "unknown error");
 }
+
+TEST(report_counts_a_blocked_period_once_provisional_then_final) {
+    aioscope_report *r = aioscope_report_new();
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_finding f;
+    /* While blocked: 0.1 s so far. Then the final word on the same period: 0.4 s. */
+    make_blocking(&f, 12, 0.1);
+    f.block = 77;
+    aioscope_event_finding(&b, &f);
+    CHECK(strstr(b.data, "\"block\":77"));
+    CHECK_EQ_INT(aioscope_report_feed_event(r, b.data, b.len), 0);
+    b.len = 0;
+    f.duration_s = 0.4;
+    aioscope_event_finding(&b, &f);
+    CHECK_EQ_INT(aioscope_report_feed_event(r, b.data, b.len), 0);
+    /* Another period at the same line counts. */
+    b.len = 0;
+    f.block = 78;
+    f.duration_s = 0.2;
+    aioscope_event_finding(&b, &f);
+    CHECK_EQ_INT(aioscope_report_feed_event(r, b.data, b.len), 0);
+    aioscope_finding_clear(&f);
+    CHECK_EQ_INT(r->nfindings, 1);
+    CHECK_EQ_INT(r->findings[0].count, 2);
+    CHECK(r->findings[0].duration_s > 0.599 && r->findings[0].duration_s < 0.601);
+    CHECK(r->findings[0].max_duration_s == 0.4);
+    CHECK_EQ_INT(r->findings[0].block, 0); /* not part of the report */
+    aioscope_buf_free(&b);
+    aioscope_report_free(r);
+}
