@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "aioscope/error.h"
@@ -89,15 +90,37 @@ typedef struct {
 
 static volatile sig_atomic_t child_pid;
 
-/* Forward termination signals to the program. A Ctrl-C from the terminal already reached the
- * program (same process group), so only signals sent to us by a process (kill) are forwarded. */
+/* Forward termination signals to the program. The program runs in a process group of its own
+ * (made the terminal's foreground group when we were), so a signal reaches it exactly once: a
+ * Ctrl-C from the terminal goes to it directly, and whatever reaches us — `kill PID`, `kill
+ * -PGID` of our group, a terminal whose foreground we kept — is passed on by this handler. In one
+ * shared group a group-wide SIGINT arrived twice, and the second one broke the program's own
+ * cleanup (KeyboardInterrupt inside asyncio.run's shutdown). */
 static void forward_signal(int sig, siginfo_t *info, void *ctx) {
     (void)ctx;
+    (void)info;
     if (child_pid <= 0) return;
-    if (sig == SIGINT || sig == SIGQUIT) {
-        if (info && info->si_code != SI_USER && info->si_code != SI_QUEUE) return;
-    }
     kill((pid_t)child_pid, sig);
+}
+
+/* The controlling terminal, if we run in its foreground process group: the fd to hand the
+ * foreground to the program with, or -1. */
+static int foreground_tty(void) {
+    for (int fd = 0; fd <= 2; fd++)
+        if (isatty(fd) && tcgetpgrp(fd) == getpgrp()) return fd;
+    return -1;
+}
+
+/* tcsetpgrp from a process that is not (or no longer) in the foreground raises SIGTTOU; ignore
+ * it for the call only. */
+static void give_terminal(int fd, pid_t pgrp) {
+    struct sigaction ign, old;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGTTOU, &ign, &old);
+    (void)tcsetpgrp(fd, pgrp);
+    sigaction(SIGTTOU, &old, NULL);
 }
 
 static int parse_args(int argc, char **argv, run_options *o) {
@@ -480,8 +503,12 @@ int asc_cmd_run(int argc, char **argv) {
     if (o.dump_signal) sigaction(o.dump_signal, &sa, &old_dump);
 
     fflush(NULL);
+    int tty = foreground_tty();
     pid_t pid = fork();
     if (pid == 0) {
+        /* Both sides set the group and the foreground, so neither order of running races. */
+        setpgid(0, 0);
+        if (tty >= 0) give_terminal(tty, getpid());
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
         sigaction(SIGHUP, &old_hup, NULL);
@@ -498,11 +525,14 @@ int asc_cmd_run(int argc, char **argv) {
         free(child_argv);
         return ASC_EXIT_USAGE;
     }
+    setpgid(pid, pid);
+    if (tty >= 0) give_terminal(tty, pid);
     child_pid = pid;
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     child_pid = 0;
+    if (tty >= 0) give_terminal(tty, getpgrp()); /* the report is ours to print */
     int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
 
     aioscope_report *r = aioscope_report_new();
