@@ -48,8 +48,11 @@ def _aioscope_restore_environment(here):
 
 
 def _aioscope_forget_config():
-    for key in [k for k in os.environ if k.startswith("AIOSCOPE_")]:
-        del os.environ[key]
+    # Only what `aioscope run` set: the user's own AIOSCOPE_* variables stay.
+    ours = os.environ.pop("AIOSCOPE_CLI_VARS", "")
+    for key in ours.split(","):
+        if key:
+            os.environ.pop(key, None)
 
 
 def _aioscope_boot():

@@ -123,6 +123,56 @@ static void give_terminal(int fd, pid_t pgrp) {
     sigaction(SIGTTOU, &old, NULL);
 }
 
+extern char **environ;
+
+/* AIOSCOPE_* variables the user had before we set ours ("NAME=" prefixes, in one string). */
+static char *user_aioscope_vars(void) {
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "AIOSCOPE_", 9) != 0) continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq) continue;
+        aioscope_buf_append(&b, *e, (size_t)(eq - *e) + 1);
+        aioscope_buf_append(&b, "\n", 1);
+    }
+    if (b.oom) {
+        aioscope_buf_free(&b);
+        return NULL;
+    }
+    return b.data ? b.data : strdup("");
+}
+
+/* AIOSCOPE_CLI_VARS: the AIOSCOPE_* variables that we set and the user had not, which the
+ * bootstrap removes once the agent has read them; the user's own stay. */
+static int name_our_variables(const char *user_vars) {
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    for (char **e = environ; *e; e++) {
+        if (strncmp(*e, "AIOSCOPE_", 9) != 0) continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq) continue;
+        char name[256];
+        size_t n = (size_t)(eq - *e) + 1;
+        if (n >= sizeof name) continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        char line[258];
+        snprintf(line, sizeof line, "%s\n", name);
+        if (user_vars && strstr(user_vars, line) && strcmp(name, "AIOSCOPE_CLI_VARS=") != 0)
+            continue; /* the user's own: it stays */
+        if (b.len) aioscope_buf_append(&b, ",", 1);
+        aioscope_buf_append(&b, name, n - 1);
+    }
+    if (b.oom) {
+        aioscope_buf_free(&b);
+        return -1;
+    }
+    int rc = setenv("AIOSCOPE_CLI_VARS", b.data ? b.data : "", 1);
+    aioscope_buf_free(&b);
+    return rc;
+}
+
 static int parse_args(int argc, char **argv, run_options *o) {
     enum { OPT_PYTHON = 1000, OPT_JSON, OPT_QUIET, OPT_FAIL_ON, OPT_BLOCK, OPT_ON_DEADLOCK,
            OPT_DEADLOCK_AFTER, OPT_STUCK_AFTER, OPT_TRACE, OPT_TRACE_LIMIT, OPT_DUMP_SIGNAL };
@@ -439,8 +489,10 @@ int asc_cmd_run(int argc, char **argv) {
     for (int i = 0; i < o.ntarget; i++) child_argv[k++] = o.target[i];
     child_argv[k] = NULL;
 
-    /* Fail on an unwritable report path now, not after a long run. */
+    /* Fail on an unwritable report path now, not after a long run (a file we created for the
+     * check is removed again: a run that never starts leaves no empty report behind). */
     if (o.json_path) {
+        int existed = access(o.json_path, F_OK) == 0;
         int fd = open(o.json_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd < 0) {
             asc_cli_error("cannot write the JSON report to '%s': %s", o.json_path, strerror(errno));
@@ -448,6 +500,7 @@ int asc_cmd_run(int argc, char **argv) {
             return ASC_EXIT_USAGE;
         }
         close(fd);
+        if (!existed) unlink(o.json_path);
     }
     /* The same for --trace; the agent writes it at the end (a file we created is removed again). */
     if (o.trace_path[0]) {
@@ -483,7 +536,9 @@ int asc_cmd_run(int argc, char **argv) {
         return ASC_EXIT_USAGE;
     }
     close(efd);
-    if (setup_env(home, events, &o) < 0) {
+    char *user_vars = user_aioscope_vars();
+    if (!user_vars || setup_env(home, events, &o) < 0) {
+        free(user_vars);
         asc_cli_error("out of memory");
         unlink(events);
         free(child_argv);
@@ -501,6 +556,15 @@ int asc_cmd_run(int argc, char **argv) {
     sigaction(SIGQUIT, &sa, &old_quit);
     /* The dump signal sent to us is passed on too, so `kill -USR1 <aioscope run's pid>` works. */
     if (o.dump_signal) sigaction(o.dump_signal, &sa, &old_dump);
+
+    int named = name_our_variables(user_vars);
+    free(user_vars);
+    if (named < 0) {
+        asc_cli_error("out of memory");
+        unlink(events);
+        free(child_argv);
+        return ASC_EXIT_USAGE;
+    }
 
     fflush(NULL);
     int tty = foreground_tty();
