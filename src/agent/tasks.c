@@ -64,6 +64,9 @@ static struct {
     PyObject *orig_cancel_all;  /* asyncio.runners._cancel_all_tasks */
     PyObject *uv_cancel_all;    /* uvloop._cancel_all_tasks (uvloop.run below 3.11) */
     int has_cancelling;       /* Task.cancelling() exists (3.11+) */
+    PyObject *create_task_code; /* asyncio's BaseEventLoop.create_task.__code__ (owned) */
+    PyObject *name_str;         /* "name", interned (owned) */
+    Py_ssize_t name_index;      /* below 3.11: the index of `name` in create_task's locals */
 } asc_t;
 
 static PyMethodDef asc_uv_cancel_all_def;
@@ -100,7 +103,15 @@ asc_task_stats *asc_tasks_stats(PyObject *task)
  * base then sees it done: PyObject_CallFinalizerFromDealloc runs tp_finalize once), clear our
  * fields, then let the base free the object. Like CPython's subtype_dealloc, we drop the
  * reference an instance holds on its heap type only when the base type is static (3.8-3.11):
- * from 3.12 the base is a heap type whose own dealloc drops it. */
+ * from 3.12 the base is a heap type whose own dealloc drops it.
+ * A pending task collected with its coroutine as cyclic garbage is not finalized here but by the
+ * collector, which runs the finalizers in the order of its lists: when the coroutine comes first
+ * it is closed first, and asyncio's "Task was destroyed but it is pending!" shows `coro=<...
+ * done ...>` rather than `running at`. That order follows where automatic collections happened to
+ * fall (a collection while the task is still reachable and its coroutine is not moves the
+ * coroutine behind the task), i.e. the count of allocations, which any code in the process
+ * shifts (an empty sitecustomize.py flips it in tests/e2e/programs/buggy_destroyed_pending.py
+ * with uvloop on 3.13.0); the subclass changes nothing in it. */
 static void asc_task_dealloc(PyObject *self)
 {
     if (PyObject_CallFinalizerFromDealloc(self) < 0)
@@ -318,19 +329,23 @@ static PyMethodDef asc_on_cancel_done_def = {
     "_aioscope_on_cancel_done", asc_on_cancel_done, METH_O, "aioscope: checks how a cancelled task ended."};
 
 /* ---- the task factory ------------------------------------------------------------------------ */
-/* ("loop", *kwnames) as a new reference, from a one-entry cache keyed by the kwnames tuple. */
-static PyObject *asc_kwnames_with_loop(PyObject *kwnames)
+/* ("loop", *kwnames) -- or ("loop", *kwnames, "name") when with_name -- as a new reference, from
+ * a one-entry cache per shape keyed by the kwnames tuple. */
+static PyObject *asc_kwnames_with_loop(PyObject *kwnames, int with_name)
 {
-    static PyObject *cached_key, *cached_names; /* owned; key NULL stands for "no kwnames" */
-    static int cached_valid;
-    if (cached_valid && cached_key == kwnames) {
-        Py_INCREF(cached_names);
-        return cached_names;
+    static PyObject *cached_key[2], *cached_names[2]; /* owned; key NULL stands for "no kwnames" */
+    static int cached_valid[2];
+    with_name = with_name ? 1 : 0;
+    if (cached_valid[with_name] && cached_key[with_name] == kwnames) {
+        Py_INCREF(cached_names[with_name]);
+        return cached_names[with_name];
     }
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *names = PyTuple_New(1 + nkw);
+    PyObject *names = PyTuple_New(1 + nkw + with_name);
     PyObject *loop_s = names ? PyUnicode_InternFromString("loop") : NULL;
-    if (loop_s == NULL) {
+    PyObject *name_s = loop_s && with_name ? PyUnicode_InternFromString("name") : NULL;
+    if (loop_s == NULL || (with_name && name_s == NULL)) {
+        Py_XDECREF(loop_s);
         Py_XDECREF(names);
         return NULL;
     }
@@ -340,12 +355,76 @@ static PyObject *asc_kwnames_with_loop(PyObject *kwnames)
         Py_INCREF(k);
         PyTuple_SET_ITEM(names, 1 + i, k);
     }
+    if (with_name)
+        PyTuple_SET_ITEM(names, 1 + nkw, name_s);
     Py_XINCREF(kwnames);
-    Py_XSETREF(cached_key, kwnames);
+    Py_XSETREF(cached_key[with_name], kwnames);
     Py_INCREF(names);
-    Py_XSETREF(cached_names, names);
-    cached_valid = 1;
+    Py_XSETREF(cached_names[with_name], names);
+    cached_valid[with_name] = 1;
     return names;
+}
+
+/* The name given to asyncio's BaseEventLoop.create_task when it is the one calling the factory,
+ * as a new reference; NULL (no error) when it is someone else, or the name is None, or the
+ * factory is passed the name already.
+ * create_task (3.8 to 3.13.0) calls a task factory without the name and names the task
+ * afterwards (set_name), while without a factory it passes name= to Task(). Task() without a
+ * name takes the next default number ("Task-N", a counter of the _asyncio module), so under
+ * our factory a named task would use up a number and every later unnamed task would be named
+ * differently than in a plain run. The name is read from create_task's own frame (the factory
+ * is a C function: the current frame is its caller's) and passed to Task(), which then leaves
+ * the counter alone, as without a factory. uvloop's create_task (Cython, no frame) passes no
+ * name to Task() even without a factory, so its tasks are left as they are. */
+static PyObject *asc_create_task_name(PyObject *kwnames)
+{
+    if (asc_t.create_task_code == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0, n = kwnames ? PyTuple_GET_SIZE(kwnames) : 0; i < n; i++)
+        if (PyUnicode_Check(PyTuple_GET_ITEM(kwnames, i)) &&
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "name") == 0)
+            return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    /* The caller's code first, without making a frame object for it (as PyEval_GetFrame
+     * would) when it is not create_task: uvloop's tasks, a program's own create_task. */
+    struct _PyInterpreterFrame *iframe = PyThreadState_Get()->current_frame;
+    PyObject *caller = iframe ? PyUnstable_InterpreterFrame_GetCode(iframe) : NULL;
+    Py_XDECREF(caller); /* only compared */
+    if (caller != asc_t.create_task_code)
+        return NULL;
+#endif
+    PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
+    if (f == NULL)
+        return NULL;
+#if PY_VERSION_HEX >= 0x03090000
+    PyCodeObject *code = PyFrame_GetCode(f);
+    Py_DECREF(code); /* only compared: the frame keeps it alive */
+#else
+    PyCodeObject *code = f->f_code;
+#endif
+    if ((PyObject *)code != asc_t.create_task_code)
+        return NULL;
+    PyObject *name = NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+    name = PyFrame_GetVar(f, asc_t.name_str);
+#elif PY_VERSION_HEX >= 0x030B0000
+    PyObject *locals = PyFrame_GetLocals(f);
+    if (locals && PyDict_Check(locals)) {
+        name = PyDict_GetItemWithError(locals, asc_t.name_str); /* borrowed */
+        Py_XINCREF(name);
+    }
+    Py_XDECREF(locals);
+#else
+    if (asc_t.name_index >= 0 && asc_t.name_index < code->co_nlocals) {
+        name = f->f_localsplus[asc_t.name_index];
+        Py_XINCREF(name);
+    }
+#endif
+    if (name == NULL)
+        PyErr_Clear();
+    if (name == Py_None)
+        Py_CLEAR(name);
+    return name;
 }
 
 /* factory(loop, coro, **kwargs) -> our Task(coro, loop=loop, **kwargs), with its creation site. */
@@ -356,25 +435,32 @@ static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "task factory takes (loop, coro)");
         return NULL;
     }
-    /* (coro, loop, kwargs...): create_task passes at most name, context and eager_start. */
+    /* (coro, loop, kwargs..., [name]): create_task passes at most name, context and
+     * eager_start. */
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
-    if (2 + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
+    if (3 + nkw > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
         PyErr_SetString(PyExc_TypeError, "too many arguments for a task");
         return NULL;
     }
-    /* Task(coro, loop=loop, <kwargs>): kwnames becomes ("loop", *kwnames). A call site passes
-     * the same kwnames tuple every time (create_task's `context=`), so the combined tuple is
-     * cached for the last one seen: no allocation per task. */
-    PyObject *names = asc_kwnames_with_loop(kwnames);
-    if (names == NULL)
+    PyObject *name = asc_create_task_name(kwnames);
+    /* Task(coro, loop=loop, <kwargs>[, name=name]): kwnames becomes ("loop", *kwnames[, "name"]).
+     * A call site passes the same kwnames tuple every time (create_task's `context=`), so the
+     * combined tuple is cached for the last one seen: no allocation per task. */
+    PyObject *names = asc_kwnames_with_loop(kwnames, name != NULL);
+    if (names == NULL) {
+        Py_XDECREF(name);
         return NULL;
+    }
     stack[0] = args[1];
     stack[1] = args[0];
     for (Py_ssize_t i = 0; i < nkw; i++)
         stack[2 + i] = args[2 + i];
+    if (name)
+        stack[2 + nkw] = name;
     PyObject *task = PyObject_Vectorcall((PyObject *)asc_t.type, stack, 1, names);
     Py_DECREF(names);
+    Py_XDECREF(name);
     if (task)
         asc_capture_creation_site(&((asc_task_extra *)((char *)task + asc_t.extra_offset))->created);
     return task;
@@ -941,6 +1027,34 @@ int asc_tasks_init(PyObject *module)
     }
     PyErr_Clear(); /* an asyncio without _cancel_all_tasks: exit-time reporting still works */
     Py_DECREF(runners);
+
+    /* For asc_create_task_name: create_task's code and where its `name` is. Without them a named
+     * task only uses up a default number (as before). */
+    asc_t.name_index = -1;
+    asc_t.name_str = PyUnicode_InternFromString("name");
+    PyObject *be = asc_t.name_str ? PyImport_ImportModule("asyncio.base_events") : NULL;
+    PyObject *cls = be ? PyObject_GetAttrString(be, "BaseEventLoop") : NULL;
+    PyObject *fn = cls ? PyObject_GetAttrString(cls, "create_task") : NULL;
+    PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
+    if (code && PyCode_Check(code)) {
+#if PY_VERSION_HEX < 0x030B0000
+        PyObject *varnames = ((PyCodeObject *)code)->co_varnames;
+        for (Py_ssize_t i = 0; PyTuple_Check(varnames) && i < PyTuple_GET_SIZE(varnames); i++)
+            if (PyUnicode_Check(PyTuple_GET_ITEM(varnames, i)) &&
+                PyUnicode_Compare(PyTuple_GET_ITEM(varnames, i), asc_t.name_str) == 0)
+                asc_t.name_index = i;
+        if (asc_t.name_index >= 0 && asc_t.name_index < ((PyCodeObject *)code)->co_nlocals)
+#endif
+        {
+            asc_t.create_task_code = code;
+            code = NULL;
+        }
+    }
+    Py_XDECREF(code);
+    Py_XDECREF(fn);
+    Py_XDECREF(cls);
+    Py_XDECREF(be);
+    PyErr_Clear();
     return 0;
 }
 
