@@ -574,11 +574,14 @@ static int asc_path_is_user_nogil(const char *file) {
 }
 
 /* The id of a blocked period in the event stream, the same for its provisional and its final
- * finding: the process, the loop's slot and the period's mark mixed, below 2^53 so that a JSON
+ * finding: the process, the loop's slot, its run and the period's mark mixed, below 2^53 so that a JSON
  * number carries it exactly. */
 static long long asc_block_id(const asc_loop_slot *s, int64_t mark) {
     uint64_t h = (uint64_t)getpid() * 0x9E3779B97F4A7C15ull;
     h ^= (uint64_t)(s - asc_lp.slots) << 40;
+    /* A slot serves loop after loop, and a stamped loop's marks start again at 1: the run's
+     * generation keeps the periods of different runs apart. */
+    h ^= (s->gen + 1) * 0x94D049BB133111EBull;
     h ^= (uint64_t)mark * 0xBF58476D1CE4E5B9ull;
     h &= (1ull << 53) - 1;
     return (long long)(h ? h : 1);
