@@ -447,6 +447,37 @@ static int asc_frame_is_user(const aioscope_frame *fr) {
     return user > 0;
 }
 
+/* A `blocking-call` finding for one blocked period from its captured stack (innermost first):
+ * the site is the innermost frame is_user accepts (the innermost of all when none does), the
+ * stack outermost first. note is appended to the message ("" for none). */
+static void asc_block_finding(aioscope_finding *f, const aioscope_frame *frames, size_t n,
+                              int64_t late_ns, const char *note,
+                              int (*is_user)(const aioscope_frame *)) {
+    aioscope_finding_init(f);
+    double secs = (double)late_ns / 1e9;
+    char msg[128];
+    snprintf(msg, sizeof msg, "event loop blocked for %.3f s%s", secs, note);
+    f->kind = strdup("blocking-call");
+    f->message = strdup(msg);
+    f->severity = AIOSCOPE_SEV_ERROR;
+    f->duration_s = secs;
+    f->max_duration_s = secs;
+    size_t site = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (is_user(&frames[k])) {
+            site = k;
+            break;
+        }
+    }
+    asc_set_location(&f->site, &frames[site]);
+    for (size_t k = n; k-- > 0;) {
+        aioscope_location loc = {0};
+        asc_set_location(&loc, &frames[k]);
+        (void)aioscope_finding_push_frame(f, loc.file, loc.line, loc.function);
+        aioscope_location_clear(&loc);
+    }
+}
+
 /* The late beat of a blocked period: one `blocking-call` finding from what the watchdog (or the
  * probe) captured for it. Without a capture there is no site to show, so no finding: that
  * only happens when the period ended within one watchdog period of the threshold. */
@@ -465,34 +496,7 @@ static void asc_report_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
     if (!frames) return;
 
     aioscope_finding f;
-    aioscope_finding_init(&f);
-    double secs = (double)late_ns / 1e9;
-    char msg[96];
-    snprintf(msg, sizeof msg, "event loop blocked for %.3f s", secs);
-    f.kind = strdup("blocking-call");
-    f.message = strdup(msg);
-    f.severity = AIOSCOPE_SEV_ERROR;
-    f.count = 1;
-    f.duration_s = secs;
-    f.max_duration_s = secs;
-    /* frames[] is innermost first; the finding's stack is outermost first. */
-    size_t site = 0;
-    int found = 0;
-    for (size_t k = 0; k < n; k++) {
-        if (asc_frame_is_user(&frames[k])) {
-            site = k;
-            found = 1;
-            break;
-        }
-    }
-    (void)found; /* no user frame: the innermost frame of all is the site */
-    asc_set_location(&f.site, &frames[site]);
-    for (size_t k = n; k-- > 0;) {
-        aioscope_location loc = {0};
-        asc_set_location(&loc, &frames[k]);
-        (void)aioscope_finding_push_frame(&f, loc.file, loc.line, loc.function);
-        aioscope_location_clear(&loc);
-    }
+    asc_block_finding(&f, frames, n, late_ns, "", asc_frame_is_user);
     if (s->task_due == due) {
         f.has_task = 1;
         f.task_id = s->task_id;
@@ -566,7 +570,8 @@ static void asc_capture(asc_loop_slot *s, int64_t due) {
 
 /* The program's own file, judged without the GIL by the folders noted at init ("<frozen ...>",
  * "<string>" and the like are not). */
-static int asc_path_is_user_nogil(const char *file) {
+static int asc_path_is_user_nogil(const aioscope_frame *fr) {
+    const char *file = fr->file;
     if (!file[0] || file[0] == '<') return 0;
     for (int i = 0; i < asc_lp.n_not_user_dirs; i++)
         if (strncmp(file, asc_lp.not_user_dirs[i], strlen(asc_lp.not_user_dirs[i])) == 0) return 0;
@@ -594,30 +599,9 @@ static long long asc_block_id(const asc_loop_slot *s, int64_t mark) {
 static void asc_announce_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
     if (s->nframes == 0) return;
     aioscope_finding f;
-    aioscope_finding_init(&f);
-    double secs = (double)late_ns / 1e9;
-    char msg[96];
-    snprintf(msg, sizeof msg, "event loop blocked for %.3f s (still blocked when last seen)", secs);
-    f.kind = strdup("blocking-call");
-    f.message = strdup(msg);
-    f.severity = AIOSCOPE_SEV_ERROR;
-    f.duration_s = secs;
-    f.max_duration_s = secs;
+    asc_block_finding(&f, s->frames, s->nframes, late_ns, " (still blocked when last seen)",
+                      asc_path_is_user_nogil);
     f.block = asc_block_id(s, due);
-    size_t site = 0;
-    for (size_t k = 0; k < s->nframes; k++) {
-        if (asc_path_is_user_nogil(s->frames[k].file)) {
-            site = k;
-            break;
-        }
-    }
-    asc_set_location(&f.site, &s->frames[site]);
-    for (size_t k = s->nframes; k-- > 0;) {
-        aioscope_location loc = {0};
-        asc_set_location(&loc, &s->frames[k]);
-        (void)aioscope_finding_push_frame(&f, loc.file, loc.line, loc.function);
-        aioscope_location_clear(&loc);
-    }
     aioscope_buf b;
     aioscope_buf_init(&b);
     aioscope_event_finding(&b, &f);

@@ -125,16 +125,22 @@ static void give_terminal(int fd, pid_t pgrp) {
 
 extern char **environ;
 
-/* AIOSCOPE_* variables the user had before we set ours ("NAME=" prefixes, in one string). */
-static char *user_aioscope_vars(void) {
+/* The names of the AIOSCOPE_* variables in the environment, each as "NAME\n", not counting
+ * `skip` (a string of the same form): a malloc'd string, NULL when out of memory. */
+static char *aioscope_var_names(const char *skip) {
     aioscope_buf b;
     aioscope_buf_init(&b);
     for (char **e = environ; *e; e++) {
-        if (strncmp(*e, "AIOSCOPE_", 9) != 0) continue;
         const char *eq = strchr(*e, '=');
-        if (!eq) continue;
-        aioscope_buf_append(&b, *e, (size_t)(eq - *e) + 1);
-        aioscope_buf_append(&b, "\n", 1);
+        if (strncmp(*e, "AIOSCOPE_", 9) != 0 || !eq) continue;
+        char line[256];
+        size_t n = (size_t)(eq - *e);
+        if (n + 2 > sizeof line) continue;
+        memcpy(line, *e, n);
+        line[n] = '\n';
+        line[n + 1] = '\0';
+        if (skip && strstr(skip, line)) continue;
+        aioscope_buf_append(&b, line, n + 1);
     }
     if (b.oom) {
         aioscope_buf_free(&b);
@@ -143,33 +149,16 @@ static char *user_aioscope_vars(void) {
     return b.data ? b.data : strdup("");
 }
 
-/* AIOSCOPE_CLI_VARS: the AIOSCOPE_* variables that we set and the user had not, which the
- * bootstrap removes once the agent has read them; the user's own stay. */
+/* AIOSCOPE_CLI_VARS: the AIOSCOPE_* variables that we set and the user had not (user_vars, from
+ * aioscope_var_names before we set ours), which the bootstrap removes once the agent has read
+ * them; the user's own stay. */
 static int name_our_variables(const char *user_vars) {
-    aioscope_buf b;
-    aioscope_buf_init(&b);
-    for (char **e = environ; *e; e++) {
-        if (strncmp(*e, "AIOSCOPE_", 9) != 0) continue;
-        const char *eq = strchr(*e, '=');
-        if (!eq) continue;
-        char name[256];
-        size_t n = (size_t)(eq - *e) + 1;
-        if (n >= sizeof name) continue;
-        memcpy(name, *e, n);
-        name[n] = '\0';
-        char line[258];
-        snprintf(line, sizeof line, "%s\n", name);
-        if (user_vars && strstr(user_vars, line) && strcmp(name, "AIOSCOPE_CLI_VARS=") != 0)
-            continue; /* the user's own: it stays */
-        if (b.len) aioscope_buf_append(&b, ",", 1);
-        aioscope_buf_append(&b, name, n - 1);
-    }
-    if (b.oom) {
-        aioscope_buf_free(&b);
-        return -1;
-    }
-    int rc = setenv("AIOSCOPE_CLI_VARS", b.data ? b.data : "", 1);
-    aioscope_buf_free(&b);
+    char *ours = aioscope_var_names(user_vars);
+    if (!ours) return -1;
+    for (char *c = ours; *c; c++)
+        if (*c == '\n') *c = ',';
+    int rc = setenv("AIOSCOPE_CLI_VARS", ours, 1);
+    free(ours);
     return rc;
 }
 
@@ -536,7 +525,7 @@ int asc_cmd_run(int argc, char **argv) {
         return ASC_EXIT_USAGE;
     }
     close(efd);
-    char *user_vars = user_aioscope_vars();
+    char *user_vars = aioscope_var_names(NULL);
     if (!user_vars || setup_env(home, events, &o) < 0) {
         free(user_vars);
         asc_cli_error("out of memory");
