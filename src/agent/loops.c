@@ -88,6 +88,10 @@ typedef struct {
     /* Under the watchdog mutex: the stack of the blocked period named captured_due, innermost
      * first. A period is named by its mark (asc_slot_late): when the loop last left its poll, or
      * when its late beat was due. */
+    /* Set in a forked child: the loop this thread was running is not watched until it beats
+     * again, since the child may never go back to it (multiprocessing's workers run their own
+     * code and exit) and would read as blocked for good. */
+    int fork_paused;
     int64_t captured_due;
     int64_t announced_due; /* the period already written to the event stream as provisional */
     int64_t probe_due; /* the period the watchdog learnt (or is learning) the task of */
@@ -519,6 +523,15 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
     /* Move the period on first, so the watchdog cannot take this beat's own stack for the
      * blocked one. */
     int64_t due = atomic_exchange(&s->due_ns, now + asc_beat_ns(s));
+    if (s->fork_paused) {
+        /* A forked child came back to its loop: watch it again, from now on. */
+        pthread_mutex_lock(&asc_lp.mutex);
+        s->fork_paused = 0;
+        s->wd_polls = -2; /* the watchdog starts this loop's period afresh */
+        atomic_store(&s->block_flag, 0);
+        pthread_mutex_unlock(&asc_lp.mutex);
+        due = now;
+    }
     /* A selector loop's blocks are measured at its poll (asc_poll_hook_call), not here. */
     if (asc_cfg.enabled && !s->poll_hooked && now - due > asc_lp.threshold_ns)
         asc_report_block(s, due, now - due);
@@ -627,7 +640,7 @@ static void *asc_watchdog_main(void *arg) {
         int64_t probe_due = 0, stamp_due = 0;
         for (int i = 0; i < ASC_MAX_LOOPS; i++) {
             asc_loop_slot *s = &asc_lp.slots[i];
-            if (!s->running) continue;
+            if (!s->running || s->fork_paused) continue;
             int64_t due;
             int64_t late = asc_slot_late(s, now, &due);
             if (!s->poll_hooked && !s->stamp_tried && late > asc_lp.threshold_ns / 4 && stamp < 0) {
@@ -813,6 +826,7 @@ static void asc_atfork_child(void) {
     for (int i = 0; i < ASC_MAX_LOOPS; i++) {
         asc_loop_slot *s = &asc_lp.slots[i];
         if (s->running && !pthread_equal(s->thread, pthread_self())) s->running = 0;
+        else if (s->running) s->fork_paused = 1;
     }
 }
 
