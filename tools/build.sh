@@ -1,16 +1,25 @@
 #!/bin/sh
 # Builds aioscope on a fresh machine: installs what the build and the tests need (Debian's
-# compiler and gdb, meson/ninja, pytest, uvloop per interpreter: tools/setup-deps.sh), then
+# compiler, gdb, ncurses, tmux, chromium; meson/ninja, pytest, uvloop per interpreter:
+# tools/setup-deps.sh), then
 # configures build/ once and builds it. The command lands at build/aioscope.
 # Usage: tools/build.sh [extra meson setup options, used when build/ is configured first]
 set -eu
 cd "$(dirname "$0")/.."
 
-if ! command -v cc >/dev/null 2>&1 || ! command -v gdb >/dev/null 2>&1; then
+# Debian packages: the compiler, gdb (layout generator), ncurses (`aioscope top`), and for the
+# tests tmux (drives `top`) and chromium (loads the HTML report).
+missing=""
+command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+command -v gdb >/dev/null 2>&1 || missing="$missing gdb"
+[ -f /usr/include/ncurses.h ] || missing="$missing libncurses-dev"
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq >/dev/null && apt-get install -y -qq gcc gdb >/dev/null
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-        echo "build: needs a C compiler and gdb (apt-get install gcc gdb)" >&2
+        echo "build: needs these Debian packages: apt-get install$missing" >&2
     fi
 fi
 tools/setup-deps.sh
