@@ -28,7 +28,18 @@ typedef struct {
     double block_threshold_s; /* AIOSCOPE_BLOCK_THRESHOLD, default 0.1 */
     double stuck_after_s;     /* AIOSCOPE_STUCK_AFTER, default 30 (deadlock issue) */
     int enabled;              /* 0 until install() ran */
+    int dev_off;              /* AIOSCOPE_DEV_OFF: parts switched off, to measure their cost */
 } asc_config;
+/* Parts a developer can switch off (AIOSCOPE_DEV_OFF=steps,factory,... ; DEVELOPERS.md) to see
+ * what each costs in bench/. Never set by the CLI. */
+enum {
+    ASC_OFF_STEPS = 1,    /* steps.c: busy time and steps */
+    ASC_OFF_FACTORY = 2,  /* tasks.c: the task subclass (creation sites, swallowed-cancel) */
+    ASC_OFF_DEADLOCK = 4, /* deadlock.c: the periodic check */
+    ASC_OFF_STAMP = 8,    /* loops.c: the poll stamp */
+    ASC_OFF_BEAT = 16,    /* loops.c: the heartbeat (and with it blocking-call) */
+    ASC_OFF_WATCHDOG = 32, /* loops.c: the watchdog thread (the beat stays) */
+};
 extern asc_config asc_cfg;
 
 /* ---- the findings sink (module.c) -------------------------------------------------------- */
@@ -132,10 +143,10 @@ typedef struct {
 asc_task_stats *asc_tasks_stats(PyObject *task);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
-/* steps.c: readies its types; per loop start (loops.c), puts the step-measuring call_soon on the
- * loop instance. */
+/* steps.c: puts the step-measuring Handle._run in place (install()); notes a task of ours just
+ * created on loop (tasks.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);
-int asc_steps_on_loop_start(PyObject *loop);
+void asc_steps_task_created(PyObject *task, PyObject *loop);
 /* control.c: starts the control socket's thread (install()); stops it (at exit); after fork in
  * the child, starts a fresh one for the child's pid. Never raise: the live view is optional. */
 void asc_control_start(void);

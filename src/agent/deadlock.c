@@ -803,6 +803,7 @@ static int asc_dl_prepare(void) {
 }
 
 void asc_deadlock_on_heartbeat(PyObject *loop) {
+    if (asc_cfg.dev_off & ASC_OFF_DEADLOCK) return;
     if (asc_dl.ready <= 0 || !asc_cfg.enabled) {
         if (asc_dl.ready != 0 || !asc_cfg.enabled) return;
         asc_dl.ready = asc_dl_prepare() == 0 ? 1 : -1;

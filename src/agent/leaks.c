@@ -122,10 +122,8 @@ static PyObject *asc_init_wrapper(PyObject *orig, PyObject *args, PyObject *kwar
     if (r && asc_cfg.enabled && PyTuple_GET_SIZE(args) > 0) {
         PyObject *self = PyTuple_GET_ITEM(args, 0);
         asc_remember_site(self);
-        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1) {
+        if (asc_lk.loop_type && PyObject_IsInstance(self, asc_lk.loop_type) == 1)
             (void)asc_tasks_on_loop_start(self);
-            (void)asc_steps_on_loop_start(self); /* the live view: the main task's steps count too */
-        }
         PyErr_Clear();
     }
     return r;

@@ -712,6 +712,7 @@ static void *asc_gil_worker_main(void *arg) {
  * step). The period under way becomes the stamped loop's first one, timed from the stamp; from
  * the next poll on, periods are split exactly. */
 static void asc_stamp_with_gil(int i, int64_t due) {
+    if (asc_cfg.dev_off & ASC_OFF_STAMP) return;
     PyGILState_STATE g = PyGILState_Ensure();
     asc_loop_slot *s = &asc_lp.slots[i];
     if (asc_lp.stop || !asc_cfg.enabled || !s->used || !s->running || s->poll_hooked ||
@@ -972,28 +973,28 @@ static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop, int instal
     int ok = PyObject_IsInstance(loop, asc_lp.selector_loop_type);
     PyObject *sel = ok > 0 ? PyObject_GetAttrString(loop, "_selector") : NULL;
     ok = sel ? PyObject_IsInstance(sel, asc_lp.base_selector_type) : 0;
-    PyObject *dict = ok > 0 ? PyObject_GetAttrString(sel, "__dict__") : NULL;
+    /* sel.select as the loop finds it: our stamp (an instance attribute, not a descriptor), or
+     * the class's method bound. Never sel.__dict__: asking for it would turn the selector's
+     * inline attribute values into a real dict (3.11+), and every attribute the loop reads
+     * from it in every select() would then be a dict lookup. */
+    PyObject *cur = ok > 0 ? PyObject_GetAttrString(sel, "select") : NULL;
     asc_poll_hook *ph = NULL;
-    if (dict && PyDict_Check(dict)) {
-        PyObject *cur = PyDict_GetItemString(dict, "select"); /* borrowed */
-        if (cur && Py_TYPE(cur) == &asc_poll_hook_type) {
-            ph = (asc_poll_hook *)cur;
-            Py_INCREF(ph);
-        } else if (!cur && install) {
-            PyObject *orig = PyObject_GetAttrString(sel, "select");
-            ph = orig ? PyObject_GC_New(asc_poll_hook, &asc_poll_hook_type) : NULL;
-            if (ph) {
-                ph->orig = orig;
-                ph->index = 0;
-                ph->gen = 0; /* no slot has gen 0: a run that is not watched */
-                ph->vectorcall = asc_poll_hook_vectorcall;
-                PyObject_GC_Track((PyObject *)ph);
-                if (PyDict_SetItemString(dict, "select", (PyObject *)ph) < 0) Py_CLEAR(ph);
-            } else {
-                Py_XDECREF(orig);
-            }
+    if (cur && Py_TYPE(cur) == &asc_poll_hook_type) {
+        ph = (asc_poll_hook *)cur;
+        cur = NULL;
+    } else if (cur && install && PyMethod_Check(cur) && PyMethod_GET_SELF(cur) == sel) {
+        ph = PyObject_GC_New(asc_poll_hook, &asc_poll_hook_type);
+        if (ph) {
+            ph->orig = cur;
+            cur = NULL;
+            ph->index = 0;
+            ph->gen = 0; /* no slot has gen 0: a run that is not watched */
+            ph->vectorcall = asc_poll_hook_vectorcall;
+            PyObject_GC_Track((PyObject *)ph);
+            if (PyObject_SetAttrString(sel, "select", (PyObject *)ph) < 0) Py_CLEAR(ph);
         }
     }
+    Py_XDECREF(cur);
     int hooked = 0;
     if (ph) {
         ph->index = index;
@@ -1001,7 +1002,6 @@ static int asc_hook_poll(asc_loop_slot *s, int index, PyObject *loop, int instal
         hooked = 1;
         Py_DECREF(ph);
     }
-    Py_XDECREF(dict);
     Py_XDECREF(sel);
     asc_drop_error("poll stamp");
     return hooked;
@@ -1143,14 +1143,13 @@ static void asc_loop_started(PyObject *loop, int check_running) {
         asc_drop_error("loop registry");
         asc_chain_exception_handler(loop);
         if (asc_tasks_on_loop_start(loop) < 0) asc_drop_error("tasks on loop start");
-        if (asc_steps_on_loop_start(loop) < 0) asc_drop_error("steps on loop start");
         if (asc_trace_on_loop_start(loop) < 0) asc_drop_error("trace on loop start");
     } else if (seen < 0) {
         asc_drop_error("loop registry");
     }
 
     if (asc_slot_of_this_thread()) asc_loop_stopped(); /* a start without a stop: re-arm */
-    if (!asc_loop_has_real_clock(loop)) return;
+    if (!asc_loop_has_real_clock(loop) || (asc_cfg.dev_off & ASC_OFF_BEAT)) return;
     asc_loop_slot *s = NULL;
     int index = -1;
     for (int i = 0; i < ASC_MAX_LOOPS && !s; i++) {
@@ -1204,7 +1203,7 @@ static void asc_loop_started(PyObject *loop, int check_running) {
     s->thread = pthread_self();
     s->running = 1;
     pthread_mutex_unlock(&asc_lp.mutex);
-    asc_watchdog_ensure();
+    if (!(asc_cfg.dev_off & ASC_OFF_WATCHDOG)) asc_watchdog_ensure();
 }
 
 PyObject *asc_loops_set_running_loop(PyObject *self, PyObject *loop) {

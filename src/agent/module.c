@@ -338,6 +338,23 @@ static int asc_apply_args(PyObject *json, PyObject *threshold) {
     return 0;
 }
 
+/* "steps,deadlock" -> ASC_OFF_* bits; unknown names are ignored (a developer's knob). */
+static int asc_env_parts(const char *name) {
+    static const struct { const char *name; int bit; } parts[] = {
+        {"steps", ASC_OFF_STEPS},       {"factory", ASC_OFF_FACTORY}, {"deadlock", ASC_OFF_DEADLOCK},
+        {"stamp", ASC_OFF_STAMP},       {"beat", ASC_OFF_BEAT},         {"watchdog", ASC_OFF_WATCHDOG},
+    };
+    const char *s = getenv(name);
+    int bits = 0;
+    while (s && *s) {
+        size_t n = strcspn(s, ",");
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+            if (strlen(parts[i].name) == n && strncmp(parts[i].name, s, n) == 0) bits |= parts[i].bit;
+        s += n + (s[n] == ',');
+    }
+    return bits;
+}
+
 static PyObject *asc_install(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"json", "block_threshold", NULL};
     PyObject *json = Py_None, *threshold = Py_None;
@@ -355,6 +372,7 @@ static PyObject *asc_install(PyObject *module, PyObject *args, PyObject *kwargs)
     asc_cfg.block_threshold_s = asc_env_seconds("AIOSCOPE_BLOCK_THRESHOLD", 0.1);
     asc_cfg.stuck_after_s = asc_env_seconds("AIOSCOPE_STUCK_AFTER", 30.0);
     asc_loops_set_threshold(asc_cfg.block_threshold_s);
+    asc_cfg.dev_off = asc_env_parts("AIOSCOPE_DEV_OFF");
     if (asc_apply_args(json, threshold) < 0) return NULL;
 
     asc_mod.python_version = asc_python_version();

@@ -1,25 +1,27 @@
 /* steps.c: per-task busy time, step count, age and spawner, for `aioscope ps` and `top`.
  *
- * Every step of a C Task (3.8-3.13) is scheduled through the loop's call_soon, looked up as a
- * method on the loop each time: the first step and every bare `yield` (sleep(0), cancellation)
- * schedule a TaskStepMethWrapper, and a task waiting on a future is woken by the future's
- * done-callback, which the future schedules with call_soon as well (TaskWakeupMethWrapper on
- * 3.8/3.9, a builtin method named task_wakeup from 3.10). So the first time a loop of a class
- * starts, the class that defines its call_soon gets a C method descriptor in place of that
- * function (asc_call_soon below; class-level, so the loops' instance dicts and the interpreter's
- * specialisations are untouched). It passes every call through to the function unchanged, except
- * that a task's step callback is wrapped in an asc_step object which, when the loop runs it,
- * times the step (two vDSO clock reads) and adds it to the task's counters. The cost is one extra
- * C call per call_soon and one small allocation (from a free list) plus two clock reads per task
- * step; nothing else for callbacks that are not task steps.
+ * Every callback an asyncio loop runs is a Handle, run by BaseEventLoop._run_once through
+ * Handle._run, which calls self._context.run(self._callback, *self._args). A task's step is such
+ * a callback: the first step and every bare `yield` (sleep(0), cancellation) schedule a
+ * TaskStepMethWrapper, and a task waiting on a future is woken by the future's done-callback
+ * (TaskWakeupMethWrapper on 3.8/3.9, a builtin method named task_wakeup from 3.10). So at
+ * install() the `run` method of contextvars.Context (a C method of a built-in type) is replaced
+ * in the type's dict by a C method descriptor of ours (asc_run below) that calls the original.
+ * When the callable it is asked to run is a step of one of our tasks it times that call (two
+ * vDSO clock reads) and adds it to the task's counters; anything else goes straight through.
+ * Handle._run itself stays the Python function it is, so tracebacks, stacks and profilers see
+ * exactly what they saw; no object is allocated per step: the cost is one C call layer per
+ * Context.run, plus two clock reads per task step. (Wrapping the Python Handle._run instead
+ * costs several times more: a C layer between two Python functions stops the interpreter from
+ * inlining the call, and every callback then enters the evaluation loop afresh.)
  *
  * The counters live in the task itself (asc_task_stats in the Task subclass of tasks.c); a task
- * created by the program's own task factory has none and shows as "not measured". The first time
- * a task schedules a step (in Task.__init__) its creation time and the task that was running on
- * the loop at that moment (its spawner) are noted.
+ * created by the program's own task factory has none and shows as "not measured". The factory
+ * notes a task's creation time and the task that was running on its loop then (its spawner)
+ * through asc_steps_task_created.
  *
- * Not covered: uvloop (a C call_soon), pure-Python tasks
- * (asyncio.tasks._PyTask), and the first step of 3.12's eager tasks (run inside __init__). */
+ * Not covered: uvloop (C handles), pure-Python tasks (asyncio.tasks._PyTask), and the first
+ * step of 3.12's eager tasks (run inside Task.__init__). */
 #include "agent/agent.h"
 
 #include <string.h>
@@ -32,12 +34,6 @@
 #define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
 #endif
 
-/* A call_soon call has a callback, its positional arguments and context=: more than this many
- * arguments is not a task step (those pass one argument at most), so it goes through unwrapped. */
-#define ASC_MAX_CALL_ARGS 8
-/* Free asc_step objects kept for reuse: one loop iteration rarely schedules more task steps. */
-#define ASC_STEP_FREELIST 256
-
 int64_t asc_live_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -49,112 +45,7 @@ static struct {
     PyTypeObject *wakeup_wrapper_type; /* TaskWakeupMethWrapper (3.8/3.9), once seen */
     const PyMethodDef *wakeup_def;     /* the PyMethodDef of task_wakeup (3.10+), once seen */
     PyObject *current_tasks;           /* owned: asyncio.tasks._current_tasks {loop: task} */
-    PyObject *str_call_soon;           /* owned, interned */
-    PyObject *freelist[ASC_STEP_FREELIST];
-    int nfree;
 } asc_st;
-
-/* ---- the step wrapper: what the loop runs instead of the task's callback --------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *callback; /* owned: the task's own step/wakeup callback */
-    PyObject *task;     /* owned */
-    vectorcallfunc vectorcall;
-} asc_step;
-
-static PyTypeObject asc_step_type;
-
-static PyObject *asc_step_run(asc_step *self, PyObject *const *args, size_t nargsf,
-                              PyObject *kwnames) {
-    /* The callback may end the task and drop the last other reference to it: keep both alive
-     * until the counters are updated. */
-    PyObject *task = self->task;
-    Py_INCREF(task);
-    int64_t t0 = asc_live_now_ns();
-    PyObject *r = PyObject_Vectorcall(self->callback, args, nargsf, kwnames);
-    int64_t t1 = asc_live_now_ns();
-    asc_task_stats *st = asc_tasks_stats(task);
-    if (st) {
-        st->busy_ns += t1 - t0;
-        st->steps++;
-        if (asc_trace_active) asc_trace_step(task, st, t0, t1); /* --trace (trace.c) */
-    }
-    Py_DECREF(task);
-    return r;
-}
-
-static PyObject *asc_step_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                                     PyObject *kwnames) {
-    return asc_step_run((asc_step *)self, args, nargsf, kwnames);
-}
-
-/* The wrapper takes part in the garbage collector: a task's exception holds a traceback whose
- * frames hold the Handle that holds this wrapper, which holds the task (a cycle through every
- * failed or cancelled step); a wrapper the collector could not see through would keep that
- * cycle, the task and everything its frames reference, alive for ever. */
-static int asc_step_traverse(PyObject *self, visitproc visit, void *arg) {
-    asc_step *s = (asc_step *)self;
-    Py_VISIT(s->callback);
-    Py_VISIT(s->task);
-    return 0;
-}
-
-static int asc_step_clear(PyObject *self) {
-    asc_step *s = (asc_step *)self;
-    Py_CLEAR(s->callback);
-    Py_CLEAR(s->task);
-    return 0;
-}
-
-static void asc_step_dealloc(PyObject *self) {
-    PyObject_GC_UnTrack(self);
-    (void)asc_step_clear(self);
-    if (asc_st.nfree < ASC_STEP_FREELIST) {
-        asc_st.freelist[asc_st.nfree++] = self; /* untracked; tracked again when reused */
-        return;
-    }
-    PyObject_GC_Del(self);
-}
-
-/* Handle.__repr__ and the loop's exception handler show the callback: show the task's own. */
-static PyObject *asc_step_repr(PyObject *self) { return PyObject_Repr(((asc_step *)self)->callback); }
-
-/* Anything else asked of the wrapper (__self__, __name__, ...) is the task callback's answer. */
-static PyObject *asc_step_getattro(PyObject *self, PyObject *name) {
-    return PyObject_GetAttr(((asc_step *)self)->callback, name);
-}
-
-static PyTypeObject asc_step_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.TaskStep",
-    .tp_basicsize = sizeof(asc_step),
-    .tp_dealloc = asc_step_dealloc,
-    .tp_repr = asc_step_repr,
-    .tp_call = PyVectorcall_Call,
-    .tp_getattro = asc_step_getattro,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
-    .tp_traverse = asc_step_traverse,
-    .tp_clear = asc_step_clear,
-    .tp_vectorcall_offset = offsetof(asc_step, vectorcall),
-};
-
-static PyObject *asc_step_new(PyObject *callback, PyObject *task) {
-    asc_step *s;
-    if (asc_st.nfree > 0) {
-        s = (asc_step *)asc_st.freelist[--asc_st.nfree];
-        (void)PyObject_INIT(s, &asc_step_type);
-    } else {
-        s = PyObject_GC_New(asc_step, &asc_step_type);
-        if (!s) return NULL;
-    }
-    Py_INCREF(callback);
-    Py_INCREF(task);
-    s->callback = callback;
-    s->task = task;
-    s->vectorcall = asc_step_vectorcall;
-    PyObject_GC_Track(s);
-    return (PyObject *)s;
-}
 
 /* ---- recognising a task's step callback ------------------------------------------------------ */
 
@@ -191,69 +82,55 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
     return NULL;
 }
 
-/* ---- the class-level call_soon ---------------------------------------------------------------- */
+/* ---- the class-level Context.run ----------------------------------------------------------- */
 
-/* A method descriptor put in the dict of the loop class that defines call_soon (asyncio's
- * BaseEventLoop, or a subclass's override), in place of the function, once per class. It is
- * flagged Py_TPFLAGS_METHOD_DESCRIPTOR, so method lookups (the C Future's call_soon, and the
- * interpreter's specialised LOAD_ATTR method forms) call it unbound with the loop first, as they
- * call the function: no bound method is created, and the loops' instance dicts stay as asyncio
- * made them. (Measured, not fully explained: the same wrapping done from an instance attribute
- * cost 1.2-1.3x on queue ping-pong, this costs a few percent; a plain Python bound method put in
- * loop.__dict__ alone costs nothing measurable, so the instance dict is not the whole story.)
- * A program that sets its own loop.call_soon on an instance keeps it (instance attributes win
- * over the class's). */
+/* A method descriptor put in contextvars.Context's dict in place of its `run`. It is flagged
+ * Py_TPFLAGS_METHOD_DESCRIPTOR, so `ctx.run(...)` (and the interpreter's specialised method-call
+ * forms) call it unbound with the context first, as they call the original: no bound method is
+ * created per call. */
 typedef struct {
     PyObject_HEAD
-    PyObject *orig; /* owned: the class's call_soon function, called with the loop first */
+    PyObject *orig; /* owned: Context.run, a method descriptor called with the context first */
     vectorcallfunc vectorcall;
-} asc_call_soon;
+} asc_run;
 
-static PyTypeObject asc_call_soon_type;
+static PyTypeObject asc_run_type;
 
-/* A task scheduled for the first time: note when, and which task spawned it. The spawner is the
- * task running now only when this is the first step scheduled by Task.__init__ (a step callback,
- * no step run yet); a task first seen later (created before the loop ran, so before its call_soon
- * was ours) is woken by whichever task completed what it waited on, which did not spawn it. */
-static void asc_note_first_schedule(PyObject *loop, PyObject *callback, asc_task_stats *st) {
-    st->created_ns = asc_live_now_ns();
-    if (st->steps != 0 || Py_TYPE(callback) != asc_st.step_wrapper_type) return;
-    if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
-        PyObject *cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
-        if (cur) st->spawned_by = (uintptr_t)cur;
-        else PyErr_Clear();
+/* A task step, timed into the task's counters. The step may end the task and drop the last
+ * other reference to it: the task is kept alive until the counters are updated. */
+static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t nargsf,
+                              PyObject *kwnames, PyObject *task, asc_task_stats *st) {
+    Py_INCREF(task);
+    if (st->created_ns == 0) st->created_ns = asc_live_now_ns(); /* first seen at its first step */
+    int64_t t0 = asc_live_now_ns();
+    PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
+    int64_t t1 = asc_live_now_ns();
+    st->busy_ns += t1 - t0;
+    st->steps++;
+    if (asc_trace_active) { /* --trace (trace.c) */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        asc_trace_step(task, st, t0, t1);
+        PyErr_Restore(et, ev, etb);
     }
-}
-
-/* args: (loop, callback, *args), kwnames: context= at most. */
-static PyObject *asc_call_soon_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                                          PyObject *kwnames) {
-    PyObject *orig = ((asc_call_soon *)self)->orig;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *task = nargs >= 2 && nargs + nkw <= 1 + ASC_MAX_CALL_ARGS && asc_cfg.enabled
-                         ? asc_task_of_callback(args[1])
-                         : NULL;
-    asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
-    if (!st) /* not a task step of ours: straight through, the arguments untouched */
-        return PyObject_Vectorcall(orig, args, nargsf, kwnames);
-    PyObject *loop = args[0];
-    if (st->created_ns == 0) {
-        asc_note_first_schedule(loop, args[1], st);
-        if (asc_trace_active) asc_trace_task_created(task, st, (PyObject *)st->spawned_by);
-    }
-    PyObject *stack[1 + ASC_MAX_CALL_ARGS];
-    memcpy(stack, args, (size_t)(nargs + nkw) * sizeof(PyObject *));
-    PyObject *wrapped = asc_step_new(args[1], task);
-    if (wrapped) stack[1] = wrapped;
-    else PyErr_Clear(); /* out of memory: schedule the step unmeasured */
-    PyObject *r = PyObject_Vectorcall(orig, stack, (size_t)nargs, kwnames);
-    Py_XDECREF(wrapped);
+    Py_DECREF(task);
     return r;
 }
 
-/* loop.call_soon: bound like a function (the interpreter's method calls never get here). */
-static PyObject *asc_call_soon_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+/* args: (context, callable, *its args). */
+static PyObject *asc_run_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames) {
+    PyObject *orig = ((asc_run *)self)->orig;
+    if (PyVectorcall_NARGS(nargsf) >= 2 && asc_cfg.enabled) {
+        PyObject *task = asc_task_of_callback(args[1]);
+        asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
+        if (st) return asc_run_step(orig, args, nargsf, kwnames, task, st);
+    }
+    return PyObject_Vectorcall(orig, args, nargsf, kwnames);
+}
+
+/* Context.run read from an instance: bound like the method descriptor it replaces. */
+static PyObject *asc_run_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
     if (obj == NULL || obj == Py_None) {
         Py_INCREF(self);
         return self;
@@ -261,89 +138,104 @@ static PyObject *asc_call_soon_descr_get(PyObject *self, PyObject *obj, PyObject
     return PyMethod_New(self, obj);
 }
 
-/* __name__, __doc__, __wrapped__-style questions: the function's answers. */
-static PyObject *asc_call_soon_getattro(PyObject *self, PyObject *name) {
+/* __name__, __doc__, __qualname__: the original's answers. */
+static PyObject *asc_run_getattro(PyObject *self, PyObject *name) {
     PyObject *r = PyObject_GenericGetAttr(self, name);
     if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
     PyErr_Clear();
-    return PyObject_GetAttr(((asc_call_soon *)self)->orig, name);
+    return PyObject_GetAttr(((asc_run *)self)->orig, name);
 }
 
-static int asc_call_soon_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_call_soon *)self)->orig);
+static int asc_run_traverse(PyObject *self, visitproc visit, void *arg) {
+    Py_VISIT(((asc_run *)self)->orig);
     return 0;
 }
 
-static int asc_call_soon_clear(PyObject *self) {
-    Py_CLEAR(((asc_call_soon *)self)->orig);
+static int asc_run_clear(PyObject *self) {
+    Py_CLEAR(((asc_run *)self)->orig);
     return 0;
 }
 
-static void asc_call_soon_dealloc(PyObject *self) {
+static void asc_run_dealloc(PyObject *self) {
     PyObject_GC_UnTrack(self);
-    asc_call_soon_clear(self);
+    asc_run_clear(self);
     PyObject_GC_Del(self);
 }
 
-static PyObject *asc_call_soon_repr(PyObject *self) {
-    PyObject *orig = ((asc_call_soon *)self)->orig;
-    if (!orig) return PyUnicode_FromString("<call_soon>");
+static PyObject *asc_run_repr(PyObject *self) {
+    PyObject *orig = ((asc_run *)self)->orig;
+    if (!orig) return PyUnicode_FromString("<Context.run>");
     return PyObject_Repr(orig);
 }
 
-static PyTypeObject asc_call_soon_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.CallSoon",
-    .tp_basicsize = sizeof(asc_call_soon),
-    .tp_dealloc = asc_call_soon_dealloc,
-    .tp_repr = asc_call_soon_repr,
+static PyTypeObject asc_run_type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.ContextRun",
+    .tp_basicsize = sizeof(asc_run),
+    .tp_dealloc = asc_run_dealloc,
+    .tp_repr = asc_run_repr,
     .tp_call = PyVectorcall_Call,
-    .tp_getattro = asc_call_soon_getattro,
-    .tp_traverse = asc_call_soon_traverse,
-    .tp_clear = asc_call_soon_clear,
-    .tp_descr_get = asc_call_soon_descr_get,
+    .tp_getattro = asc_run_getattro,
+    .tp_traverse = asc_run_traverse,
+    .tp_clear = asc_run_clear,
+    .tp_descr_get = asc_run_descr_get,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
                 Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .tp_vectorcall_offset = offsetof(asc_call_soon, vectorcall),
+    .tp_vectorcall_offset = offsetof(asc_run, vectorcall),
 };
+
+/* ---- creation -------------------------------------------------------------------------------- */
+
+void asc_steps_task_created(PyObject *task, PyObject *loop) {
+    asc_task_stats *st = asc_tasks_stats(task);
+    if (!st || (asc_cfg.dev_off & ASC_OFF_STEPS)) return;
+    st->created_ns = asc_live_now_ns();
+    PyObject *cur = NULL;
+    if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
+        cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
+        if (cur) st->spawned_by = (uintptr_t)cur;
+        else PyErr_Clear();
+    }
+    if (asc_trace_active) asc_trace_task_created(task, st, cur);
+}
 
 /* ---- init ------------------------------------------------------------------------------------ */
 
+/* The dict of a type, borrowed: from 3.12 a static built-in type's dict lives in the
+ * interpreter's state, which PyType_GetDict returns. */
+static PyObject *asc_type_dict(PyTypeObject *tp) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *d = PyType_GetDict(tp);
+    Py_XDECREF(d); /* the type keeps it alive */
+    return d;
+#else
+    return tp->tp_dict;
+#endif
+}
+
 int asc_steps_init(PyObject *module) {
-    if (PyType_Ready(&asc_step_type) < 0 || PyType_Ready(&asc_call_soon_type) < 0) return -1;
-    asc_st.str_call_soon = PyUnicode_InternFromString("call_soon");
-    if (!asc_st.str_call_soon) return -1;
+    (void)module;
+    if (PyType_Ready(&asc_run_type) < 0) return -1;
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
     if (!tasks) return -1;
     asc_st.current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
     Py_DECREF(tasks);
     if (!asc_st.current_tasks) PyErr_Clear(); /* no spawner information, nothing worse */
-    return 0;
-}
-
-int asc_steps_on_loop_start(PyObject *loop) {
-    /* The class that defines the loop's call_soon, and what it holds there. */
-    PyTypeObject *tp = Py_TYPE(loop);
-    PyObject *mro = tp->tp_mro;
-    if (!mro || !PyTuple_Check(mro)) return 0;
-    PyObject *owner = NULL, *cur = NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro) && !cur; i++) {
-        PyObject *dict = ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict;
-        cur = dict ? PyDict_GetItemWithError(dict, asc_st.str_call_soon) : NULL; /* borrowed */
-        if (!cur && PyErr_Occurred()) return -1;
-        if (cur) owner = PyTuple_GET_ITEM(mro, i);
-    }
-    if (!cur || Py_TYPE(cur) == &asc_call_soon_type) return 0; /* none, or ours already */
-    /* A C call_soon (uvloop, an extension loop) or anything unusual: not ours to wrap. Static
-     * types (no asyncio loop is one) cannot take attributes. */
-    if (!PyFunction_Check(cur) || !(((PyTypeObject *)owner)->tp_flags & Py_TPFLAGS_HEAPTYPE))
-        return 0;
-    asc_call_soon *cs = PyObject_GC_New(asc_call_soon, &asc_call_soon_type);
-    if (!cs) return -1;
+    if (asc_cfg.dev_off & ASC_OFF_STEPS) return 0;
+    /* Context.run, a method descriptor; anything else there (someone else's) is left alone:
+     * no busy time, nothing worse. */
+    PyObject *dict = asc_type_dict(&PyContext_Type);
+    PyObject *cur = dict ? PyDict_GetItemString(dict, "run") : NULL; /* borrowed */
+    if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) return 0;
+    asc_run *run = PyObject_GC_New(asc_run, &asc_run_type);
+    if (!run) return -1;
     Py_INCREF(cur);
-    cs->orig = cur;
-    cs->vectorcall = asc_call_soon_vectorcall;
-    PyObject_GC_Track((PyObject *)cs);
-    int rc = PyObject_SetAttr(owner, asc_st.str_call_soon, (PyObject *)cs);
-    Py_DECREF(cs);
+    run->orig = cur;
+    run->vectorcall = asc_run_vectorcall;
+    PyObject_GC_Track((PyObject *)run);
+    /* A built-in type refuses setattr; its dict is written directly and the type told, which
+     * drops every cached lookup of its attributes. */
+    int rc = PyDict_SetItemString(dict, "run", (PyObject *)run);
+    Py_DECREF(run);
+    PyType_Modified(&PyContext_Type);
     return rc;
 }

@@ -461,8 +461,10 @@ static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ss
     PyObject *task = PyObject_Vectorcall((PyObject *)asc_t.type, stack, 1, names);
     Py_DECREF(names);
     Py_XDECREF(name);
-    if (task)
+    if (task) {
         asc_capture_creation_site(&((asc_task_extra *)((char *)task + asc_t.extra_offset))->created);
+        asc_steps_task_created(task, args[0]);
+    }
     return task;
 }
 
@@ -638,6 +640,8 @@ int asc_tasks_on_loop_start(PyObject *loop)
 
 static int asc_install_factory(PyObject *loop)
 {
+    if (asc_cfg.dev_off & ASC_OFF_FACTORY)
+        return 0;
     PyObject *current = PyObject_CallMethod(loop, "get_task_factory", NULL);
     if (current == NULL) {
         PyErr_Clear();

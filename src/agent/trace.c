@@ -14,7 +14,7 @@
  * the hooks in steps.c and module.c test it and return. While tracing, the task steps come from
  * steps.c, which already times every step for the live view: recording one is a store into the
  * ring plus one call of task.done(). Loop iterations are timed by a small C callable put in the
- * loop's instance __dict__ as _run_once (as steps.c does for call_soon); Lock.acquire/release
+ * loop's instance __dict__ as _run_once (the rest of a loop is untouched); Lock.acquire/release
  * are replaced on the class by C method descriptors. uvloop has neither an instance __dict__
  * nor Python-level steps, so under uvloop the trace has findings, blocked periods and lock
  * spans, but no per-step slices, creation arrows or iterations.
@@ -300,96 +300,9 @@ static PyTypeObject asc_run_once_type = {
     .tp_vectorcall_offset = offsetof(asc_run_once, vectorcall),
 };
 
-/* A task step scheduled before its loop was hooked (asyncio.run's main task is created, and
- * its first step scheduled, before the loop runs): steps.c never sees it, so the handles
- * already in loop._ready get their task-step callbacks wrapped in this, once, at loop start.
- * Without it the main task's first step, which creates the first tasks, would be missing, and
- * the creation arrows would start from nowhere. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *callback; /* owned */
-    PyObject *task;     /* owned */
-} asc_early_step;
-
-static PyObject *asc_early_step_call(PyObject *self, PyObject *args, PyObject *kwargs) {
-    asc_early_step *s = (asc_early_step *)self;
-    PyObject *task = s->task;
-    Py_INCREF(task);
-    int64_t t0 = asc_live_now_ns();
-    PyObject *r = PyObject_Call(s->callback, args, kwargs);
-    int64_t t1 = asc_live_now_ns();
-    asc_task_stats *st = asc_tasks_stats(task);
-    if (st && asc_trace_active) {
-#if PY_VERSION_HEX >= 0x030C0000
-        PyObject *exc = PyErr_GetRaisedException();
-        asc_trace_step(task, st, t0, t1);
-        PyErr_SetRaisedException(exc);
-#else
-        PyObject *et, *ev, *etb;
-        PyErr_Fetch(&et, &ev, &etb);
-        asc_trace_step(task, st, t0, t1);
-        PyErr_Restore(et, ev, etb);
-#endif
-    }
-    Py_DECREF(task);
-    return r;
-}
-
-static void asc_early_step_dealloc(PyObject *self) {
-    Py_CLEAR(((asc_early_step *)self)->callback);
-    Py_CLEAR(((asc_early_step *)self)->task);
-    PyObject_Free(self);
-}
-
-/* Handle.__repr__ and error messages show the task's own callback. */
-static PyObject *asc_early_step_repr(PyObject *self) { return PyObject_Repr(((asc_early_step *)self)->callback); }
-
-static PyTypeObject asc_early_step_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.EarlyStep",
-    .tp_basicsize = sizeof(asc_early_step),
-    .tp_dealloc = asc_early_step_dealloc,
-    .tp_repr = asc_early_step_repr,
-    .tp_call = asc_early_step_call,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-};
-
-static void asc_trace_wrap_ready(PyObject *loop) {
-    PyObject *ready = PyObject_GetAttrString(loop, "_ready");
-    PyObject *it = ready ? PyObject_GetIter(ready) : NULL;
-    PyObject *h;
-    /* _ready holds what is due now: a handful of handles at a loop's start. */
-    while (it && (h = PyIter_Next(it)) != NULL) {
-        PyObject *cb = PyObject_GetAttrString(h, "_callback");
-        /* Steps steps.c already wraps (its TaskStep, when the loop was hooked early enough)
-         * are traced by it: wrapping them again would draw every such step twice. */
-        int wrapped = cb && (Py_TYPE(cb) == &asc_early_step_type ||
-                             strcmp(Py_TYPE(cb)->tp_name, "aioscope._agent.TaskStep") == 0);
-        PyObject *task = cb && !wrapped ? PyObject_GetAttrString(cb, "__self__") : NULL;
-        if (task && asc_tasks_stats(task)) {
-            asc_early_step *w = PyObject_New(asc_early_step, &asc_early_step_type);
-            if (w) {
-                Py_INCREF(cb);
-                Py_INCREF(task);
-                w->callback = cb;
-                w->task = task;
-                (void)PyObject_SetAttrString(h, "_callback", (PyObject *)w);
-                Py_DECREF(w);
-            }
-        }
-        PyErr_Clear();
-        Py_XDECREF(task);
-        Py_XDECREF(cb);
-        Py_DECREF(h);
-    }
-    PyErr_Clear();
-    Py_XDECREF(it);
-    Py_XDECREF(ready);
-}
-
 int asc_trace_on_loop_start(PyObject *loop) {
     if (!asc_trace_active) return 0;
     (void)asc_trace_loop_track(loop, PyThread_get_thread_ident());
-    asc_trace_wrap_ready(loop);
     /* Loops without an instance dict (uvloop) or with a C _run_once are not timed. */
     PyObject **dictptr = _PyObject_GetDictPtr(loop);
     if (!dictptr) return 0;
@@ -727,7 +640,7 @@ int asc_trace_init(PyObject *module) {
     asc_tr.next_task_track = ASC_TRACK_TASK0;
     asc_tr.names[0] = strdup("?");
     asc_tr.nnames = 1;
-    if (PyType_Ready(&asc_run_once_type) < 0 || PyType_Ready(&asc_early_step_type) < 0) return -1;
+    if (PyType_Ready(&asc_run_once_type) < 0) return -1;
 #define ASC_INTERN(field, s) \
     if (!(asc_tr.field = PyUnicode_InternFromString(s))) return -1;
     ASC_INTERN(str_done, "done");
