@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -557,8 +558,12 @@ int asc_cmd_run(int argc, char **argv) {
 
     fflush(NULL);
     int tty = foreground_tty();
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        /* The program is in a process group of its own, so a kill of ours (kill -9, a CI
+         * timeout) would not reach it and it would run on unseen: it dies with us. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) == 0 && getppid() != parent) _exit(128 + SIGKILL);
         /* Both sides set the group and the foreground, so neither order of running races. */
         setpgid(0, 0);
         if (tty >= 0) give_terminal(tty, getpid());

@@ -379,6 +379,32 @@ def test_blocking_call_captured_while_still_blocked(how, python, loop, tmp_path)
     assert hits[0]["duration_s"] >= 0.1
 
 
+def test_program_dies_with_aioscope(python, tmp_path):
+    """The program runs in a process group of its own; when aioscope itself is killed outright
+    (kill -9, a CI runner's timeout), the program must not run on unseen."""
+    proc = start_aioscope(python, tmp_path / "report.json", PROGRAMS / "serve_forever.py")
+    wait_for_line(proc, "ready")
+    kids = Path("/proc/%d/task/%d/children" % (proc.pid, proc.pid)).read_text().split()
+    assert len(kids) == 1, kids
+    child = int(kids[0])
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        # A zombie until its new parent reaps it: dead all the same.
+        state = Path("/proc/%d/stat" % child).read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the program outlived aioscope")
+
+
 def test_install_without_the_cli(python):
     """import aioscope; aioscope.install() with the build's python/ folder on PYTHONPATH: the
     text report comes out on stderr at exit."""
