@@ -56,6 +56,13 @@ void asc_events_write(const aioscope_buf *b);
  * site-packages/dist-packages, not aioscope, not "<frozen ...>". Cached per filename object. */
 int asc_is_user_file(PyObject *filename);
 
+#if PY_VERSION_HEX >= 0x030B0000
+/* The local variable at index (of co_varnames; a code without cell or free variables) of the
+ * Python function running now, borrowed, when its code is `code`; NULL otherwise. Reads the
+ * interpreter's frame as it is: no frame object is made. */
+PyObject *asc_caller_fast_local(PyObject *code, Py_ssize_t index);
+#endif
+
 /* Fill f->stack (outermost first) and f->site (the innermost user frame; the innermost frame of
  * all when no frame is the user's) from the calling thread's current Python stack. */
 int asc_fill_from_current_stack(aioscope_finding *f);

@@ -62,6 +62,7 @@ typedef struct asc_iframe {
     int stacktop;
     uint16_t return_offset;
     char owner;
+    PyObject *localsplus[1]; /* @72: arguments and locals, then cells, then the value stack */
 } asc_iframe;
 #define ASC_IFRAME_CODE(f) ((f)->f_executable)
 #define ASC_IFRAME_INSTR(f) ((f)->instr_ptr)
@@ -77,6 +78,7 @@ typedef struct asc_iframe {
     int stacktop;
     uint16_t return_offset;
     char owner;
+    PyObject *localsplus[1]; /* @72: arguments and locals, then cells, then the value stack */
 } asc_iframe;
 #define ASC_IFRAME_CODE(f) ((PyObject *)(f)->f_code)
 #define ASC_IFRAME_INSTR(f) ((f)->prev_instr)
@@ -91,12 +93,14 @@ typedef struct asc_iframe {
     int stacktop;
     bool is_entry;
     char owner;
+    PyObject *localsplus[1]; /* @72 */
 } asc_iframe;
 #define ASC_IFRAME_CODE(f) ((PyObject *)(f)->f_code)
 #define ASC_IFRAME_INSTR(f) ((f)->prev_instr)
 #endif
 
 #if PY_VERSION_HEX >= 0x030B0000
+_Static_assert(offsetof(asc_iframe, localsplus) == 72, "localsplus of _PyInterpreterFrame at 72");
 /* enum _frameowner in pycore_frame.h: FRAME_OWNED_BY_GENERATOR = 1 in 3.11-3.13;
  * FRAME_OWNED_BY_CSTACK = 3 in 3.12-3.13 marks the interpreter's entry shim, not Python code. */
 #define ASC_OWNED_BY_GENERATOR 1
@@ -110,6 +114,15 @@ static asc_iframe *asc_current_iframe(void)
 #else
     return ts->cframe ? (asc_iframe *)ts->cframe->current_frame : NULL; /* 3.11, 3.12 */
 #endif
+}
+
+PyObject *asc_caller_fast_local(PyObject *code, Py_ssize_t index)
+{
+    asc_iframe *f = asc_current_iframe();
+    if (f == NULL || ASC_IFRAME_CODE(f) != code || f->owner == ASC_OWNED_BY_CSTACK || index < 0 ||
+        index >= ((PyCodeObject *)code)->co_nlocals)
+        return NULL;
+    return f->localsplus[index];
 }
 
 /* The code object and byte offset of a frame, or NULL for frames that are not (yet) Python

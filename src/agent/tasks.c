@@ -66,7 +66,7 @@ static struct {
     int has_cancelling;       /* Task.cancelling() exists (3.11+) */
     PyObject *create_task_code; /* asyncio's BaseEventLoop.create_task.__code__ (owned) */
     PyObject *name_str;         /* "name", interned (owned) */
-    Py_ssize_t name_index;      /* below 3.11: the index of `name` in create_task's locals */
+    Py_ssize_t name_index;      /* the index of `name` in create_task's locals */
 } asc_t;
 
 static PyMethodDef asc_uv_cancel_all_def;
@@ -384,15 +384,12 @@ static PyObject *asc_create_task_name(PyObject *kwnames)
         if (PyUnicode_Check(PyTuple_GET_ITEM(kwnames, i)) &&
             PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "name") == 0)
             return NULL;
-#if PY_VERSION_HEX >= 0x030D0000
-    /* The caller's code first, without making a frame object for it (as PyEval_GetFrame
-     * would) when it is not create_task: uvloop's tasks, a program's own create_task. */
-    struct _PyInterpreterFrame *iframe = PyThreadState_Get()->current_frame;
-    PyObject *caller = iframe ? PyUnstable_InterpreterFrame_GetCode(iframe) : NULL;
-    Py_XDECREF(caller); /* only compared */
-    if (caller != asc_t.create_task_code)
-        return NULL;
-#endif
+#if PY_VERSION_HEX >= 0x030B0000
+    /* Straight from the interpreter's frame: PyEval_GetFrame would make a frame object for
+     * create_task's frame on every task (and 3.11's PyFrame_GetLocals a dict). */
+    PyObject *name = asc_caller_fast_local(asc_t.create_task_code, asc_t.name_index);
+    Py_XINCREF(name);
+#else
     PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
     if (f == NULL)
         return NULL;
@@ -405,16 +402,6 @@ static PyObject *asc_create_task_name(PyObject *kwnames)
     if ((PyObject *)code != asc_t.create_task_code)
         return NULL;
     PyObject *name = NULL;
-#if PY_VERSION_HEX >= 0x030C0000
-    name = PyFrame_GetVar(f, asc_t.name_str);
-#elif PY_VERSION_HEX >= 0x030B0000
-    PyObject *locals = PyFrame_GetLocals(f);
-    if (locals && PyDict_Check(locals)) {
-        name = PyDict_GetItemWithError(locals, asc_t.name_str); /* borrowed */
-        Py_XINCREF(name);
-    }
-    Py_XDECREF(locals);
-#else
     if (asc_t.name_index >= 0 && asc_t.name_index < code->co_nlocals) {
         name = f->f_localsplus[asc_t.name_index];
         Py_XINCREF(name);
@@ -1041,14 +1028,19 @@ int asc_tasks_init(PyObject *module)
     PyObject *fn = cls ? PyObject_GetAttrString(cls, "create_task") : NULL;
     PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
     if (code && PyCode_Check(code)) {
-#if PY_VERSION_HEX < 0x030B0000
-        PyObject *varnames = ((PyCodeObject *)code)->co_varnames;
-        for (Py_ssize_t i = 0; PyTuple_Check(varnames) && i < PyTuple_GET_SIZE(varnames); i++)
+        /* co_varnames (a new reference from 3.11, where it is computed) indexes the fast
+         * locals as long as the function has no cell variables, which shift them. */
+        PyObject *varnames = PyObject_GetAttrString(code, "co_varnames");
+        PyObject *cells = PyObject_GetAttrString(code, "co_cellvars");
+        for (Py_ssize_t i = 0; varnames && PyTuple_Check(varnames) && i < PyTuple_GET_SIZE(varnames); i++)
             if (PyUnicode_Check(PyTuple_GET_ITEM(varnames, i)) &&
                 PyUnicode_Compare(PyTuple_GET_ITEM(varnames, i), asc_t.name_str) == 0)
                 asc_t.name_index = i;
-        if (asc_t.name_index >= 0 && asc_t.name_index < ((PyCodeObject *)code)->co_nlocals)
-#endif
+        int plain = cells && PyTuple_Check(cells) && PyTuple_GET_SIZE(cells) == 0;
+        Py_XDECREF(varnames);
+        Py_XDECREF(cells);
+        PyErr_Clear();
+        if (plain && asc_t.name_index >= 0 && asc_t.name_index < ((PyCodeObject *)code)->co_nlocals)
         {
             asc_t.create_task_code = code;
             code = NULL;
