@@ -15,7 +15,7 @@
  * waiting for the GIL in the background and throws its late result away; while it waits, later
  * requests go straight to the memory reader.
  *
- * The JSON is built after the GIL is released: the program's loop is held up only for the
+ * The answer is written after the GIL is released: the program's loop is held up only for the
  * collection itself. Exit: an atexit callback (Python's, registered at start, so it runs before
  * the interpreter finalizes) stops the server and removes the socket. After fork, the child starts
  * a server of its own for its own pid. */
@@ -59,6 +59,13 @@
  * so that it cannot keep the server from answering others. */
 #define ASC_IO_TIMEOUT_S 2
 
+/* The answer's forms: the request line says which (control.h). */
+typedef enum {
+    ASC_FORM_WIRE,   /* "snapshot": the compact JSON form (snapshot_wire.h) */
+    ASC_FORM_JSON,   /* "snapshot json": aioscope_snapshot_to_json's form */
+    ASC_FORM_BINARY, /* "snapshot binary": the binary form, what the CLI asks for */
+} asc_form;
+
 /* The GIL job: QUEUED by the server, WAITING while the worker waits for the GIL, COLLECTING once
  * it has it (from then on the answer comes from it, however long the collection takes), DONE. */
 typedef enum { ASC_JOB_IDLE, ASC_JOB_QUEUED, ASC_JOB_WAITING, ASC_JOB_COLLECTING, ASC_JOB_DONE } asc_job_state;
@@ -76,7 +83,7 @@ static struct {
 
     /* The GIL job, under mu. */
     asc_job_state job;
-    int job_full_json;     /* answer in aioscope_snapshot_to_json's form, not the compact one */
+    asc_form job_form;     /* the form the answer is written in */
     int abandoned;         /* the server stopped waiting for the current job */
     aioscope_buf result;   /* the worker's JSON (owned by the job until taken) */
 
@@ -99,11 +106,9 @@ static void asc_error_json(aioscope_buf *b, int err, const char *message) {
     aioscope_buf_puts(b, "}");
 }
 
-/* Close the snapshot's JSON object with the agent-only section. */
-static void asc_finish_json(aioscope_buf *b, const char *how, double collect_ms, double collect_cpu_ms) {
-    if (b->len == 0 || b->data[b->len - 1] != '}') return;
-    b->len--; /* reopen the object: the snapshot writer ends with its closing brace */
-    aioscope_buf_puts(b, ",\"agent\":{\"read_with\":");
+/* The agent-only section: one JSON object. */
+static void asc_agent_json(aioscope_buf *b, const char *how, double collect_ms, double collect_cpu_ms) {
+    aioscope_buf_puts(b, "{\"read_with\":");
     aioscope_buf_json_string(b, how);
     aioscope_buf_puts(b, ",\"collect_ms\":");
     aioscope_buf_json_number(b, collect_ms);
@@ -122,7 +127,7 @@ static void asc_finish_json(aioscope_buf *b, const char *how, double collect_ms,
         aioscope_buf_json_number(b, lags[i].lag_s);
         aioscope_buf_puts(b, "}");
     }
-    aioscope_buf_puts(b, "]}}");
+    aioscope_buf_puts(b, "]}");
 }
 
 /* With the GIL: collect, then (without it) the caller writes JSON. */
@@ -145,12 +150,28 @@ static aioscope_snapshot *asc_collect_with_gil(double *ms, double *cpu_ms) {
     return snap;
 }
 
-/* The snapshot in the requested form, with the agent section. */
-static void asc_write_snapshot(aioscope_buf *b, const aioscope_snapshot *snap, int full_json,
+/* The snapshot in the requested form, with the agent section (a member "agent" of the JSON
+ * forms' object; the binary form's last field). */
+static void asc_write_snapshot(aioscope_buf *b, const aioscope_snapshot *snap, asc_form form,
                                const char *how, double ms, double cpu_ms) {
-    if (full_json) aioscope_snapshot_to_json(snap, b);
-    else aioscope_snapshot_to_wire(snap, b);
-    asc_finish_json(b, how, ms, cpu_ms);
+    aioscope_buf agent;
+    aioscope_buf_init(&agent);
+    asc_agent_json(&agent, how, ms, cpu_ms);
+    if (agent.oom) {
+        b->oom = 1;
+    } else if (form == ASC_FORM_BINARY) {
+        aioscope_snapshot_to_binary(snap, agent.data, b);
+    } else {
+        if (form == ASC_FORM_JSON) aioscope_snapshot_to_json(snap, b);
+        else aioscope_snapshot_to_wire(snap, b);
+        if (b->len > 0 && b->data[b->len - 1] == '}') {
+            b->len--; /* reopen the object: the snapshot writers end with its closing brace */
+            aioscope_buf_puts(b, ",\"agent\":");
+            aioscope_buf_append(b, agent.data, agent.len);
+            aioscope_buf_puts(b, "}");
+        }
+    }
+    aioscope_buf_free(&agent);
 }
 
 /* The GIL worker: waits for a job, takes the GIL, collects, releases the GIL, writes JSON. */
@@ -161,7 +182,7 @@ static void *asc_worker_main(void *arg) {
         while (!asc_ctl.stop && asc_ctl.job != ASC_JOB_QUEUED) pthread_cond_wait(&asc_ctl.cv, &asc_ctl.mu);
         if (asc_ctl.stop) break;
         asc_ctl.job = ASC_JOB_WAITING;
-        int full_json = asc_ctl.job_full_json;
+        asc_form form = asc_ctl.job_form;
         pthread_mutex_unlock(&asc_ctl.mu);
 
         aioscope_snapshot *snap = NULL;
@@ -181,7 +202,7 @@ static void *asc_worker_main(void *arg) {
         aioscope_buf b;
         aioscope_buf_init(&b);
         if (snap) {
-            asc_write_snapshot(&b, snap, full_json, "gil", ms, cpu_ms);
+            asc_write_snapshot(&b, snap, form, "gil", ms, cpu_ms);
             aioscope_snapshot_free(snap);
         } else {
             asc_error_json(&b, AIOSCOPE_EIO, "the agent could not read its tasks");
@@ -203,7 +224,7 @@ static void *asc_worker_main(void *arg) {
 }
 
 /* Without the GIL: read our own memory. */
-static void asc_answer_from_memory(aioscope_buf *b, int full_json) {
+static void asc_answer_from_memory(aioscope_buf *b, asc_form form) {
     if (!asc_ctl.self_tried) {
         asc_ctl.self_tried = 1;
         /* _PyRuntime is exported by libpython or the executable (3.8+). */
@@ -226,7 +247,7 @@ static void asc_answer_from_memory(aioscope_buf *b, int full_json) {
     }
     snap->source = "agent-memory"; /* read by the agent, but from memory: see snapshot_print.c */
     snap->has_agent_fields = 0; /* busy time and steps live behind the GIL */
-    asc_write_snapshot(b, snap, full_json, "memory", ms, cpu_ms);
+    asc_write_snapshot(b, snap, form, "memory", ms, cpu_ms);
     aioscope_snapshot_free(snap);
 }
 
@@ -236,16 +257,16 @@ static void asc_add_ms(struct timespec *t, long ms) {
     t->tv_nsec %= 1000000000L;
 }
 
-static void asc_answer_snapshot(aioscope_buf *b, int full_json) {
+static void asc_answer_snapshot(aioscope_buf *b, asc_form form) {
     pthread_mutex_lock(&asc_ctl.mu);
     if (asc_ctl.job != ASC_JOB_IDLE) {
         /* A worker is still waiting for the GIL from an earlier request: the GIL is busy. */
         pthread_mutex_unlock(&asc_ctl.mu);
-        asc_answer_from_memory(b, full_json);
+        asc_answer_from_memory(b, form);
         return;
     }
     asc_ctl.job = ASC_JOB_QUEUED;
-    asc_ctl.job_full_json = full_json;
+    asc_ctl.job_form = form;
     asc_ctl.abandoned = 0;
     pthread_cond_broadcast(&asc_ctl.cv);
     struct timespec deadline;
@@ -272,7 +293,7 @@ static void asc_answer_snapshot(aioscope_buf *b, int full_json) {
     if (asc_ctl.job == ASC_JOB_QUEUED) asc_ctl.job = ASC_JOB_IDLE; /* worker never picked it up */
     else asc_ctl.abandoned = 1;
     pthread_mutex_unlock(&asc_ctl.mu);
-    asc_answer_from_memory(b, full_json);
+    asc_answer_from_memory(b, form);
 }
 
 /* ---- the server ----------------------------------------------------------------------------- */
@@ -320,8 +341,12 @@ static void asc_serve_one(int fd) {
         asc_error_json(&b, AIOSCOPE_EPERM, "only the user running the program may look inside it");
     } else if (!have_req) {
         asc_error_json(&b, AIOSCOPE_EPROTO, "no request line");
-    } else if (strcmp(req, "snapshot") == 0 || strcmp(req, "snapshot json") == 0) {
-        asc_answer_snapshot(&b, req[8] != '\0');
+    } else if (strcmp(req, "snapshot") == 0) {
+        asc_answer_snapshot(&b, ASC_FORM_WIRE);
+    } else if (strcmp(req, "snapshot json") == 0) {
+        asc_answer_snapshot(&b, ASC_FORM_JSON);
+    } else if (strcmp(req, "snapshot binary") == 0) {
+        asc_answer_snapshot(&b, ASC_FORM_BINARY);
     } else if (strcmp(req, "ping") == 0) {
         aioscope_buf_printf(&b, "{\"pid\":%ld,\"python\":\"%d.%d.%d\",\"agent\":\"%s\"}",
                             (long)getpid(), PY_MAJOR_VERSION, PY_MINOR_VERSION, PY_MICRO_VERSION,
@@ -330,7 +355,8 @@ static void asc_serve_one(int fd) {
         asc_error_json(&b, AIOSCOPE_EPROTO, "unknown request");
     }
     if (!b.oom) {
-        aioscope_buf_puts(&b, "\n");
+        /* JSON answers end with a newline; the binary form's length is its own. */
+        if (b.len < 8 || memcmp(b.data, AIOSCOPE_WIRE_BINARY_MAGIC, 8) != 0) aioscope_buf_puts(&b, "\n");
         (void)asc_write_all(fd, b.data, b.len);
     }
     aioscope_buf_free(&b);

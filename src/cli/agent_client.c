@@ -4,7 +4,8 @@
  * /tmp/aioscope-<uid> (the agent falls back to it when it has no usable XDG_RUNTIME_DIR, and a
  * shell may have one when the program did not, or the reverse). Both directories must pass the
  * same ownership checks the agent applies, so a socket planted by another user is never asked.
- * The answer is untrusted input: it is bounded in size, parsed by the strict JSON reader, and
+ * The answer is untrusted input: it is bounded in size, read by the binary form's checking
+ * reader (snapshot_wire.c) or, for errors and the agent's own section, the strict JSON reader, and
  * every field is checked before it enters the snapshot. */
 #include "cli/agent_client.h"
 
@@ -21,8 +22,8 @@
 #include "aioscope/error.h"
 #include "aioscope/snapshot_wire.h"
 
-/* A snapshot of 100 000 tasks is about 60 MB of JSON; more than this is not an answer we want to
- * hold in memory. */
+/* A snapshot of 100 000 tasks is about 60 MB of JSON (about 10 MB in the binary form); more than
+ * this is not an answer we want to hold in memory. */
 #define ASC_MAX_ANSWER (512u << 20)
 /* The agent answers within its GIL wait (100 ms) plus the collection; a program that is being
  * torn down may never answer. */
@@ -125,10 +126,10 @@ int asc_agent_snapshot(int pid, aioscope_snapshot **out, asc_agent_info *info) {
     *out = NULL;
     char *text = NULL;
     size_t len = 0;
-    int rc = asc_agent_request(pid, "snapshot", &text, &len);
+    int rc = asc_agent_request(pid, "snapshot binary", &text, &len);
     if (rc < 0) return rc;
-    /* An error answer is small; a snapshot is read without building a JSON tree. */
-    if (strncmp(text, "{\"error\"", 8) == 0) {
+    /* An error answer is a small JSON object; a snapshot is in the binary form. */
+    if (text[0] == '{') {
         aioscope_json *root = NULL;
         rc = aioscope_json_parse(text, len, &root);
         const char *err = rc == 0 ? aioscope_json_get_string(root, "error") : NULL;
@@ -141,7 +142,7 @@ int asc_agent_snapshot(int pid, aioscope_snapshot **out, asc_agent_info *info) {
         return rc;
     }
     size_t aoff = 0, alen = 0;
-    rc = aioscope_snapshot_from_wire(text, len, out, &aoff, &alen);
+    rc = aioscope_snapshot_from_binary(text, len, out, &aoff, &alen);
     if (rc == AIOSCOPE_EPARSE) rc = AIOSCOPE_EPROTO;
     aioscope_json *root = NULL;
     if (rc == 0 && info && alen && aioscope_json_parse(text + aoff, alen, &root) == 0) {

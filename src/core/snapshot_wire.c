@@ -1,9 +1,11 @@
-/* The compact form of a snapshot that the agent sends on its control socket (snapshot_wire.h).
+/* The forms of a snapshot that the agent sends on its control socket (snapshot_wire.h).
  *
  * The JSON of aioscope_snapshot_to_json names every field of every task and repeats every file
  * name in every frame: about 430 bytes a task, 43 MB for 100 000 tasks, which takes longer to
- * write, send and parse than the snapshot takes to collect. This form is still JSON (so it can be
- * read with any tool while debugging) but positional, with every string once in a table:
+ * write, send and parse than the snapshot takes to collect. Two smaller forms share one string
+ * table (every string once, frames and names as indices into it):
+ *
+ * The compact JSON form, for tools that want to read the answer with a JSON library:
  *
  *   {"format":"aioscope-wire-1","pid":N,"python":"3.12.1","source":"agent","frozen":false,
  *    "agent_fields":true,"unreadable_tasks":0,"strings":["...",...],
@@ -12,9 +14,11 @@
  *              thread,busy_s,steps,spawned_by,age_s,cancelling,exception],...]}
  *
  * Strings are indices into "strings" (-1 for none); running_task and thread are indices into
- * tasks and threads (-1 for none); states are the enums' values. The writer and the reader are
- * in this one file so that they cannot drift apart. The reader takes untrusted input: every
- * index is checked and every count bounded. */
+ * tasks and threads (-1 for none); states are the enums' values.
+ *
+ * The binary form (below), which the CLI reads: the same fields in fixed-width little-endian
+ * slots. Its writer and its reader are in this one file so that they cannot drift apart. The
+ * reader takes untrusted input: every index is checked and every count bounded. */
 #include "aioscope/snapshot_wire.h"
 
 #include <stdio.h>
@@ -211,448 +215,343 @@ void aioscope_snapshot_to_wire(const aioscope_snapshot *s, aioscope_buf *b) {
     asc_strtab_free(&t);
 }
 
-/* ---- reader --------------------------------------------------------------------------------- */
+/* ---- the binary form ------------------------------------------------------------------------
+ *
+ * What `aioscope ps|pstree|dump|top` ask for ("snapshot binary"). Even positional, JSON costs a
+ * decimal conversion per number on both sides (printf of doubles, strtod), about 1 us a task each
+ * way; this form is fixed-width little-endian integers and IEEE doubles, written and read with
+ * shifts. Layout (every count and index checked by the reader):
+ *
+ *   "ASCWIRE2"                                        8-byte magic
+ *   i32 pid, u32 py_version_hex, u32 flags (1 frozen, 2 agent fields), u64 unreadable_tasks,
+ *   i32 source                                        (a string index, -1 none)
+ *   u32 nstrings, then per string: u32 len, len bytes, a NUL  (no NUL inside)
+ *   u32 nthreads, then per thread: u64 thread_id, u64 native_id, u32 loop_state,
+ *       i32 running_task, u32 nframes, nframes x (i32 file, i32 function, i32 line)
+ *   u32 ntasks, then per task: u64 id, i32 name, u32 state, i32 awaiting, u64 awaiting_id,
+ *       i32 thread, f64 busy_s, i64 steps, u64 spawned_by, f64 age_s, u32 cancelling,
+ *       i32 exception, u32 ncoro, u32 nawaited_by, ncoro frames, nawaited_by x u64
+ *   u32 agent_len, agent_len bytes                   the agent's own section, a JSON object
+ *
+ * Strings are indices into the table (-1 for none), as in the JSON form. */
 
-/* The reader works on the text directly rather than on a parsed JSON tree: a tree of a 100 000
- * task answer has millions of nodes, and building it cost more than everything else `ps` does.
- * It accepts exactly the layout above (keys in the writer's order where it matters: "strings"
- * before "threads" and "tasks"), skips keys it does not know, and bounds everything. */
+#define ASC_BIN_MAGIC "ASCWIRE2"
+#define ASC_BIN_FRAME 12      /* bytes of one frame */
+#define ASC_BIN_THREAD 28     /* bytes of a thread before its frames */
+#define ASC_BIN_TASK 80       /* bytes of a task before its frames and awaited_by */
+/* Bounds on what a reader accepts, far above anything the agent sends. */
+#define ASC_BIN_MAX_AWAITED 1000000
+#define ASC_BIN_MAX_STRING (16u << 20)
 
+/* The writer fills a plain growing byte array; one task's bytes are reserved at once, so the
+ * stores below need no per-field checks. */
 typedef struct {
-    const char *p, *end;
-    int err; /* set once the input is malformed: every later read fails */
-    char *sbuf; /* scratch for decoded strings */
-    size_t scap;
-} asc_rd;
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+} asc_bw;
 
-/* Nesting depth of a value skipped without being understood. */
-#define ASC_RD_MAX_DEPTH 64
-
-static void asc_ws(asc_rd *r) {
-    while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t')) r->p++;
+static unsigned char *asc_bw_reserve(asc_bw *w, size_t n) {
+    if (w->oom) return NULL;
+    if (w->len + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 4096;
+        while (cap < w->len + n) cap *= 2;
+        unsigned char *p = realloc(w->p, cap);
+        if (!p) {
+            w->oom = 1;
+            return NULL;
+        }
+        w->p = p;
+        w->cap = cap;
+    }
+    unsigned char *at = w->p + w->len;
+    w->len += n;
+    return at;
 }
 
-static int asc_peek(asc_rd *r) {
-    asc_ws(r);
-    return !r->err && r->p < r->end ? (unsigned char)*r->p : -1;
+static unsigned char *asc_st32(unsigned char *o, uint32_t v) {
+    o[0] = (unsigned char)v;
+    o[1] = (unsigned char)(v >> 8);
+    o[2] = (unsigned char)(v >> 16);
+    o[3] = (unsigned char)(v >> 24);
+    return o + 4;
 }
 
-static int asc_eat(asc_rd *r, char c) {
-    if (asc_peek(r) != (unsigned char)c) {
+static unsigned char *asc_st64(unsigned char *o, uint64_t v) {
+    asc_st32(o, (uint32_t)v);
+    return asc_st32(o + 4, (uint32_t)(v >> 32));
+}
+
+static unsigned char *asc_stf64(unsigned char *o, double d) {
+    uint64_t v;
+    memcpy(&v, &d, sizeof v);
+    return asc_st64(o, v);
+}
+
+static unsigned char *asc_st_frames(unsigned char *o, asc_strtab *t, const aioscope_snap_frame *f, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        o = asc_st32(o, (uint32_t)asc_strtab_index(t, f[i].file));
+        o = asc_st32(o, (uint32_t)asc_strtab_index(t, f[i].function));
+        o = asc_st32(o, (uint32_t)f[i].line);
+    }
+    return o;
+}
+
+void aioscope_snapshot_to_binary(const aioscope_snapshot *s, const char *agent_json, aioscope_buf *b) {
+    asc_strtab t = {0};
+    asc_bw body = {0}, head = {0};
+    unsigned char *o;
+    long source = asc_strtab_index(&t, s->source);
+    /* Threads and tasks first: the string table they fill goes before them. */
+    if ((o = asc_bw_reserve(&body, 4))) asc_st32(o, (uint32_t)s->nthreads);
+    for (size_t i = 0; i < s->nthreads; i++) {
+        const aioscope_snap_thread *th = &s->threads[i];
+        if (!(o = asc_bw_reserve(&body, ASC_BIN_THREAD + ASC_BIN_FRAME * th->nframes))) break;
+        o = asc_st64(o, th->thread_id);
+        o = asc_st64(o, th->native_id);
+        o = asc_st32(o, (uint32_t)th->loop_state);
+        o = asc_st32(o, (uint32_t)th->running_task);
+        o = asc_st32(o, (uint32_t)th->nframes);
+        asc_st_frames(o, &t, th->frames, th->nframes);
+    }
+    if ((o = asc_bw_reserve(&body, 4))) asc_st32(o, (uint32_t)s->ntasks);
+    for (size_t i = 0; i < s->ntasks; i++) {
+        const aioscope_snap_task *k = &s->tasks[i];
+        if (!(o = asc_bw_reserve(&body, ASC_BIN_TASK + ASC_BIN_FRAME * k->ncoro + 8 * k->nawaited_by))) break;
+        o = asc_st64(o, k->id);
+        o = asc_st32(o, (uint32_t)asc_strtab_index(&t, k->name));
+        o = asc_st32(o, (uint32_t)k->state);
+        o = asc_st32(o, (uint32_t)asc_strtab_index(&t, k->awaiting));
+        o = asc_st64(o, k->awaiting_id);
+        o = asc_st32(o, (uint32_t)k->thread);
+        o = asc_stf64(o, k->busy_s);
+        o = asc_st64(o, (uint64_t)(int64_t)k->steps);
+        o = asc_st64(o, k->spawned_by);
+        o = asc_stf64(o, k->age_s);
+        o = asc_st32(o, (uint32_t)(k->cancelling != 0));
+        o = asc_st32(o, (uint32_t)asc_strtab_index(&t, k->exception));
+        o = asc_st32(o, (uint32_t)k->ncoro);
+        o = asc_st32(o, (uint32_t)k->nawaited_by);
+        o = asc_st_frames(o, &t, k->coro, k->ncoro);
+        for (size_t j = 0; j < k->nawaited_by; j++) o = asc_st64(o, k->awaited_by[j]);
+    }
+    size_t alen = agent_json ? strlen(agent_json) : 0;
+    if ((o = asc_bw_reserve(&body, 4 + alen))) {
+        o = asc_st32(o, (uint32_t)alen);
+        if (alen) memcpy(o, agent_json, alen);
+    }
+
+    if ((o = asc_bw_reserve(&head, 8 + 4 + 4 + 4 + 8 + 4 + 4))) {
+        memcpy(o, ASC_BIN_MAGIC, 8);
+        o = asc_st32(o + 8, (uint32_t)s->pid);
+        o = asc_st32(o, s->py_version_hex);
+        o = asc_st32(o, (s->frozen ? 1u : 0u) | (s->has_agent_fields ? 2u : 0u));
+        o = asc_st64(o, (uint64_t)s->unreadable_tasks);
+        o = asc_st32(o, (uint32_t)source);
+        asc_st32(o, (uint32_t)t.n);
+    }
+    for (size_t i = 0; i < t.n; i++) {
+        size_t n = strlen(t.order[i]);
+        if (!(o = asc_bw_reserve(&head, 4 + n + 1))) break;
+        o = asc_st32(o, (uint32_t)n);
+        memcpy(o, t.order[i], n + 1);
+    }
+    /* A string table that could not grow (out of memory) gave -1 indices: the answer would be
+     * wrong, not just short, so it is not sent. */
+    if (head.oom || body.oom || t.n > (size_t)INT32_MAX) {
+        b->oom = 1;
+    } else {
+        aioscope_buf_append(b, (const char *)head.p, head.len);
+        aioscope_buf_append(b, (const char *)body.p, body.len);
+    }
+    free(head.p);
+    free(body.p);
+    asc_strtab_free(&t);
+}
+
+/* The reader: untrusted bytes. Every read checks what is left (a short read sets err and yields
+ * zeros), and every count is checked against the bytes left before anything is allocated for it,
+ * so a lying count cannot make us allocate more than the answer's own size. */
+typedef struct {
+    const unsigned char *p, *end;
+    int err;
+} asc_br;
+
+static int asc_br_need(asc_br *r, size_t n) {
+    if (r->err || (size_t)(r->end - r->p) < n) {
         r->err = 1;
         return 0;
     }
-    r->p++;
     return 1;
 }
 
-/* After an item of an array or object: 1 when another follows (a comma was eaten), 0 at the
- * closing bracket (eaten), -1 on malformed input. */
-static int asc_next(asc_rd *r, char close) {
-    int c = asc_peek(r);
-    r->p += c >= 0;
-    if (c == ',') return 1;
-    if (c == (unsigned char)close) return 0;
-    r->err = 1;
-    return -1;
+static uint32_t asc_ld32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* Is the array about to be read empty? Eats '[' and, when empty, ']'. */
-static int asc_array_empty(asc_rd *r) {
-    if (!asc_eat(r, '[')) return 1;
-    if (asc_peek(r) == ']') {
-        r->p++;
-        return 1;
-    }
-    return 0;
+static uint64_t asc_ld64(const unsigned char *p) { return asc_ld32(p) | (uint64_t)asc_ld32(p + 4) << 32; }
+
+static uint32_t asc_br32(asc_br *r) {
+    if (!asc_br_need(r, 4)) return 0;
+    uint32_t v = asc_ld32(r->p);
+    r->p += 4;
+    return v;
 }
 
-/* A number. Integers (the ids, indices, lines, counts) without strtod; others through it. */
-static double asc_number(asc_rd *r) {
-    asc_ws(r);
-    const char *q = r->p;
-    int neg = q < r->end && *q == '-';
-    q += neg;
-    uint64_t v = 0;
-    int digits = 0;
-    while (q < r->end && *q >= '0' && *q <= '9' && digits < 19) v = v * 10 + (uint64_t)(*q++ - '0'), digits++;
-    if (digits && (q == r->end || (*q != '.' && *q != 'e' && *q != 'E' && !(*q >= '0' && *q <= '9')))) {
-        r->p = q;
-        return neg ? -(double)v : (double)v;
-    }
-    char tmp[40];
-    size_t n = 0;
-    while (r->p + n < r->end && n + 1 < sizeof tmp && strchr("+-0123456789.eE", r->p[n])) {
-        tmp[n] = r->p[n];
-        n++;
-    }
-    tmp[n] = '\0';
-    char *endp;
-    double d = n ? strtod(tmp, &endp) : 0;
-    if (!n || endp != tmp + n) {
+/* A count of items of at least `each` bytes: 0 (and err) when the rest cannot hold them. */
+static size_t asc_br_count(asc_br *r, size_t each) {
+    uint32_t n = asc_br32(r);
+    if (r->err || (uint64_t)n * each > (uint64_t)(r->end - r->p)) {
         r->err = 1;
         return 0;
     }
-    r->p += n;
-    return d;
-}
-
-static int asc_utf8(char *o, unsigned cp) {
-    if (cp < 0x80) return o[0] = (char)cp, 1;
-    if (cp < 0x800) return o[0] = (char)(0xc0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3f)), 2;
-    if (cp < 0x10000)
-        return o[0] = (char)(0xe0 | cp >> 12), o[1] = (char)(0x80 | ((cp >> 6) & 0x3f)),
-               o[2] = (char)(0x80 | (cp & 0x3f)), 3;
-    return o[0] = (char)(0xf0 | cp >> 18), o[1] = (char)(0x80 | ((cp >> 12) & 0x3f)),
-           o[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), o[3] = (char)(0x80 | (cp & 0x3f)), 4;
-}
-
-static int asc_hex4(const char *p, unsigned *out) {
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-        else return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* A string, decoded into r->sbuf (valid until the next string; NUL-terminated). NULL on error. */
-static const char *asc_string(asc_rd *r) {
-    if (!asc_eat(r, '"')) return NULL;
-    size_t n = 0;
-    for (;;) {
-        if (n + 8 >= r->scap) {
-            size_t cap = r->scap ? r->scap * 2 : 256;
-            char *b = realloc(r->sbuf, cap);
-            if (!b) {
-                r->err = 1;
-                return NULL;
-            }
-            r->sbuf = b;
-            r->scap = cap;
-        }
-        if (r->p >= r->end) break;
-        char c = *r->p++;
-        if (c == '"') {
-            r->sbuf[n] = '\0';
-            return r->sbuf;
-        }
-        if ((unsigned char)c < 0x20) break;
-        if (c != '\\') {
-            r->sbuf[n++] = c;
-            continue;
-        }
-        if (r->p >= r->end) break;
-        c = *r->p++;
-        switch (c) {
-        case '"': case '\\': case '/': r->sbuf[n++] = c; break;
-        case 'b': r->sbuf[n++] = '\b'; break;
-        case 'f': r->sbuf[n++] = '\f'; break;
-        case 'n': r->sbuf[n++] = '\n'; break;
-        case 'r': r->sbuf[n++] = '\r'; break;
-        case 't': r->sbuf[n++] = '\t'; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (r->end - r->p < 4 || asc_hex4(r->p, &cp) < 0) goto bad;
-            r->p += 4;
-            if (cp >= 0xd800 && cp < 0xdc00 && r->end - r->p >= 6 && r->p[0] == '\\' && r->p[1] == 'u' &&
-                asc_hex4(r->p + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                r->p += 6;
-            } else if (cp == 0 || (cp >= 0xd800 && cp < 0xe000)) {
-                cp = 0xfffd; /* NUL or a lone surrogate: the replacement character */
-            }
-            n += (size_t)asc_utf8(r->sbuf + n, cp);
-            break;
-        }
-        default: goto bad;
-        }
-    }
-bad:
-    r->err = 1;
-    return NULL;
-}
-
-static int asc_bool(asc_rd *r) {
-    int c = asc_peek(r);
-    if (c == 't' && r->end - r->p >= 4 && memcmp(r->p, "true", 4) == 0) return r->p += 4, 1;
-    if (c == 'f' && r->end - r->p >= 5 && memcmp(r->p, "false", 5) == 0) return r->p += 5, 0;
-    r->err = 1;
-    return 0;
-}
-
-/* Skip any value (for keys this reader does not know). */
-static void asc_skip(asc_rd *r, int depth) {
-    int c = asc_peek(r);
-    if (depth > ASC_RD_MAX_DEPTH) {
-        r->err = 1;
-    } else if (c == '"') {
-        (void)asc_string(r);
-    } else if (c == '[' || c == '{') {
-        char close = c == '[' ? ']' : '}';
-        r->p++;
-        if (asc_peek(r) == (unsigned char)close) {
-            r->p++;
-            return;
-        }
-        do {
-            if (close == '}') {
-                (void)asc_string(r);
-                asc_eat(r, ':');
-            }
-            asc_skip(r, depth + 1);
-        } while (!r->err && asc_next(r, close) == 1);
-    } else if (c == 't' || c == 'f') {
-        (void)asc_bool(r);
-    } else if (c == 'n' && r->end - r->p >= 4 && memcmp(r->p, "null", 4) == 0) {
-        r->p += 4;
-    } else {
-        (void)asc_number(r);
-    }
+    return n;
 }
 
 typedef struct {
-    const char **v; /* interned into the snapshot */
-    size_t n, cap;
-} asc_strings;
+    const char **v;
+    size_t n;
+} asc_bstrings;
 
-static uint64_t asc_rd_u64(asc_rd *r) {
-    double v = asc_number(r);
-    return v >= 0 && v <= 9007199254740992.0 ? (uint64_t)v : 0; /* ids: exact below 2^53 */
+static const char *asc_bstr(const asc_bstrings *st, uint32_t i, const char *dflt) {
+    return i < st->n ? st->v[i] : dflt;
 }
 
-static long asc_rd_index(asc_rd *r, size_t n) {
-    double v = asc_number(r);
-    return v >= 0 && v < (double)n ? (long)v : -1;
+static double asc_bseconds(uint64_t bits) {
+    double v;
+    memcpy(&v, &bits, sizeof v);
+    return v >= 0 && v < 1e12 ? v : -1; /* also NaN */
 }
 
-static const char *asc_rd_str(asc_rd *r, const asc_strings *st, const char *dflt) {
-    long i = asc_rd_index(r, st->n);
-    return i >= 0 ? st->v[i] : dflt;
-}
-
-static double asc_rd_seconds(asc_rd *r) {
-    double v = asc_number(r);
-    return v >= 0 && v < 1e12 ? v : -1;
-}
-
-/* [file, function, line, file, function, line, ...] */
-static int asc_rd_frames(asc_rd *r, const asc_strings *st, aioscope_snap_frame **out, size_t *n) {
+/* n frames at q (already checked to be there) into a fresh array; 0 or AIOSCOPE_ENOMEM. */
+static int asc_br_frames(const unsigned char *q, size_t n, const asc_bstrings *st, aioscope_snap_frame **out) {
     *out = NULL;
-    *n = 0;
-    if (asc_array_empty(r)) return 0;
-    size_t cap = 0;
-    aioscope_snap_frame *f = NULL;
-    do {
-        if (*n == cap) {
-            if (cap >= ASC_WIRE_MAX_FRAMES) {
-                r->err = 1;
-                break;
-            }
-            cap = cap ? cap * 2 : 4;
-            aioscope_snap_frame *nf = realloc(f, cap * sizeof *nf);
-            if (!nf) {
-                free(f);
-                return AIOSCOPE_ENOMEM;
-            }
-            f = nf;
-        }
-        aioscope_snap_frame *fr = &f[(*n)++];
-        fr->file = asc_rd_str(r, st, "?");
-        asc_eat(r, ',');
-        fr->function = asc_rd_str(r, st, "?");
-        asc_eat(r, ',');
-        double line = asc_number(r);
-        fr->line = line >= 0 && line < 1e9 ? (int)line : 0;
-    } while (!r->err && asc_next(r, ']') == 1);
+    if (!n) return 0;
+    aioscope_snap_frame *f = malloc(n * sizeof *f);
+    if (!f) return AIOSCOPE_ENOMEM;
+    for (size_t i = 0; i < n; i++, q += ASC_BIN_FRAME) {
+        f[i].file = asc_bstr(st, asc_ld32(q), "?");
+        f[i].function = asc_bstr(st, asc_ld32(q + 4), "?");
+        uint32_t line = asc_ld32(q + 8);
+        f[i].line = line < 1000000000u ? (int)line : 0;
+    }
     *out = f;
     return 0;
 }
 
-static int asc_rd_strings(asc_rd *r, aioscope_snapshot *s, asc_strings *st) {
-    if (asc_array_empty(r)) return 0;
-    do {
-        const char *v = asc_string(r);
-        if (!v) break;
-        if (st->n == st->cap) {
-            size_t cap = st->cap ? st->cap * 2 : 256;
-            const char **nv = realloc(st->v, cap * sizeof *nv);
-            if (!nv) return AIOSCOPE_ENOMEM;
-            st->v = nv;
-            st->cap = cap;
-        }
-        if (!(st->v[st->n++] = aioscope_snapshot_intern(s, v))) return AIOSCOPE_ENOMEM;
-    } while (!r->err && asc_next(r, ']') == 1);
-    return 0;
-}
-
-/* Grow an array of n items of size sz to hold one more. */
-static void *asc_grow(void *v, size_t n, size_t *cap, size_t sz) {
-    if (n < *cap) return v;
-    size_t c = *cap ? *cap * 2 : 64;
-    void *nv = realloc(v, c * sz);
-    if (nv) *cap = c;
-    return nv;
-}
-
-static int asc_rd_tasks(asc_rd *r, aioscope_snapshot *s, const asc_strings *st) {
-    size_t cap = 0;
-    if (asc_array_empty(r)) return 0;
-    do {
-        aioscope_snap_task *nt = asc_grow(s->tasks, s->ntasks, &cap, sizeof *nt);
-        if (!nt) return AIOSCOPE_ENOMEM;
-        s->tasks = nt;
-        aioscope_snap_task *k = &s->tasks[s->ntasks++];
-        memset(k, 0, sizeof *k);
-        asc_eat(r, '[');
-        k->id = asc_rd_u64(r);
-        asc_eat(r, ',');
-        k->name = asc_rd_str(r, st, "?");
-        asc_eat(r, ',');
-        double state = asc_number(r);
-        k->state = state == 1 ? AIOSCOPE_TASK_CANCELLED : state == 2 ? AIOSCOPE_TASK_FINISHED : AIOSCOPE_TASK_PENDING;
-        asc_eat(r, ',');
-        if (asc_rd_frames(r, st, &k->coro, &k->ncoro) < 0) return AIOSCOPE_ENOMEM;
-        asc_eat(r, ',');
-        k->awaiting = asc_rd_str(r, st, NULL);
-        asc_eat(r, ',');
-        k->awaiting_id = asc_rd_u64(r);
-        asc_eat(r, ',');
-        if (!asc_array_empty(r)) {
-            size_t bcap = 0;
-            do {
-                uint64_t *nb = asc_grow(k->awaited_by, k->nawaited_by, &bcap, sizeof *nb);
-                if (!nb) return AIOSCOPE_ENOMEM;
-                k->awaited_by = nb;
-                uint64_t id = asc_rd_u64(r);
-                if (id) k->awaited_by[k->nawaited_by++] = id;
-            } while (!r->err && k->nawaited_by < 1000000 && asc_next(r, ']') == 1);
-        }
-        asc_eat(r, ',');
-        double th = asc_number(r);
-        k->thread = th >= 0 && th < (double)s->nthreads ? (long)th : -1;
-        asc_eat(r, ',');
-        k->busy_s = asc_rd_seconds(r);
-        asc_eat(r, ',');
-        double steps = asc_number(r);
-        k->steps = steps >= 0 && steps < 9e15 ? (long)steps : -1;
-        asc_eat(r, ',');
-        k->spawned_by = asc_rd_u64(r);
-        asc_eat(r, ',');
-        k->age_s = asc_rd_seconds(r);
-        asc_eat(r, ',');
-        k->cancelling = asc_number(r) == 1;
-        asc_eat(r, ',');
-        k->exception = asc_rd_str(r, st, NULL);
-        asc_eat(r, ']');
-    } while (!r->err && asc_next(r, ']') == 1);
-    return 0;
-}
-
-/* Threads come before tasks: their running_task indices are checked once the tasks are in. */
-static int asc_rd_threads(asc_rd *r, aioscope_snapshot *s, const asc_strings *st) {
-    size_t cap = 0;
-    if (asc_array_empty(r)) return 0;
-    do {
-        aioscope_snap_thread *nt = asc_grow(s->threads, s->nthreads, &cap, sizeof *nt);
-        if (!nt) return AIOSCOPE_ENOMEM;
-        s->threads = nt;
-        aioscope_snap_thread *th = &s->threads[s->nthreads++];
-        memset(th, 0, sizeof *th);
-        asc_eat(r, '[');
-        th->thread_id = asc_rd_u64(r);
-        asc_eat(r, ',');
-        th->native_id = asc_rd_u64(r);
-        asc_eat(r, ',');
-        double ls = asc_number(r);
-        th->loop_state = ls == 1 ? AIOSCOPE_LOOP_POLLING : ls == 2 ? AIOSCOPE_LOOP_RUNNING : AIOSCOPE_LOOP_NONE;
-        asc_eat(r, ',');
-        double rt = asc_number(r);
-        th->running_task = rt >= 0 && rt < 1e15 ? (long)rt : -1;
-        asc_eat(r, ',');
-        if (asc_rd_frames(r, st, &th->frames, &th->nframes) < 0) return AIOSCOPE_ENOMEM;
-        asc_eat(r, ']');
-    } while (!r->err && asc_next(r, ']') == 1);
-    return 0;
-}
-
-int aioscope_snapshot_from_wire(const char *text, size_t len, aioscope_snapshot **out, size_t *agent_off,
-                                size_t *agent_len) {
+int aioscope_snapshot_from_binary(const void *data, size_t len, aioscope_snapshot **out, size_t *agent_off,
+                                  size_t *agent_len) {
     *out = NULL;
     if (agent_off) *agent_off = *agent_len = 0;
-    asc_rd r = {text, text + len, 0, NULL, 0};
-    asc_strings st = {0};
+    asc_br r = {data, (const unsigned char *)data + len, 0};
+    asc_bstrings st = {0};
+    int rc = AIOSCOPE_EPARSE;
+    if (len < 8 || memcmp(data, ASC_BIN_MAGIC, 8) != 0) return AIOSCOPE_EPARSE;
+    r.p += 8;
     aioscope_snapshot *s = aioscope_snapshot_new();
     if (!s) return AIOSCOPE_ENOMEM;
-    int rc = 0, have_format = 0, have_strings = 0;
-    if (!asc_eat(&r, '{')) goto bad;
-    if (asc_peek(&r) == '}') goto bad;
-    do {
-        const char *key = asc_string(&r);
-        if (!key || !asc_eat(&r, ':')) goto bad;
-        char k[32];
-        snprintf(k, sizeof k, "%s", key);
-        if (strcmp(k, "format") == 0) {
-            const char *f = asc_string(&r);
-            have_format = f && strcmp(f, "aioscope-wire-1") == 0;
-            if (!have_format) goto bad;
-        } else if (strcmp(k, "pid") == 0) {
-            double pid = asc_number(&r);
-            s->pid = pid > 0 && pid < 1e9 ? (int)pid : 0;
-        } else if (strcmp(k, "python") == 0) {
-            const char *py = asc_string(&r);
-            unsigned maj = 0, min = 0, mic = 0;
-            if (py && sscanf(py, "%u.%u.%u", &maj, &min, &mic) >= 2)
-                s->py_version_hex = (maj & 0xff) << 24 | (min & 0xff) << 16 | (mic & 0xff) << 8;
-        } else if (strcmp(k, "source") == 0) {
-            const char *src = asc_string(&r);
-            if (src && !(s->source = aioscope_snapshot_intern(s, src))) goto oom;
-        } else if (strcmp(k, "frozen") == 0) {
-            s->frozen = asc_bool(&r);
-        } else if (strcmp(k, "agent_fields") == 0) {
-            s->has_agent_fields = asc_bool(&r);
-        } else if (strcmp(k, "unreadable_tasks") == 0) {
-            double ur = asc_number(&r);
-            s->unreadable_tasks = ur > 0 && ur < 1e12 ? (size_t)ur : 0;
-        } else if (strcmp(k, "strings") == 0) {
-            if ((rc = asc_rd_strings(&r, s, &st)) < 0) goto fail;
-            have_strings = 1;
-        } else if (strcmp(k, "threads") == 0 && have_strings && !s->tasks) {
-            if ((rc = asc_rd_threads(&r, s, &st)) < 0) goto fail;
-        } else if (strcmp(k, "tasks") == 0 && have_strings) {
-            if ((rc = asc_rd_tasks(&r, s, &st)) < 0) goto fail;
-        } else if (strcmp(k, "threads") == 0 || strcmp(k, "tasks") == 0) {
-            goto bad; /* out of the writer's order: the string table must come first */
-        } else {
-            asc_ws(&r);
-            const char *start = r.p;
-            asc_skip(&r, 0);
-            if (strcmp(k, "agent") == 0 && agent_off) {
-                *agent_off = (size_t)(start - text);
-                *agent_len = (size_t)(r.p - start);
+    if (!asc_br_need(&r, 28)) goto fail;
+    uint32_t pid = asc_ld32(r.p), flags = asc_ld32(r.p + 8);
+    s->pid = pid < 1000000000u ? (int)pid : 0;
+    s->py_version_hex = asc_ld32(r.p + 4);
+    s->frozen = (flags & 1) != 0;
+    s->has_agent_fields = (flags & 2) != 0;
+    uint64_t ur = asc_ld64(r.p + 12);
+    s->unreadable_tasks = ur < 1000000000000ULL ? (size_t)ur : 0;
+    uint32_t source = asc_ld32(r.p + 20);
+    r.p += 24;
+
+    st.n = asc_br_count(&r, 5);
+    if (r.err) goto fail;
+    if (st.n && !(st.v = malloc(st.n * sizeof *st.v))) goto oom;
+    for (size_t i = 0; i < st.n; i++) {
+        uint32_t n = asc_br32(&r);
+        /* The NUL after the bytes lets the string be copied in place; one inside would cut it. */
+        if (n > ASC_BIN_MAX_STRING || !asc_br_need(&r, (size_t)n + 1) || r.p[n] != '\0' ||
+            memchr(r.p, '\0', n) != NULL)
+            goto fail;
+        if (!(st.v[i] = aioscope_snapshot_strdup(s, (const char *)r.p))) goto oom;
+        r.p += n + 1;
+    }
+    if (source < st.n) s->source = st.v[source];
+
+    size_t nthreads = asc_br_count(&r, ASC_BIN_THREAD);
+    if (r.err) goto fail;
+    if (nthreads && !(s->threads = calloc(nthreads, sizeof *s->threads))) goto oom;
+    for (size_t i = 0; i < nthreads; i++) {
+        if (!asc_br_need(&r, ASC_BIN_THREAD)) goto fail;
+        aioscope_snap_thread *th = &s->threads[s->nthreads++];
+        th->thread_id = asc_ld64(r.p);
+        th->native_id = asc_ld64(r.p + 8);
+        uint32_t ls = asc_ld32(r.p + 16);
+        th->loop_state = ls == 1 ? AIOSCOPE_LOOP_POLLING : ls == 2 ? AIOSCOPE_LOOP_RUNNING : AIOSCOPE_LOOP_NONE;
+        th->running_task = (long)(int32_t)asc_ld32(r.p + 20); /* checked once the tasks are in */
+        uint32_t nf = asc_ld32(r.p + 24);
+        r.p += ASC_BIN_THREAD;
+        if (nf > ASC_WIRE_MAX_FRAMES || !asc_br_need(&r, (size_t)nf * ASC_BIN_FRAME)) goto fail;
+        if (asc_br_frames(r.p, nf, &st, &th->frames) < 0) goto oom;
+        th->nframes = nf;
+        r.p += (size_t)nf * ASC_BIN_FRAME;
+    }
+
+    size_t ntasks = asc_br_count(&r, ASC_BIN_TASK);
+    if (r.err) goto fail;
+    if (ntasks && !(s->tasks = calloc(ntasks, sizeof *s->tasks))) goto oom;
+    for (size_t i = 0; i < ntasks; i++) {
+        if (!asc_br_need(&r, ASC_BIN_TASK)) goto fail;
+        aioscope_snap_task *k = &s->tasks[s->ntasks++];
+        const unsigned char *q = r.p;
+        k->id = asc_ld64(q);
+        k->name = asc_bstr(&st, asc_ld32(q + 8), "?");
+        uint32_t state = asc_ld32(q + 12);
+        k->state = state == 1 ? AIOSCOPE_TASK_CANCELLED : state == 2 ? AIOSCOPE_TASK_FINISHED : AIOSCOPE_TASK_PENDING;
+        k->awaiting = asc_bstr(&st, asc_ld32(q + 16), NULL);
+        k->awaiting_id = asc_ld64(q + 20);
+        uint32_t th = asc_ld32(q + 28);
+        k->thread = th < s->nthreads ? (long)th : -1;
+        k->busy_s = asc_bseconds(asc_ld64(q + 32));
+        int64_t steps = (int64_t)asc_ld64(q + 40);
+        k->steps = steps >= 0 && steps < 9000000000000000LL ? (long)steps : -1;
+        k->spawned_by = asc_ld64(q + 48);
+        k->age_s = asc_bseconds(asc_ld64(q + 56));
+        k->cancelling = asc_ld32(q + 64) == 1;
+        k->exception = asc_bstr(&st, asc_ld32(q + 68), NULL);
+        uint32_t nc = asc_ld32(q + 72), na = asc_ld32(q + 76);
+        r.p += ASC_BIN_TASK;
+        /* Both counts bounded before multiplying, so the sum cannot overflow. */
+        if (nc > ASC_WIRE_MAX_FRAMES || na > ASC_BIN_MAX_AWAITED ||
+            !asc_br_need(&r, (size_t)nc * ASC_BIN_FRAME + (size_t)na * 8))
+            goto fail;
+        if (asc_br_frames(r.p, nc, &st, &k->coro) < 0) goto oom;
+        k->ncoro = nc;
+        r.p += (size_t)nc * ASC_BIN_FRAME;
+        if (na) {
+            if (!(k->awaited_by = malloc(na * sizeof *k->awaited_by))) goto oom;
+            for (uint32_t j = 0; j < na; j++, r.p += 8) {
+                uint64_t id = asc_ld64(r.p);
+                if (id) k->awaited_by[k->nawaited_by++] = id;
             }
         }
-    } while (!r.err && asc_next(&r, '}') == 1);
-    if (r.err || !have_format) goto bad;
+    }
     for (size_t i = 0; i < s->nthreads; i++)
-        if (s->threads[i].running_task >= (long)s->ntasks) s->threads[i].running_task = -1;
+        if (s->threads[i].running_task < 0 || s->threads[i].running_task >= (long)s->ntasks)
+            s->threads[i].running_task = -1;
+
+    uint32_t alen = asc_br32(&r);
+    if (!asc_br_need(&r, alen)) goto fail;
+    if (agent_off) {
+        *agent_off = (size_t)(r.p - (const unsigned char *)data);
+        *agent_len = alen;
+    }
+    r.p += alen;
+    if (r.p != r.end) goto fail; /* trailing bytes: not what the writer makes */
     free(st.v);
-    free(r.sbuf);
     *out = s;
     return 0;
 oom:
     rc = AIOSCOPE_ENOMEM;
-    goto fail;
-bad:
-    rc = AIOSCOPE_EPARSE;
 fail:
     free(st.v);
-    free(r.sbuf);
     aioscope_snapshot_free(s);
     return rc;
 }

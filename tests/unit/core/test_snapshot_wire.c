@@ -1,6 +1,8 @@
-/* Unit tests of the agent's compact snapshot form (src/core/snapshot_wire.c): a round trip keeps
- * every field, and malformed or hostile answers are refused without crashing. */
+/* Unit tests of the agent's snapshot forms (src/core/snapshot_wire.c): a round trip through the
+ * binary form keeps every field, malformed or hostile binary answers are refused without crashing,
+ * and the compact JSON form is JSON with every string once. */
 #include "aioscope/error.h"
+#include "aioscope/json.h"
 #include "aioscope/snapshot_wire.h"
 #include "test.h"
 
@@ -56,17 +58,14 @@ static aioscope_snapshot *sample(void) {
     return s;
 }
 
-static aioscope_snapshot *round_trip(const aioscope_snapshot *s, size_t *aoff, size_t *alen, const char *tail) {
+static aioscope_snapshot *round_trip(const aioscope_snapshot *s, size_t *aoff, size_t *alen, const char *agent) {
     aioscope_buf b;
     aioscope_buf_init(&b);
-    aioscope_snapshot_to_wire(s, &b);
-    CHECK(!b.oom && b.len > 2);
-    if (tail) { /* the agent appends its own section before the closing brace */
-        b.len--;
-        aioscope_buf_puts(&b, tail);
-    }
+    aioscope_snapshot_to_binary(s, agent, &b);
+    CHECK(!b.oom && b.len > 8);
     aioscope_snapshot *r = NULL;
-    CHECK_EQ_INT(aioscope_snapshot_from_wire(b.data, b.len, &r, aoff, alen), 0);
+    CHECK_EQ_INT(aioscope_snapshot_from_binary(b.data, b.len, &r, aoff, alen), 0);
+    if (agent) CHECK(*alen == strlen(agent) && memcmp(b.data + *aoff, agent, *alen) == 0);
     aioscope_buf_free(&b);
     return r;
 }
@@ -74,12 +73,12 @@ static aioscope_snapshot *round_trip(const aioscope_snapshot *s, size_t *aoff, s
 TEST(wire_round_trip_keeps_every_field) {
     aioscope_snapshot *s = sample();
     size_t aoff, alen;
-    aioscope_snapshot *r = round_trip(s, &aoff, &alen, ",\"agent\":{\"read_with\":\"gil\",\"loops\":[]}}");
-    CHECK_EQ_INT(alen, strlen("{\"read_with\":\"gil\",\"loops\":[]}"));
+    aioscope_snapshot *r = round_trip(s, &aoff, &alen, "{\"read_with\":\"gil\",\"loops\":[]}");
     CHECK_EQ_INT(r->pid, 4242);
     CHECK_EQ_INT(r->py_version_hex, 0x030C0100);
     CHECK_EQ_STR(r->source, "agent");
     CHECK_EQ_INT(r->has_agent_fields, 1);
+    CHECK_EQ_INT(r->frozen, 0);
     CHECK_EQ_INT(r->unreadable_tasks, 2);
     CHECK_EQ_INT(r->nthreads, 2);
     CHECK(r->threads[0].thread_id == 140000000000001ULL && r->threads[0].native_id == 77);
@@ -87,8 +86,10 @@ TEST(wire_round_trip_keeps_every_field) {
     CHECK_EQ_INT(r->threads[0].running_task, 1);
     CHECK_EQ_INT(r->threads[0].nframes, 1);
     CHECK_EQ_STR(r->threads[0].frames[0].file, "/app/main.py");
+    CHECK_EQ_STR(r->threads[0].frames[0].function, "run");
     CHECK_EQ_INT(r->threads[0].frames[0].line, 12);
     CHECK_EQ_INT(r->threads[1].running_task, -1);
+    CHECK_EQ_INT(r->threads[1].nframes, 0);
     CHECK_EQ_INT(r->ntasks, 3);
     for (size_t i = 0; i < 3; i++) {
         CHECK(r->tasks[i].id == s->tasks[i].id);
@@ -110,55 +111,138 @@ TEST(wire_round_trip_keeps_every_field) {
     CHECK_EQ_INT(r->tasks[1].coro[1].line, 649);
     CHECK_EQ_STR(r->tasks[2].exception, "ValueError: boom\nline two");
     CHECK(r->tasks[0].exception == NULL);
+    /* The --json text of what was read is the --json text of what was sent. */
+    aioscope_buf a, c;
+    aioscope_buf_init(&a);
+    aioscope_buf_init(&c);
+    aioscope_snapshot_to_json(s, &a);
+    aioscope_snapshot_to_json(r, &c);
+    CHECK_EQ_STR(c.data, a.data);
+    aioscope_buf_free(&a);
+    aioscope_buf_free(&c);
     aioscope_snapshot_free(r);
     aioscope_snapshot_free(s);
 }
 
-TEST(wire_strings_are_sent_once) {
+TEST(wire_binary_strings_are_sent_once) {
     aioscope_snapshot *s = sample();
     aioscope_buf b;
     aioscope_buf_init(&b);
-    aioscope_snapshot_to_wire(s, &b);
+    aioscope_snapshot_to_binary(s, NULL, &b);
     /* "/app/main.py" is in a thread's stack and a task's coroutine stack: one table entry. */
-    const char *first = strstr(b.data, "/app/main.py");
-    CHECK(first != NULL && strstr(first + 1, "/app/main.py") == NULL);
+    const char *first = memmem(b.data, b.len, "/app/main.py", 12);
+    CHECK(first != NULL && memmem(first + 1, b.len - (size_t)(first + 1 - b.data), "/app/main.py", 12) == NULL);
     aioscope_buf_free(&b);
     aioscope_snapshot_free(s);
 }
 
-static int parse(const char *text) {
-    aioscope_snapshot *r = NULL;
-    int rc = aioscope_snapshot_from_wire(text, strlen(text), &r, NULL, NULL);
+TEST(wire_compact_json_is_json_with_strings_once) {
+    aioscope_snapshot *s = sample();
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_snapshot_to_wire(s, &b);
+    const char *first = strstr(b.data, "/app/main.py");
+    CHECK(first != NULL && strstr(first + 1, "/app/main.py") == NULL);
+    aioscope_json *root = NULL;
+    CHECK_EQ_INT(aioscope_json_parse(b.data, b.len, &root), 0);
+    CHECK_EQ_STR(aioscope_json_get_string(root, "format"), "aioscope-wire-1");
+    const aioscope_json *tasks = aioscope_json_get(root, "tasks");
+    CHECK(tasks && tasks->type == AIOSCOPE_JSON_ARRAY && tasks->len == 3);
+    aioscope_json_free(root);
+    aioscope_buf_free(&b);
+    aioscope_snapshot_free(s);
+}
+
+static int parse_bin(const void *data, size_t len) {
+    aioscope_snapshot *r = (aioscope_snapshot *)1;
+    int rc = aioscope_snapshot_from_binary(data, len, &r, NULL, NULL);
+    if (rc < 0) CHECK(r == NULL);
     aioscope_snapshot_free(r);
     return rc;
 }
 
+static void put32(char *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (char)(v >> (8 * i));
+}
+
 TEST(wire_refuses_malformed_answers) {
-    CHECK_EQ_INT(parse(""), AIOSCOPE_EPARSE);
-    CHECK_EQ_INT(parse("{}"), AIOSCOPE_EPARSE);
-    CHECK_EQ_INT(parse("{\"pid\":1}"), AIOSCOPE_EPARSE); /* no format */
-    CHECK_EQ_INT(parse("{\"format\":\"other\"}"), AIOSCOPE_EPARSE);
-    CHECK_EQ_INT(parse("{\"format\":\"aioscope-wire-1\",\"tasks\":[]}"), AIOSCOPE_EPARSE); /* no strings first */
-    CHECK_EQ_INT(parse("{\"format\":\"aioscope-wire-1\",\"strings\":[\"a\"],\"tasks\":[[1,0,0,[],-1,0,[],-1,0,0,0,0,0"),
-                 AIOSCOPE_EPARSE); /* cut */
-    CHECK_EQ_INT(parse("{\"format\":\"aioscope-wire-1\",\"strings\":[\"a\\q\"]}"), AIOSCOPE_EPARSE);
-    /* Deeply nested unknown member: bounded, refused. */
-    char deep[400] = "{\"format\":\"aioscope-wire-1\",\"x\":";
-    for (int i = 0; i < 100; i++) strcat(deep, "[");
-    CHECK_EQ_INT(parse(deep), AIOSCOPE_EPARSE);
+    CHECK_EQ_INT(parse_bin("", 0), AIOSCOPE_EPARSE);
+    CHECK_EQ_INT(parse_bin("{\"error\":\"EPERM\"}", 17), AIOSCOPE_EPARSE);
+    CHECK_EQ_INT(parse_bin("ASCWIRE2", 8), AIOSCOPE_EPARSE); /* header cut */
+    aioscope_snapshot *s = sample();
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_snapshot_to_binary(s, "{}", &b);
+    CHECK(!b.oom);
+    /* Every cut of a good answer is refused (the agent section's length says where it ends). */
+    for (size_t n = 0; n < b.len; n++) CHECK_EQ_INT(parse_bin(b.data, n), AIOSCOPE_EPARSE);
+    CHECK_EQ_INT(parse_bin(b.data, b.len), 0);
+    /* Trailing bytes too. */
+    char *longer = malloc(b.len + 1);
+    memcpy(longer, b.data, b.len);
+    longer[b.len] = 'x';
+    CHECK_EQ_INT(parse_bin(longer, b.len + 1), AIOSCOPE_EPARSE);
+    free(longer);
+    /* A string count far beyond the answer's size: refused before anything is allocated. */
+    char *bad = malloc(b.len);
+    memcpy(bad, b.data, b.len);
+    put32(bad + 32, 0xffffffffu);
+    CHECK_EQ_INT(parse_bin(bad, b.len), AIOSCOPE_EPARSE);
+    /* A string whose terminating NUL is missing: string 0 is the source, "agent", after the
+     * 36-byte header and its 4-byte length. */
+    memcpy(bad, b.data, b.len);
+    CHECK(memcmp(bad + 40, "agent", 6) == 0);
+    bad[45] = 'z';
+    CHECK_EQ_INT(parse_bin(bad, b.len), AIOSCOPE_EPARSE);
+    free(bad);
+    aioscope_buf_free(&b);
+    aioscope_snapshot_free(s);
+}
+
+/* Flip every byte of a good answer in turn: whatever is read must be sound (indices in range,
+ * strings present), and nothing may crash (the sanitizer build checks the memory). */
+TEST(wire_survives_every_corrupted_byte) {
+    aioscope_snapshot *s = sample();
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    aioscope_snapshot_to_binary(s, "{\"read_with\":\"gil\"}", &b);
+    char *bad = malloc(b.len);
+    for (size_t i = 0; i < b.len; i++) {
+        for (int v = 0; v < 3; v++) {
+            memcpy(bad, b.data, b.len);
+            bad[i] = (char)(v == 0 ? 0xff : v == 1 ? 0x00 : bad[i] ^ 0x80);
+            aioscope_snapshot *r = NULL;
+            if (aioscope_snapshot_from_binary(bad, b.len, &r, NULL, NULL) != 0) continue;
+            for (size_t t = 0; t < r->nthreads; t++)
+                CHECK(r->threads[t].running_task >= -1 && r->threads[t].running_task < (long)r->ntasks);
+            for (size_t t = 0; t < r->ntasks; t++) {
+                CHECK(r->tasks[t].name != NULL);
+                CHECK(r->tasks[t].thread >= -1 && r->tasks[t].thread < (long)r->nthreads);
+                for (size_t k = 0; k < r->tasks[t].ncoro; k++)
+                    CHECK(r->tasks[t].coro[k].file && r->tasks[t].coro[k].function);
+            }
+            aioscope_snapshot_free(r);
+        }
+    }
+    free(bad);
+    aioscope_buf_free(&b);
+    aioscope_snapshot_free(s);
 }
 
 TEST(wire_out_of_range_indices_become_unknown) {
-    const char *text = "{\"format\":\"aioscope-wire-1\",\"strings\":[\"t\"],"
-                       "\"threads\":[[1,2,1,9,[]]],"
-                       "\"tasks\":[[5,7,0,[3,4,10],8,0,[],3,-1,-1,0,-1,0,-1]],\"unknown\":{\"a\":[1,{\"b\":null}]}}";
-    aioscope_snapshot *r = NULL;
-    CHECK_EQ_INT(aioscope_snapshot_from_wire(text, strlen(text), &r, NULL, NULL), 0);
-    CHECK_EQ_INT(r->threads[0].running_task, -1); /* task 9 does not exist */
-    CHECK_EQ_STR(r->tasks[0].name, "?");          /* string 7 does not exist */
-    CHECK_EQ_STR(r->tasks[0].coro[0].file, "?");
-    CHECK(r->tasks[0].awaiting == NULL);
-    CHECK_EQ_INT(r->tasks[0].thread, -1);
-    CHECK_EQ_INT(r->tasks[0].steps, -1);
+    aioscope_snapshot *s = sample();
+    /* Indices past the tables (a thread's running task, a task's thread, a string). */
+    s->threads[0].running_task = 9;
+    s->tasks[1].thread = 7;
+    s->tasks[1].steps = -5;
+    s->tasks[1].busy_s = 0.0 / 0.0;
+    size_t aoff, alen;
+    aioscope_snapshot *r = round_trip(s, &aoff, &alen, NULL);
+    CHECK_EQ_INT(alen, 0);
+    CHECK_EQ_INT(r->threads[0].running_task, -1);
+    CHECK_EQ_INT(r->tasks[1].thread, -1);
+    CHECK_EQ_INT(r->tasks[1].steps, -1);
+    CHECK(r->tasks[1].busy_s == -1);
     aioscope_snapshot_free(r);
+    aioscope_snapshot_free(s);
 }
