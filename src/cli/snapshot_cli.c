@@ -124,15 +124,3 @@ int asc_snap_take(const asc_snap_opts *o, aioscope_snapshot **out) {
     if (rc < 0) return asc__open_error(rc, o->pid);
     return 0;
 }
-
-int asc_snap_print_json(const aioscope_snapshot *s, FILE *out) {
-    aioscope_buf b;
-    aioscope_buf_init(&b);
-    aioscope_snapshot_to_json(s, &b);
-    aioscope_buf_append(&b, "\n", 1);
-    int rc = b.oom ? ASC_EXIT_SNAP_UNREADABLE : 0;
-    if (!b.oom) fwrite(b.data, 1, b.len, out);
-    else asc_cli_error("out of memory");
-    aioscope_buf_free(&b);
-    return rc;
-}

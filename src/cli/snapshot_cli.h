@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 
+#include "aioscope/json.h"
 #include "aioscope/snapshot.h"
 
 /* Exit statuses of ps / pstree / dump (documented in docs/attach.md). */
@@ -30,8 +31,10 @@ int asc_snap_parse(int argc, char **argv, const char *usage, asc_snap_opts *o, i
 /* Take the snapshot; on failure prints one line saying what is wrong and what to do, and
  * returns the exit status. */
 int asc_snap_take(const asc_snap_opts *o, aioscope_snapshot **out);
-/* Prints the snapshot as JSON on out; returns an exit status. */
+/* Prints the snapshot as JSON on out (snapshot_print.c); returns an exit status. */
 int asc_snap_print_json(const aioscope_snapshot *s, FILE *out);
+/* Appends aioscope_snapshot_to_json's text of s to b, without printf (snapshot_print.c). */
+void asc_snap_write_json(const aioscope_snapshot *s, aioscope_buf *b);
 
 /* The three views. */
 void asc_snap_print_header(const aioscope_snapshot *s, FILE *out);

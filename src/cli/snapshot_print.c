@@ -1,11 +1,18 @@
-/* Printing a snapshot: the `ps` table, the `pstree` await tree and the `dump` of every thread
- * and task. Whoever filled the snapshot (memory reader or agent), the output is the same; the
- * columns only the agent knows are shown when the snapshot has them and named as unavailable
- * otherwise. */
+/* Printing a snapshot: the `ps` table and --json, the `pstree` await tree and the `dump` of
+ * every thread and task. Whoever filled the snapshot (memory reader or agent), the output is the
+ * same; the columns only the agent knows are shown when the snapshot has them and named as
+ * unavailable otherwise.
+ *
+ * The table and the JSON have one line or object per task, 100 000 of them for a big program:
+ * they are built in one buffer without printf (whose format parsing cost more than everything
+ * else `ps` does) and written with one fwrite. Doubles go through strfromd, which formats exactly
+ * as printf does without parsing a format string per call. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "aioscope/json.h"
 #include "cli/snapshot_cli.h"
 
 /* Tree recursion bound: await trees deeper than this are cut with a marker. */
@@ -39,27 +46,171 @@ void asc_snap_print_header(const aioscope_snapshot *s, FILE *out) {
                 s->unreadable_tasks);
 }
 
+/* ---- building text without printf ------------------------------------------------------------ */
+
+/* Append s to buf (capacity cap, *len bytes counted so far) the way snprintf(buf + *len,
+ * cap - *len, "%s", s) followed by *len += strlen(s) would: cut to what fits, always
+ * NUL-terminated, *len counting what would have been written. */
+static void asc__cat(char *buf, size_t cap, size_t *len, const char *s) {
+    size_t n = strlen(s);
+    if (*len + 1 < cap) {
+        size_t room = cap - 1 - *len, k = n < room ? n : room;
+        memcpy(buf + *len, s, k);
+        buf[*len + k] = '\0';
+    }
+    *len += n;
+}
+
+/* Decimal digits of v, NUL-terminated, in tmp (at least 24 bytes); returns where they start. */
+static char *asc__u64_text(uint64_t v, char *tmp) {
+    char *p = tmp + 23;
+    *p = '\0';
+    do *--p = (char)('0' + v % 10);
+    while (v /= 10);
+    return p;
+}
+
+static char *asc__i64_text(int64_t v, char *tmp) {
+    if (v >= 0) return asc__u64_text((uint64_t)v, tmp);
+    char *p = asc__u64_text((uint64_t)(-(v + 1)) + 1, tmp);
+    *--p = '-';
+    return p;
+}
+
+static void asc__put(aioscope_buf *b, const char *s) { aioscope_buf_append(b, s, strlen(s)); }
+
+static void asc__put_u64(aioscope_buf *b, uint64_t v) {
+    char tmp[24];
+    asc__put(b, asc__u64_text(v, tmp));
+}
+
+static void asc__put_i64(aioscope_buf *b, int64_t v) {
+    char tmp[24];
+    asc__put(b, asc__i64_text(v, tmp));
+}
+
+/* printf's "%-Ns" (left) or "%Ns": s, padded with spaces to at least width. */
+static void asc__put_pad(aioscope_buf *b, const char *s, size_t width, int left) {
+    static const char spaces[] = "                                                ";
+    size_t n = strlen(s), pad = n < width ? width - n : 0;
+    if (!left) aioscope_buf_append(b, spaces, pad < sizeof spaces - 1 ? pad : sizeof spaces - 1);
+    aioscope_buf_append(b, s, n);
+    if (left) aioscope_buf_append(b, spaces, pad < sizeof spaces - 1 ? pad : sizeof spaces - 1);
+}
+
+/* printf's "%llx". */
+static char *asc__hex_text(uint64_t v, char *tmp) {
+    char *p = tmp + 23;
+    *p = '\0';
+    do *--p = "0123456789abcdef"[v & 15];
+    while (v >>= 4);
+    return p;
+}
+
+/* Write b to out and free it. */
+static void asc__flush(aioscope_buf *b, FILE *out) {
+    if (b->len) fwrite(b->data, 1, b->len, out);
+    aioscope_buf_free(b);
+}
+
+/* Past this much text, a row loop writes its buffer out and starts it again: one large write
+ * at a time, and no buffer the size of the whole output (45 MB of JSON for 100 000 tasks). */
+#define ASC_FLUSH_AT (1u << 20)
+
+static void asc__flush_some(aioscope_buf *b, FILE *out) {
+    if (!out || b->len < ASC_FLUSH_AT || b->oom) return;
+    fwrite(b->data, 1, b->len, out);
+    b->len = 0;
+}
+
+/* Doubles, formatted exactly as printf does, mostly without it. printf rounds the exact binary
+ * value to the nearest decimal; here the digits come from rounding v * 10^p in double
+ * arithmetic, which has one rounding error far below 1e-6 while the product is below 1e9. So the
+ * result is printf's unless the product lies within 1e-6 of a half (or of a power of ten that
+ * changes %g's exponent): those, and values out of range, go through strfromd. */
+static const double asc__pow10[] = {1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
+
+/* m (below 10^18) as digits with `decimals` of them after a point; with strip, trailing zeros
+ * of the fraction (and a point left alone) are dropped, as %g does. */
+static void asc__decimal(char *out, uint64_t m, int decimals, int strip) {
+    char digits[24];
+    char *d = asc__u64_text(m, digits);
+    size_t nd = strlen(d);
+    size_t whole = nd > (size_t)decimals ? nd - (size_t)decimals : 0, o = 0;
+    if (whole) memcpy(out, d, whole), o = whole;
+    else out[o++] = '0';
+    if (decimals > 0) {
+        size_t start = o;
+        out[o++] = '.';
+        for (size_t z = nd; z < (size_t)decimals; z++) out[o++] = '0';
+        memcpy(out + o, d + whole, nd - whole);
+        o += nd - whole;
+        if (strip) {
+            while (out[o - 1] == '0') o--;
+            if (o - 1 == start) o--;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* The nearest integer to x (0 <= x < 1e9), or -1 when x is too near a half to be sure. */
+static int64_t asc__round(double x) {
+    double fl = floor(x), frac = x - fl;
+    if (fabs(frac - 0.5) < 1e-6) return -1;
+    return (int64_t)fl + (frac > 0.5);
+}
+
+/* printf("%.1f", v) (decimals 1) or printf("%.4f", v) (decimals 4) into out (32 bytes). */
+static void asc__fixed(char *out, double v, int decimals) {
+    double x = v >= 0 ? v * asc__pow10[decimals] : -1;
+    int64_t m = x >= 0 && x < 1e9 ? asc__round(x) : -1;
+    if (m >= 0) asc__decimal(out, (uint64_t)m, decimals, 0);
+    else strfromd(out, 32, decimals == 1 ? "%.1f" : "%.4f", v);
+}
+
+/* printf("%.6g", v) into out (at least 32 bytes), for a finite v. %g with 6 significant digits
+ * prints the fixed form when the rounded value's exponent X is in [-4, 6): 6 - 1 - X decimals,
+ * trailing zeros dropped. */
+static void asc__g6(char *out, double v) {
+    if (v > 0 && v >= 1e-4 && v < 1e6) {
+        int x10 = 5; /* X, found by scaling v into [1e5, 1e6) */
+        while (x10 > -4 && v * asc__pow10[5 - x10] < 1e5) x10--;
+        double x = v * asc__pow10[5 - x10];
+        int64_t m = x >= 1e5 + 1e-6 && x < 1e6 - 1e-6 ? asc__round(x) : -1;
+        if (m == 1000000) { /* rounded up to the next power of ten: one decimal fewer */
+            m = 100000;
+            x10++;
+        }
+        if (m >= 0 && x10 >= -4 && x10 < 6) {
+            asc__decimal(out, (uint64_t)m, 5 - x10, 1);
+            return;
+        }
+    }
+    strfromd(out, 32, "%.6g", v);
+}
+
 /* "outer > inner" function names of a coroutine chain, cut to width. */
 static void asc__chain(const aioscope_snap_task *tk, char *buf, size_t cap) {
     size_t len = 0;
     buf[0] = 0;
     for (size_t i = 0; i < tk->ncoro && len + 1 < cap; i++) {
-        int n = snprintf(buf + len, cap - len, "%s%s", i ? " > " : "", tk->coro[i].function);
-        if (n < 0) break;
-        len += (size_t)n;
+        if (i) asc__cat(buf, cap, &len, " > ");
+        asc__cat(buf, cap, &len, tk->coro[i].function);
     }
     if (len >= cap - 1 && cap > 4) strcpy(buf + cap - 4, "...");
     if (!buf[0]) snprintf(buf, cap, "-");
 }
 
 static void asc__awaiting(aioscope_snapshot *s, const aioscope_snap_task *tk, char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = 0;
     if (!tk->awaiting) {
-        snprintf(buf, cap, "-");
+        asc__cat(buf, cap, &len, "-");
         return;
     }
     long idx = tk->awaiting_id ? aioscope_snapshot_find_task(s, tk->awaiting_id) : -1;
-    if (idx >= 0) snprintf(buf, cap, "Task %s", s->tasks[idx].name);
-    else snprintf(buf, cap, "%s", tk->awaiting);
+    if (idx >= 0) asc__cat(buf, cap, &len, "Task ");
+    asc__cat(buf, cap, &len, idx >= 0 ? s->tasks[idx].name : tk->awaiting);
 }
 
 static void asc__awaited_by(aioscope_snapshot *s, const aioscope_snap_task *tk, char *buf, size_t cap) {
@@ -67,9 +218,8 @@ static void asc__awaited_by(aioscope_snapshot *s, const aioscope_snap_task *tk, 
     buf[0] = 0;
     for (size_t i = 0; i < tk->nawaited_by && len + 1 < cap; i++) {
         long idx = aioscope_snapshot_find_task(s, tk->awaited_by[i]);
-        int n = snprintf(buf + len, cap - len, "%s%s", i ? ", " : "", idx >= 0 ? s->tasks[idx].name : "?");
-        if (n < 0) break;
-        len += (size_t)n;
+        if (i) asc__cat(buf, cap, &len, ", ");
+        asc__cat(buf, cap, &len, idx >= 0 ? s->tasks[idx].name : "?");
     }
     if (!buf[0]) snprintf(buf, cap, "-");
 }
@@ -93,8 +243,16 @@ static void asc__where(const aioscope_snap_task *tk, char *buf, size_t cap) {
         if (!strstr(p, "/lib/python") && !strstr(p, "-packages/") && p[0] != '<') f = &tk->coro[k];
     }
     if (!f && tk->ncoro) f = &tk->coro[tk->ncoro - 1];
-    if (f) snprintf(buf, cap, "%s:%d", asc__basename(f->file), f->line);
-    else snprintf(buf, cap, "-");
+    size_t len = 0;
+    char tmp[24];
+    buf[0] = 0;
+    if (!f) {
+        asc__cat(buf, cap, &len, "-");
+        return;
+    }
+    asc__cat(buf, cap, &len, asc__basename(f->file));
+    asc__cat(buf, cap, &len, ":");
+    asc__cat(buf, cap, &len, asc__i64_text(f->line, tmp));
 }
 
 void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
@@ -106,8 +264,13 @@ void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
      * how many steps, and which task created it. */
     if (agent) fprintf(out, " %8s %9s %7s %-16s", "AGE s", "BUSY s", "STEPS", "SPAWNED BY");
     fprintf(out, " %s\n", "AWAITED BY");
-    char chain[256], awaiting[128], by[256], tid[24], where[64];
-    for (size_t i = 0; i < s->ntasks; i++) {
+    /* The rows: the equivalent of
+     *   "%-8s 0x%-12llx %-20s %-10s %-40s %-20s %-24s" [" %8s %9s %7s %-16s"] " %s\n"
+     * with the fields cut as the widths of their buffers say. */
+    char chain[256], awaiting[128], by[256], tmp[24], where[64];
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    for (size_t i = 0; i < s->ntasks && !b.oom; i++) {
         aioscope_snap_task *tk = &s->tasks[i];
         asc__chain(tk, chain, 41);
         asc__awaiting(s, tk, awaiting, 25);
@@ -115,26 +278,197 @@ void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
         asc__where(tk, where, 21);
         if (tk->thread >= 0) {
             const aioscope_snap_thread *th = &s->threads[tk->thread];
-            snprintf(tid, sizeof tid, "%llu", (unsigned long long)(th->native_id ? th->native_id : th->thread_id));
+            asc__put_pad(&b, asc__u64_text(th->native_id ? th->native_id : th->thread_id, tmp), 8, 1);
         } else {
-            snprintf(tid, sizeof tid, "-");
+            asc__put_pad(&b, "-", 8, 1);
         }
-        fprintf(out, "%-8s 0x%-12llx %-20s %-10s %-40s %-20s %-24s", tid, (unsigned long long)tk->id, tk->name,
-                asc__live_state(tk), chain, where, tk->exception ? tk->exception : awaiting);
+        asc__put(&b, " 0x");
+        asc__put_pad(&b, asc__hex_text(tk->id, tmp), 12, 1);
+        asc__put(&b, " ");
+        asc__put_pad(&b, tk->name, 20, 1);
+        asc__put(&b, " ");
+        asc__put_pad(&b, asc__live_state(tk), 10, 1);
+        asc__put(&b, " ");
+        asc__put_pad(&b, chain, 40, 1);
+        asc__put(&b, " ");
+        asc__put_pad(&b, where, 20, 1);
+        asc__put(&b, " ");
+        asc__put_pad(&b, tk->exception ? tk->exception : awaiting, 24, 1);
         if (agent) {
-            char age[24] = "-", busy[24] = "-", steps[24] = "-", spawner[64] = "-";
-            if (tk->age_s >= 0) snprintf(age, sizeof age, "%.1f", tk->age_s);
-            if (tk->busy_s >= 0) snprintf(busy, sizeof busy, "%.4f", tk->busy_s);
-            if (tk->steps >= 0) snprintf(steps, sizeof steps, "%ld", tk->steps);
+            char age[24] = "-", busy[24] = "-", steps[24], spawner[64] = "-";
+            const char *nsteps = tk->steps >= 0 ? asc__i64_text(tk->steps, steps) : "-";
+            if (tk->age_s >= 0) asc__fixed(age, tk->age_s, 1);
+            if (tk->busy_s >= 0) asc__fixed(busy, tk->busy_s, 4);
             if (tk->spawned_by) {
                 long p = aioscope_snapshot_find_task(s, tk->spawned_by);
-                if (p >= 0) snprintf(spawner, sizeof spawner, "%s", s->tasks[p].name);
-                else snprintf(spawner, sizeof spawner, "0x%llx", (unsigned long long)tk->spawned_by);
+                size_t len = 0;
+                spawner[0] = '\0';
+                if (p < 0) asc__cat(spawner, sizeof spawner, &len, "0x");
+                asc__cat(spawner, sizeof spawner, &len, p >= 0 ? s->tasks[p].name : asc__hex_text(tk->spawned_by, tmp));
             }
-            fprintf(out, " %8s %9s %7s %-16s", age, busy, steps, spawner);
+            asc__put(&b, " ");
+            asc__put_pad(&b, age, 8, 0);
+            asc__put(&b, " ");
+            asc__put_pad(&b, busy, 9, 0);
+            asc__put(&b, " ");
+            asc__put_pad(&b, nsteps, 7, 0);
+            asc__put(&b, " ");
+            asc__put_pad(&b, spawner, 16, 1);
         }
-        fprintf(out, " %s\n", by);
+        asc__put(&b, " ");
+        asc__put(&b, by);
+        asc__put(&b, "\n");
+        asc__flush_some(&b, out);
     }
+    if (b.oom) fprintf(out, "(out of memory: the table is cut)\n");
+    asc__flush(&b, out);
+}
+
+/* ---- --json ------------------------------------------------------------------------------------
+ * The text of aioscope_snapshot_to_json (src/attach/snapshot.c), byte for byte (a unit test
+ * compares them), written without printf: for 100 000 tasks that writer spends most of `ps
+ * --json`'s time in vsnprintf. */
+
+/* A JSON string: printable ASCII without quotes or backslashes is copied as is; anything else
+ * goes through the core's escaping (aioscope_buf_json_string), so both agree on every byte. */
+static void asc__json_str(aioscope_buf *b, const char *s) {
+    if (!s) {
+        aioscope_buf_append(b, "null", 4);
+        return;
+    }
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') p++;
+    if (*p) {
+        aioscope_buf_json_string(b, s);
+        return;
+    }
+    aioscope_buf_append(b, "\"", 1);
+    aioscope_buf_append(b, s, (size_t)(p - (const unsigned char *)s));
+    aioscope_buf_append(b, "\"", 1);
+}
+
+/* aioscope_buf_json_number: null when not finite, "%lld" when integral, else "%.6g". */
+static void asc__json_num(aioscope_buf *b, double v) {
+    char tmp[40];
+    if (!isfinite(v)) {
+        aioscope_buf_append(b, "null", 4);
+    } else if (fabs(v) < 1e15 && v == (double)(long long)v) {
+        asc__put_i64(b, (long long)v);
+    } else {
+        asc__g6(tmp, v);
+        asc__put(b, tmp);
+    }
+}
+
+/* An id, or null for 0. */
+static void asc__json_id(aioscope_buf *b, uint64_t id) {
+    if (id) asc__put_u64(b, id);
+    else aioscope_buf_append(b, "null", 4);
+}
+
+static void asc__json_frames(aioscope_buf *b, const aioscope_snap_frame *f, size_t n) {
+    asc__put(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        asc__put(b, i ? ",{\"file\":" : "{\"file\":");
+        asc__json_str(b, f[i].file);
+        asc__put(b, ",\"function\":");
+        asc__json_str(b, f[i].function);
+        asc__put(b, ",\"line\":");
+        asc__put_i64(b, f[i].line);
+        asc__put(b, "}");
+    }
+    asc__put(b, "]");
+}
+
+static const char *asc__loop_state(aioscope_loop_state s) {
+    return s == AIOSCOPE_LOOP_POLLING ? "polling" : s == AIOSCOPE_LOOP_RUNNING ? "running" : NULL;
+}
+
+/* The JSON text into b; with out, b is written out there whenever it has grown large. */
+static void asc__write_json(const aioscope_snapshot *s, aioscope_buf *b, FILE *out) {
+    asc__put(b, "{\"pid\":");
+    asc__put_i64(b, s->pid);
+    aioscope_buf_printf(b, ",\"python\":\"%u.%u.%u\",\"source\":", s->py_version_hex >> 24,
+                        (s->py_version_hex >> 16) & 0xff, (s->py_version_hex >> 8) & 0xff);
+    asc__json_str(b, s->source);
+    asc__put(b, s->frozen ? ",\"frozen\":true,\"unavailable\":" : ",\"frozen\":false,\"unavailable\":");
+    asc__put(b, s->has_agent_fields ? "[]" : "[\"busy_s\",\"steps\",\"spawned_by\"]");
+    asc__put(b, ",\"threads\":[");
+    for (size_t i = 0; i < s->nthreads; i++) {
+        const aioscope_snap_thread *th = &s->threads[i];
+        asc__put(b, i ? ",{\"thread_id\":" : "{\"thread_id\":");
+        asc__put_u64(b, th->thread_id);
+        asc__put(b, ",\"native_id\":");
+        asc__put_u64(b, th->native_id);
+        asc__put(b, ",\"loop_state\":");
+        asc__json_str(b, asc__loop_state(th->loop_state));
+        asc__put(b, ",\"running_task\":");
+        if (th->running_task >= 0 && (size_t)th->running_task < s->ntasks)
+            asc__put_u64(b, s->tasks[th->running_task].id);
+        else
+            asc__put(b, "null");
+        asc__put(b, ",\"stack\":");
+        asc__json_frames(b, th->frames, th->nframes);
+        asc__put(b, "}");
+    }
+    asc__put(b, "],\"tasks\":[");
+    for (size_t i = 0; i < s->ntasks && !b->oom; i++) {
+        const aioscope_snap_task *tk = &s->tasks[i];
+        asc__put(b, i ? ",{\"id\":" : "{\"id\":");
+        asc__put_u64(b, tk->id);
+        asc__put(b, ",\"name\":");
+        asc__json_str(b, tk->name);
+        asc__put(b, ",\"state\":\"");
+        asc__put(b, asc__state(tk->state));
+        asc__put(b, "\",\"coroutine_stack\":");
+        asc__json_frames(b, tk->coro, tk->ncoro);
+        asc__put(b, ",\"awaiting\":");
+        asc__json_str(b, tk->awaiting);
+        asc__put(b, ",\"awaiting_id\":");
+        asc__json_id(b, tk->awaiting_id);
+        asc__put(b, ",\"awaited_by\":[");
+        for (size_t k = 0; k < tk->nawaited_by; k++) {
+            if (k) asc__put(b, ",");
+            asc__put_u64(b, tk->awaited_by[k]);
+        }
+        asc__put(b, "],\"thread_id\":");
+        if (tk->thread >= 0 && (size_t)tk->thread < s->nthreads) asc__put_u64(b, s->threads[tk->thread].thread_id);
+        else asc__put(b, "null");
+        if (s->has_agent_fields) {
+            asc__put(b, ",\"busy_s\":");
+            asc__json_num(b, tk->busy_s);
+            asc__put(b, ",\"steps\":");
+            asc__put_i64(b, tk->steps);
+            asc__put(b, ",\"spawned_by\":");
+            asc__json_id(b, tk->spawned_by);
+            asc__put(b, ",\"age_s\":");
+            if (tk->age_s >= 0) asc__json_num(b, tk->age_s);
+            else asc__put(b, "null");
+            asc__put(b, tk->cancelling ? ",\"cancelling\":true,\"exception\":" : ",\"cancelling\":false,\"exception\":");
+            asc__json_str(b, tk->exception);
+        }
+        asc__put(b, "}");
+        asc__flush_some(b, out);
+    }
+    asc__put(b, "],\"unreadable_tasks\":");
+    asc__put_u64(b, s->unreadable_tasks);
+    asc__put(b, "}");
+}
+
+void asc_snap_write_json(const aioscope_snapshot *s, aioscope_buf *b) { asc__write_json(s, b, NULL); }
+
+int asc_snap_print_json(const aioscope_snapshot *s, FILE *out) {
+    aioscope_buf b;
+    aioscope_buf_init(&b);
+    asc__write_json(s, &b, out);
+    aioscope_buf_append(&b, "\n", 1);
+    if (b.oom) {
+        aioscope_buf_free(&b);
+        fprintf(stderr, "aioscope: out of memory\n");
+        return ASC_EXIT_SNAP_UNREADABLE;
+    }
+    asc__flush(&b, out);
+    return 0;
 }
 
 static void asc__tree_task(aioscope_snapshot *s, size_t i, const char *prefix, int last, int depth,
