@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "aioscope/json.h"
+#include "attach/layouts.h"
 
 #if PY_VERSION_HEX < 0x03090000
 #define PyObject_Vectorcall _PyObject_Vectorcall
@@ -80,6 +81,7 @@ static struct {
     asc_tev *ring;            /* owned, limit records */
     size_t limit;
     uint64_t written;         /* records ever written; the ring holds the last min(written, limit) */
+    size_t next;              /* written % limit, kept as it goes: no division per record */
     int64_t t0;               /* ns: the trace's time zero */
     long pid;
     uint32_t next_task_track;
@@ -97,31 +99,42 @@ static struct {
     PyObject *str_done, *str_cancelled, *str_get_name, *str_get_coro, *str_qualname, *str_run_once;
     PyTypeObject *done_type;  /* borrowed: the task type done_meth was looked up on */
     PyObject *done_meth;      /* owned: done_type.done, called unbound for every step */
+    /* Direct reads of a C task's state, coroutine and name (the attach library's layout table
+     * for this interpreter, as livesnap.c reads them), instead of a method call per step: NULL
+     * when the table does not describe this version or the first task read disagreed with its
+     * methods. c_task_type is _asyncio.Task (owned); fast_type the last type seen to be a
+     * subclass of it (borrowed, compared only). */
+    const asc_layout *layout;
+    PyTypeObject *c_task_type;
+    PyTypeObject *fast_type;
+    int layout_checked;
+    /* The last coroutine __qualname__ interned (owned, so that its address is not reused) and
+     * its index: consecutive tasks mostly run the same coroutine function. */
+    PyObject *last_qual;
+    uint32_t last_qual_index;
     PyObject *current_task;   /* owned: asyncio.current_task */
     int dumped;
 } asc_tr;
 
 /* ---- the ring ------------------------------------------------------------------------------- */
 
-static asc_tev *asc_trace_slot(void) {
-    asc_tev *e = &asc_tr.ring[asc_tr.written % asc_tr.limit];
-    if (asc_tr.written >= asc_tr.limit) free(e->text); /* the oldest record goes */
+/* Appends one record and returns it (its text NULL). Every step writes one or two of these, so
+ * the index wraps by comparison rather than a 64-bit division, and the record is written as
+ * one struct rather than cleared first. */
+static inline asc_tev *asc_trace_append(uint8_t type, int64_t ts, int64_t dur, uint32_t track,
+                                        uint32_t name, uint32_t label, uint64_t aux, uint8_t flags) {
+    asc_tev *e = &asc_tr.ring[asc_tr.next];
+    if (++asc_tr.next == asc_tr.limit) asc_tr.next = 0;
     asc_tr.written++;
-    memset(e, 0, sizeof *e);
+    if (e->text) free(e->text); /* the oldest record goes (the ring starts zeroed) */
+    *e = (asc_tev){.ts = ts, .dur = dur, .text = NULL, .aux = aux, .track = track, .name = name,
+                   .label = label, .type = type, .flags = flags};
     return e;
 }
 
 void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
                    uint32_t label, uint64_t aux, uint8_t flags) {
-    asc_tev *e = asc_trace_slot();
-    e->type = type;
-    e->ts = ts;
-    e->dur = dur;
-    e->track = track;
-    e->name = name;
-    e->label = label;
-    e->aux = aux;
-    e->flags = flags;
+    (void)asc_trace_append(type, ts, dur, track, name, label, aux, flags);
 }
 
 /* ---- names ---------------------------------------------------------------------------------- */
@@ -159,27 +172,127 @@ uint32_t asc_trace_intern_c(const char *s) {
 
 /* ---- tasks ---------------------------------------------------------------------------------- */
 
-/* The task's label from its name: "Task-N" keeps only N. */
-static void asc_trace_read_name(PyObject *task, asc_task_stats *st) {
-    PyObject *name = PyObject_CallMethodObjArgs(task, asc_tr.str_get_name, NULL);
+/* 1 when the task's fields can be read at the layout's offsets: a C task (or subclass) on an
+ * interpreter the table describes, once the first check passed. */
+static inline int asc_trace_c_task(PyObject *task) {
+    if (!asc_tr.layout) return 0;
+    PyTypeObject *tp = Py_TYPE(task);
+    if (tp == asc_tr.fast_type) return 1;
+    if (!PyType_IsSubtype(tp, asc_tr.c_task_type)) return 0;
+    asc_tr.fast_type = tp;
+    return 1;
+}
+
+static inline PyObject *asc_trace_field(PyObject *task, int32_t off) /* borrowed */ {
+    return *(PyObject **)((char *)task + off);
+}
+
+/* The task's state: 0 pending, 1 cancelled, 2 finished (_asyncio's fut_state values, which
+ * the layout table's readers use too); -1 when unknown. */
+static int asc_trace_task_state(PyObject *task) {
+    if (asc_trace_c_task(task)) {
+        int state = *(int *)((char *)task + asc_tr.layout->task_state);
+        return state >= 0 && state <= 2 ? state : -1;
+    }
+    /* Another task type: task.done(), the method looked up once per type rather than per step;
+     * done() is cheap and, unlike exception(), changes nothing. */
+    if (Py_TYPE(task) != asc_tr.done_type) {
+        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(task), asc_tr.str_done);
+        Py_XSETREF(asc_tr.done_meth, m);
+        asc_tr.done_type = m ? Py_TYPE(task) : NULL;
+    }
+    PyObject *done = asc_tr.done_meth ? PyObject_Vectorcall(asc_tr.done_meth, &task, 1, NULL) : NULL;
+    int state = done == Py_False ? 0 : -1;
+    if (done == Py_True) {
+        PyObject *c = PyObject_CallMethodObjArgs(task, asc_tr.str_cancelled, NULL);
+        state = c == Py_True ? 1 : 2;
+        Py_XDECREF(c);
+    }
+    Py_XDECREF(done);
+    PyErr_Clear();
+    return state;
+}
+
+/* The label of a task name: "Task-N" (or the N that 3.12+ keeps for a default name until
+ * get_name() formats it) is only N; any other name is interned. */
+static uint32_t asc_trace_label_of(PyObject *name) {
+    if (name && PyLong_CheckExact(name)) {
+        unsigned long num = PyLong_AsUnsignedLong(name);
+        if (!PyErr_Occurred() && num < ASC_LABEL_NUM) return ASC_LABEL_NUM | (uint32_t)num;
+        PyErr_Clear();
+        return 0;
+    }
     const char *n = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
     char *end = NULL;
     unsigned long num = n && strncmp(n, "Task-", 5) == 0 ? strtoul(n + 5, &end, 10) : 0;
-    if (end && *end == '\0' && end != n + 5 && num < ASC_LABEL_NUM) st->trace_label = ASC_LABEL_NUM | (uint32_t)num;
-    else st->trace_label = asc_trace_intern(name);
+    if (end && *end == '\0' && end != n + 5 && num < ASC_LABEL_NUM) return ASC_LABEL_NUM | (uint32_t)num;
+    PyErr_Clear();
+    return asc_trace_intern(name);
+}
+
+/* The task's label from its name, read from the task's field when it can be: get_name() would
+ * format (and keep) a "Task-N" string per task on 3.12+. */
+static void asc_trace_read_name(PyObject *task, asc_task_stats *st) {
+    if (asc_trace_c_task(task)) {
+        st->trace_label = asc_trace_label_of(asc_trace_field(task, asc_tr.layout->task_name));
+        return;
+    }
+    PyObject *name = PyObject_CallMethodObjArgs(task, asc_tr.str_get_name, NULL);
+    st->trace_label = asc_trace_label_of(name);
     Py_XDECREF(name);
     PyErr_Clear();
+}
+
+/* The name-table index of a coroutine's __qualname__. */
+static uint32_t asc_trace_coro_name(PyObject *coro) {
+    PyObject *qual = coro && coro != Py_None ? PyObject_GetAttr(coro, asc_tr.str_qualname) : NULL;
+    if (!qual) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (qual != asc_tr.last_qual) {
+        uint32_t i = asc_trace_intern(qual);
+        Py_XSETREF(asc_tr.last_qual, qual); /* the reference moves */
+        asc_tr.last_qual_index = i;
+    } else {
+        Py_DECREF(qual);
+    }
+    return asc_tr.last_qual_index;
+}
+
+/* The first C task seen is read both ways, through the layout and through its methods; if they
+ * disagree (an interpreter whose layout is not the table's), the methods are used from then on. */
+static void asc_trace_check_layout(PyObject *task) {
+    asc_tr.layout_checked = 1;
+    if (!asc_trace_c_task(task)) {
+        asc_tr.layout_checked = 0; /* not a C task: check at the next one */
+        return;
+    }
+    PyObject *coro = PyObject_CallMethodObjArgs(task, asc_tr.str_get_coro, NULL);
+    PyObject *done = PyObject_CallMethodObjArgs(task, asc_tr.str_done, NULL);
+    PyObject *name = asc_trace_field(task, asc_tr.layout->task_name);
+    int state = *(int *)((char *)task + asc_tr.layout->task_state);
+    int ok = coro && coro == asc_trace_field(task, asc_tr.layout->task_coro) && done &&
+             (done == Py_True) == (state != 0) && state >= 0 && state <= 2 && name &&
+             (PyLong_CheckExact(name) || PyUnicode_Check(name));
+    Py_XDECREF(coro);
+    Py_XDECREF(done);
+    PyErr_Clear();
+    if (!ok) asc_tr.layout = NULL;
 }
 
 /* Gives a task its track, its coroutine's name and its label, the first time it is seen. */
 static void asc_trace_adopt(PyObject *task, asc_task_stats *st) {
     st->trace_track = asc_tr.next_task_track;
     asc_tr.next_task_track += ASC_TRACK_STEP;
+    if (!asc_tr.layout_checked && asc_tr.layout) asc_trace_check_layout(task);
     /* The name is read at the task's first step (see ASC_TF_NAMED), once it is final. */
+    if (asc_trace_c_task(task)) {
+        st->trace_name = asc_trace_coro_name(asc_trace_field(task, asc_tr.layout->task_coro));
+        return;
+    }
     PyObject *coro = PyObject_CallMethodObjArgs(task, asc_tr.str_get_coro, NULL);
-    PyObject *qual = coro && coro != Py_None ? PyObject_GetAttr(coro, asc_tr.str_qualname) : NULL;
-    st->trace_name = asc_trace_intern(qual);
-    Py_XDECREF(qual);
+    st->trace_name = asc_trace_coro_name(coro);
     Py_XDECREF(coro);
     PyErr_Clear();
 }
@@ -209,22 +322,11 @@ void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) 
         asc_trace_put(ASC_EV_FLOW_END, t0, 0, st->trace_track, st->trace_name, st->trace_label, 0, 0);
     }
     asc_trace_put(ASC_EV_STEP, t0, t1 - t0, st->trace_track, st->trace_name, st->trace_label, 0, 0);
-    /* Did this step end the task? done() is cheap and, unlike exception(), changes nothing. */
-    /* task.done(), the method looked up once per task type rather than per step. */
-    if (Py_TYPE(task) != asc_tr.done_type) {
-        PyObject *m = PyObject_GetAttr((PyObject *)Py_TYPE(task), asc_tr.str_done);
-        Py_XSETREF(asc_tr.done_meth, m);
-        asc_tr.done_type = m ? Py_TYPE(task) : NULL;
-    }
-    PyObject *done = asc_tr.done_meth ? PyObject_Vectorcall(asc_tr.done_meth, &task, 1, NULL) : NULL;
-    if (done == Py_True) {
-        PyObject *c = PyObject_CallMethodObjArgs(task, asc_tr.str_cancelled, NULL);
+    /* Did this step end the task? */
+    int state = asc_trace_task_state(task);
+    if (state > 0)
         asc_trace_put(ASC_EV_TASK_DONE, t1, 0, st->trace_track, st->trace_name, st->trace_label, 0,
-                      c == Py_True ? 1 : 0);
-        Py_XDECREF(c);
-    }
-    Py_XDECREF(done);
-    PyErr_Clear();
+                      state == 1 ? 1 : 0);
 }
 
 /* ---- loops ---------------------------------------------------------------------------------- */
@@ -244,25 +346,32 @@ static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
     return ASC_TRACK_LOOP0 + (uint32_t)i;
 }
 
-/* loop._run_once, timed: an instance attribute called by run_forever as self._run_once(). */
+/* _run_once, timed. The class's function (BaseEventLoop._run_once, or a subclass's own) is
+ * replaced in that class's dict by this method descriptor, which calls it. It is flagged
+ * Py_TPFLAGS_METHOD_DESCRIPTOR, so run_forever's `self._run_once()` calls it unbound with the
+ * loop first, as it called the function: no bound method per iteration.
+ *
+ * Why the class and not the loop: an attribute put in the loop's instance __dict__ (the first
+ * version did that) materialises the dict of an object whose attributes CPython 3.11+ otherwise
+ * keeps as inline values, and every `self._ready`, `self._check_closed()`, `loop.call_soon()` of
+ * the loop's own Python code then takes the slower dict path: measured with callgrind on 3.12,
+ * that cost more than the rest of the trace (about 10 000 instructions per queue round trip). */
 typedef struct {
     PyObject_HEAD
-    PyObject *loop; /* owned; the loop's __dict__ holds us: a cycle the GC breaks */
     PyObject *orig; /* owned: the class's _run_once function */
     vectorcallfunc vectorcall;
 } asc_run_once;
 
+/* args: (loop,). */
 static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t nargsf,
                                    PyObject *kwnames) {
-    asc_run_once *ro = (asc_run_once *)self;
-    if (PyVectorcall_NARGS(nargsf) != 0 || kwnames) {
-        PyErr_SetString(PyExc_TypeError, "_run_once() takes no arguments");
-        return NULL;
-    }
-    PyObject *loop = ro->loop;
-    Py_INCREF(loop);
+    PyObject *orig = ((asc_run_once *)self)->orig;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !asc_trace_active)
+        return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* the function's own answer */
+    PyObject *loop = args[0];
+    Py_INCREF(loop); /* identity only below, but kept alive across the call */
     int64_t t0 = asc_live_now_ns();
-    PyObject *r = PyObject_Vectorcall(ro->orig, &loop, 1, NULL);
+    PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
     if (asc_trace_active) {
         uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
         asc_trace_put(ASC_EV_ITER, t0, asc_live_now_ns() - t0, track, asc_tr.name_iteration, 0, 0, 0);
@@ -271,14 +380,29 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
     return r;
 }
 
+/* Read from an instance: bound like the function it replaces. */
+static PyObject *asc_run_once_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+/* __name__, __qualname__, __doc__, __wrapped__-less introspection: the function's answers. */
+static PyObject *asc_run_once_getattro(PyObject *self, PyObject *name) {
+    PyObject *r = PyObject_GenericGetAttr(self, name);
+    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
+    PyErr_Clear();
+    return PyObject_GetAttr(((asc_run_once *)self)->orig, name);
+}
+
 static int asc_run_once_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_run_once *)self)->loop);
     Py_VISIT(((asc_run_once *)self)->orig);
     return 0;
 }
 
 static int asc_run_once_clear(PyObject *self) {
-    Py_CLEAR(((asc_run_once *)self)->loop);
     Py_CLEAR(((asc_run_once *)self)->orig);
     return 0;
 }
@@ -294,40 +418,44 @@ static PyTypeObject asc_run_once_type = {
     .tp_basicsize = sizeof(asc_run_once),
     .tp_dealloc = asc_run_once_dealloc,
     .tp_call = PyVectorcall_Call,
+    .tp_getattro = asc_run_once_getattro,
     .tp_traverse = asc_run_once_traverse,
     .tp_clear = asc_run_once_clear,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL,
+    .tp_descr_get = asc_run_once_descr_get,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_vectorcall_offset = offsetof(asc_run_once, vectorcall),
 };
 
+/* A loop starts: its track, and its class's _run_once timed (once per class). Loops whose
+ * _run_once is not a Python function defined in a class (uvloop) are not timed. */
 int asc_trace_on_loop_start(PyObject *loop) {
     if (!asc_trace_active) return 0;
     (void)asc_trace_loop_track(loop, PyThread_get_thread_ident());
-    /* Loops without an instance dict (uvloop) or with a C _run_once are not timed. */
-    PyObject **dictptr = _PyObject_GetDictPtr(loop);
-    if (!dictptr) return 0;
-    if (*dictptr && PyDict_GetItemWithError(*dictptr, asc_tr.str_run_once)) return 0; /* ours, or the program's */
-    if (PyErr_Occurred()) return -1;
-    PyObject *orig = PyObject_GetAttr((PyObject *)Py_TYPE(loop), asc_tr.str_run_once);
-    if (!orig) {
-        PyErr_Clear();
-        return 0;
+    /* The class in the loop's MRO that defines _run_once. */
+    PyObject *mro = Py_TYPE(loop)->tp_mro;
+    PyObject *owner = NULL, *cur = NULL; /* borrowed */
+    for (Py_ssize_t i = 0; mro && PyTuple_Check(mro) && i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *cls = PyTuple_GET_ITEM(mro, i);
+        PyObject *dict = PyType_Check(cls) ? ((PyTypeObject *)cls)->tp_dict : NULL;
+        cur = dict ? PyDict_GetItemWithError(dict, asc_tr.str_run_once) : NULL;
+        if (cur) {
+            owner = cls;
+            break;
+        }
+        if (PyErr_Occurred()) return -1;
     }
-    if (!PyFunction_Check(orig)) {
-        Py_DECREF(orig);
+    /* Not found, ours already, or something else than a function (the program's own hook, or
+     * a C loop): left alone. A static type's dict (3.12+: not tp_dict) never has a function. */
+    if (!owner || !PyFunction_Check(cur) || !(((PyTypeObject *)owner)->tp_flags & Py_TPFLAGS_HEAPTYPE))
         return 0;
-    }
     asc_run_once *ro = PyObject_GC_New(asc_run_once, &asc_run_once_type);
-    if (!ro) {
-        Py_DECREF(orig);
-        return -1;
-    }
-    Py_INCREF(loop);
-    ro->loop = loop;
-    ro->orig = orig;
+    if (!ro) return -1;
+    Py_INCREF(cur);
+    ro->orig = cur;
     ro->vectorcall = asc_run_once_call;
     PyObject_GC_Track((PyObject *)ro);
-    int rc = PyObject_GenericSetAttr(loop, asc_tr.str_run_once, (PyObject *)ro);
+    int rc = PyObject_SetAttr(owner, asc_tr.str_run_once, (PyObject *)ro);
     Py_DECREF(ro);
     return rc;
 }
@@ -351,13 +479,11 @@ void asc_trace_finding(const aioscope_finding *f) {
         char *copy = strdup(b.data);
         if (copy) {
             uint32_t btrack = track ? track - ASC_TRACK_LOOP0 + ASC_TRACK_BLOCKED0 : ASC_TRACK_BLOCKED0;
-            asc_trace_put(ASC_EV_BLOCKED, now - dur, dur, btrack, asc_tr.name_blocked, 0, 0, 0);
-            asc_tr.ring[(asc_tr.written - 1) % asc_tr.limit].text = copy;
+            asc_trace_append(ASC_EV_BLOCKED, now - dur, dur, btrack, asc_tr.name_blocked, 0, 0, 0)->text = copy;
         }
     }
     uint32_t name = asc_trace_intern_c(f->kind ? f->kind : "finding");
-    asc_trace_put(ASC_EV_FINDING, now, 0, track, name, 0, 0, 0);
-    asc_tr.ring[(asc_tr.written - 1) % asc_tr.limit].text = b.data; /* ownership moves */
+    asc_trace_append(ASC_EV_FINDING, now, 0, track, name, 0, 0, 0)->text = b.data; /* ownership moves */
 }
 
 /* ---- asyncio.Lock: wait and hold ------------------------------------------------------------ */
@@ -656,6 +782,16 @@ int asc_trace_init(PyObject *module) {
     asc_tr.name_lock_hold = asc_trace_intern_c("lock held");
     PyObject *asyncio = PyImport_ImportModule("asyncio");
     asc_tr.current_task = asyncio ? PyObject_GetAttrString(asyncio, "current_task") : NULL;
+    /* Direct field reads only on the C Task, whose layout the table describes (asyncio.Task is
+     * the Python one when _asyncio failed to import). */
+    PyObject *task_type = asyncio ? PyObject_GetAttrString(asyncio, "Task") : NULL;
+    if (task_type && PyType_Check(task_type) && strcmp(((PyTypeObject *)task_type)->tp_name, "_asyncio.Task") == 0) {
+        asc_tr.c_task_type = (PyTypeObject *)task_type;
+        asc_tr.layout = asc_layout_find(PY_VERSION_HEX);
+    } else {
+        Py_XDECREF(task_type);
+    }
+    PyErr_Clear();
     Py_XDECREF(asyncio);
     if (!asc_tr.current_task) return -1;
     if (asc_trace_locks_init(asc_tr.name_lock_wait, asc_tr.name_lock_hold) < 0)

@@ -227,15 +227,39 @@ def test_signal_still_writes_the_trace(python, tmp_path, sig):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+# What the trace's loop hook changes: BaseEventLoop._run_once (a function) in the class, never
+# the loop's instance __dict__ (materialising it slows every attribute of the loop).
+RUN_ONCE_PROBE = """
+import asyncio, sys
+sys.path.insert(0, %r)
+import _e2e
+
+async def main():
+    print("class_run_once", type(vars(asyncio.BaseEventLoop)["_run_once"]).__name__)
+    print("instance_run_once", "_run_once" in vars(asyncio.get_running_loop()))
+
+_e2e.run(main)
+""" % str(PROGRAMS)
+
+
 def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     r = run_aioscope(python, TRACE_PROGRAMS / "untouched.py")
     assert r.returncode == 0, r.stderr
     assert "run_once_hooked False" in r.stdout
     assert "lock_acquire_is_function True" in r.stdout
     assert not list(tmp_path.glob("*trace*"))
+    probe = tmp_path / "run_once_probe.py"
+    probe.write_text(RUN_ONCE_PROBE)
+    r = run_aioscope(python, probe)
+    assert r.returncode == 0, r.stderr
+    assert "class_run_once function" in r.stdout and "instance_run_once False" in r.stdout
     r, data = run_traced(run_aioscope, python, TRACE_PROGRAMS / "untouched.py", tmp_path)
-    assert "run_once_hooked True" in r.stdout and "lock_acquire_is_function False" in r.stdout
+    assert "lock_acquire_is_function False" in r.stdout
+    assert "run_once_hooked False" in r.stdout  # the loop's own __dict__ is left alone
     assert "lock ok" in r.stdout
+    r, data = run_traced(run_aioscope, python, probe, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "class_run_once RunOnce" in r.stdout and "instance_run_once False" in r.stdout
 
 
 def test_uvloop_trace_is_valid(run_aioscope, python, tmp_path, loop):
