@@ -42,6 +42,9 @@ static struct {
     PyObject *current_tasks;   /* owned: {loop: task} */
     PyObject *aexit_func;      /* owned: asyncio.locks._ContextManagerMixin.__aexit__ (or NULL) */
     PyObject *cond_type;       /* owned: asyncio.Condition (or NULL) */
+    int op_async_with;         /* opcode.opmap["BEFORE_ASYNC_WITH"], -1 when unknown */
+    PyTypeObject *name_type;   /* the task type last checked for its own get_name (per collection) */
+    int name_plain;            /* ... and whether it is the C Task's (then the field is read) */
     PyObject *s_get_name, *s_cr_frame, *s_cr_await, *s_gi_frame, *s_gi_yieldfrom, *s_ag_await,
         *s_f_locals, *s_children, *s_when, *s_tasks, *s_fs, *s_self, *s_exception,
         *s_log_traceback, *s_cancelling, *s_must_cancel, *s_h;
@@ -97,6 +100,19 @@ static int asc_ls_init(void) {
     PyErr_Clear();
     asc_ls.current_tasks = PyObject_GetAttrString(asc_ls.tasks_mod, "_current_tasks");
     if (!asc_ls.current_tasks) PyErr_Clear();
+    /* The opcode that starts an `async with` (numbers change between versions): frames of code
+     * without it cannot hold a lock that way (asc_note_holds). */
+    asc_ls.op_async_with = -1;
+    PyObject *opcode = PyImport_ImportModule("opcode");
+    PyObject *opmap = opcode ? PyObject_GetAttrString(opcode, "opmap") : NULL;
+    PyObject *op = opmap && PyDict_Check(opmap) ? PyDict_GetItemString(opmap, "BEFORE_ASYNC_WITH") : NULL;
+    if (op && PyLong_Check(op)) {
+        long v = PyLong_AsLong(op);
+        asc_ls.op_async_with = v >= 0 && v < 256 ? (int)v : -1;
+    }
+    Py_XDECREF(opmap);
+    Py_XDECREF(opcode);
+    PyErr_Clear();
     asc_ls.ready = 1;
     return 0;
 }
@@ -140,6 +156,132 @@ void asc_live_frame_info(aioscope_snapshot *snap, PyObject *frame, aioscope_snap
 #endif
     out->line = PyFrame_GetLineNumber((PyFrameObject *)frame);
     Py_DECREF(code);
+}
+
+/* ---- code objects ----------------------------------------------------------------------------
+ * 100 000 tasks run a handful of coroutine functions. What a frame needs from its code object
+ * (file and function as snapshot strings, whether the code has an `async with`, the line of an
+ * instruction) is worked out once per code object and collection, in a table keyed by the code
+ * object's address. The table holds a reference to each code object so that no address in it can
+ * be reused for another object while the collection lasts; it is emptied at the end. */
+
+typedef struct {
+    PyObject *code;      /* owned */
+    const char *file, *function;
+    const void *instr;   /* the instruction whose line was looked up last, and that line */
+    int line;
+    int has_async_with;  /* 1 also when we could not tell */
+} asc_code_entry;
+
+static struct {
+    asc_code_entry *v;
+    size_t cap, n;
+    int active; /* a collection is under way and the table may be used */
+} asc_codes;
+
+static size_t asc_code_slot(const PyObject *code, size_t cap) {
+    uint64_t x = (uint64_t)(uintptr_t)code >> 4;
+    return (size_t)((x * 0x9E3779B97F4A7C15ULL) >> 20) & (cap - 1);
+}
+
+/* Does the bytecode contain BEFORE_ASYNC_WITH? Instructions are 2-byte units from 3.6 on; in
+ * 3.11+ PyCode_GetCode gives the unspecialised bytes, whose inline caches are zeros. */
+static int asc_code_has_async_with(PyCodeObject *co) {
+    if (asc_ls.op_async_with < 0) return 1;
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *bytes = PyCode_GetCode(co); /* new reference */
+#else
+    PyObject *bytes = co->co_code;
+    Py_XINCREF(bytes);
+#endif
+    if (!bytes || !PyBytes_Check(bytes)) {
+        Py_XDECREF(bytes);
+        PyErr_Clear();
+        return 1;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(bytes);
+    Py_ssize_t n = PyBytes_GET_SIZE(bytes);
+    int found = 0;
+    for (Py_ssize_t i = 0; i + 1 < n && !found; i += 2) found = p[i] == asc_ls.op_async_with;
+    Py_DECREF(bytes);
+    return found;
+}
+
+static int asc_codes_grow(void) {
+    size_t cap = asc_codes.cap ? asc_codes.cap * 2 : 64;
+    asc_code_entry *v = calloc(cap, sizeof *v);
+    if (!v) return -1;
+    for (size_t i = 0; i < asc_codes.cap; i++) {
+        if (!asc_codes.v[i].code) continue;
+        size_t j = asc_code_slot(asc_codes.v[i].code, cap);
+        while (v[j].code) j = (j + 1) & (cap - 1);
+        v[j] = asc_codes.v[i];
+    }
+    free(asc_codes.v);
+    asc_codes.v = v;
+    asc_codes.cap = cap;
+    return 0;
+}
+
+/* The entry of a code object (borrowed, must be a code object), made on first use; NULL outside
+ * a collection or when out of memory (the caller then works it out itself). */
+static asc_code_entry *asc_code_lookup(aioscope_snapshot *snap, PyObject *code) {
+    if (!asc_codes.active) return NULL;
+    if (2 * (asc_codes.n + 1) > asc_codes.cap && asc_codes_grow() < 0) return NULL;
+    size_t j = asc_code_slot(code, asc_codes.cap);
+    for (; asc_codes.v[j].code; j = (j + 1) & (asc_codes.cap - 1))
+        if (asc_codes.v[j].code == code) return &asc_codes.v[j];
+    asc_code_entry *e = &asc_codes.v[j];
+    PyCodeObject *co = (PyCodeObject *)code;
+    e->file = asc_live_str(snap, co->co_filename, "?");
+#if PY_VERSION_HEX >= 0x030B0000
+    e->function = asc_live_str(snap, co->co_qualname, "?");
+#else
+    e->function = asc_live_str(snap, co->co_name, "?");
+#endif
+    if (!e->file || !e->function) return NULL; /* out of memory: the slot stays free */
+    e->has_async_with = asc_code_has_async_with(co);
+    e->instr = NULL;
+    e->line = 0;
+    Py_INCREF(code);
+    e->code = code;
+    asc_codes.n++;
+    return e;
+}
+
+static void asc_codes_begin(void) {
+    asc_codes.active = 1;
+}
+
+static void asc_codes_end(void) {
+    for (size_t i = 0; i < asc_codes.cap; i++) Py_XDECREF(asc_codes.v[i].code);
+    free(asc_codes.v);
+    asc_codes.v = NULL;
+    asc_codes.cap = asc_codes.n = 0;
+    asc_codes.active = 0;
+}
+
+/* file / function / line of a frame object, through the code table; *maybe_holds: whether its
+ * code could hold a lock with `async with`. */
+static void asc_frame_info_cached(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out,
+                                  int *maybe_holds) {
+#if PY_VERSION_HEX >= 0x03090000
+    PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame); /* new reference */
+#else
+    PyCodeObject *code = ((PyFrameObject *)frame)->f_code;
+    Py_INCREF(code);
+#endif
+    asc_code_entry *e = asc_code_lookup(snap, (PyObject *)code);
+    Py_DECREF(code); /* the frame, and the table, keep it */
+    if (!e) {
+        asc_live_frame_info(snap, frame, out);
+        *maybe_holds = 1;
+        return;
+    }
+    out->file = e->file;
+    out->function = e->function;
+    out->line = PyFrame_GetLineNumber((PyFrameObject *)frame);
+    *maybe_holds = e->has_async_with;
 }
 
 /* Attribute or NULL, never an exception. */
@@ -363,7 +505,10 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
         else
             what = Py_TYPE(waiter)->tp_name;
     }
-    t->awaiting = what ? aioscope_snapshot_intern(snap, what) : NULL;
+    /* "sleep (N s left)" differs for every task: copied, not interned. */
+    t->awaiting = !what                                        ? NULL
+                : what == buf && strncmp(buf, "sleep (", 7) == 0 ? aioscope_snapshot_strdup(snap, what)
+                                                               : aioscope_snapshot_intern(snap, what);
     t->awaiting_id = what ? id : 0;
 }
 
@@ -377,7 +522,7 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
  * in place, at the offsets of the attach library's generated layouts; the frame state says whether
  * the frame is still there. Returns 1 with *out filled, 0 when the coroutine has no frame, -1 when
  * the layout does not describe this version (the caller then uses cr_frame). */
-static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap_frame *out) {
+static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap_frame *out, int *maybe_holds) {
     const asc_layout *L = asc_ls.layout;
     if (!L || L->coro_iframe < 0 || L->coro_frame_state < 0 || L->iframe_code < 0 || L->iframe_instr < 0)
         return -1;
@@ -385,26 +530,38 @@ static int asc_iframe_info(aioscope_snapshot *snap, PyObject *gen, aioscope_snap
     int8_t state = *(int8_t *)((char *)gen + L->coro_frame_state);
     if (state >= 1) return 0; /* FRAME_COMPLETED (1) or FRAME_CLEARED (4): no frame any more */
     void *iframe = (char *)gen + L->coro_iframe;
+    /* f_code (f_executable on 3.13: a code object for a Python frame), borrowed: the frame keeps
+     * it; and the instruction pointer, which with the code determines the line. */
+    PyObject *code = *(PyObject **)((char *)iframe + L->iframe_code);
+    const void *instr = *(void **)((char *)iframe + L->iframe_instr);
+    if (!code || !PyCode_Check(code)) return 0;
+    asc_code_entry *e = asc_code_lookup(snap, code);
+    int line;
+    if (e && e->instr == instr && instr) {
+        line = e->line; /* thousands of tasks wait at the same instruction */
+    } else {
 #if PY_VERSION_HEX >= 0x030C0000
-    PyObject *code = PyUnstable_InterpreterFrame_GetCode(iframe); /* new reference */
-    int line = PyUnstable_InterpreterFrame_GetLine(iframe);
+        line = PyUnstable_InterpreterFrame_GetLine(iframe);
 #else
-    PyCodeObject *co = *(PyCodeObject **)((char *)iframe + L->iframe_code);
-    char *instr = *(char **)((char *)iframe + L->iframe_instr);
-    /* 3.11's prev_instr: the last instruction run; its byte offset is what Addr2Line takes. */
-    int line = PyCode_Addr2Line(co, (int)(instr - (char *)co->co_code_adaptive));
-    PyObject *code = (PyObject *)co;
-    Py_INCREF(code);
+        PyCodeObject *co = (PyCodeObject *)code;
+        /* 3.11's prev_instr: the last instruction run; its byte offset is what Addr2Line takes. */
+        line = PyCode_Addr2Line(co, (int)((const char *)instr - (char *)co->co_code_adaptive));
 #endif
-    if (!code || !PyCode_Check(code)) {
-        Py_XDECREF(code);
-        PyErr_Clear();
-        return 0;
+        if (e) {
+            e->instr = instr;
+            e->line = line;
+        }
     }
-    out->file = asc_live_str(snap, ((PyCodeObject *)code)->co_filename, "?");
-    out->function = asc_live_str(snap, ((PyCodeObject *)code)->co_qualname, "?");
+    if (e) {
+        out->file = e->file;
+        out->function = e->function;
+        *maybe_holds = e->has_async_with;
+    } else {
+        out->file = asc_live_str(snap, ((PyCodeObject *)code)->co_filename, "?");
+        out->function = asc_live_str(snap, ((PyCodeObject *)code)->co_qualname, "?");
+        *maybe_holds = 1;
+    }
     out->line = line > 0 ? line : 0;
-    Py_DECREF(code);
     return 1;
 }
 #endif
@@ -480,20 +637,22 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro, Py
         int is_coro = PyCoro_CheckExact(obj);
         if (!is_coro && !PyGen_Check(obj))
             break; /* a future's iterator, an async generator's asend, a foreign awaitable */
-        int got = -1;
+        int got = -1, maybe_holds = 1;
 #if PY_VERSION_HEX >= 0x030B0000
-        if (is_coro || PyGen_CheckExact(obj)) got = asc_iframe_info(snap, obj, &tmp[n]);
+        if (is_coro || PyGen_CheckExact(obj)) got = asc_iframe_info(snap, obj, &tmp[n], &maybe_holds);
 #endif
         if (got < 0) {
             /* Before 3.11 the frame is a real object already: reading it allocates nothing. */
             PyObject *frame = asc_getattr(obj, is_coro ? asc_ls.s_cr_frame : asc_ls.s_gi_frame);
             got = frame && frame != Py_None;
-            if (got) asc_live_frame_info(snap, frame, &tmp[n]);
+            if (got) asc_frame_info_cached(snap, frame, &tmp[n], &maybe_holds);
             Py_XDECREF(frame);
         }
         if (!got) break;
         n++;
-        asc_note_holds(holds, task, obj);
+        /* Visiting a frame's objects is the dearest part of reading a task: skipped for code
+         * without an `async with`, which cannot hold a lock the way asc_note_holds looks for. */
+        if (maybe_holds) asc_note_holds(holds, task, obj);
         PyObject *next = asc_getattr(obj, is_coro ? asc_ls.s_cr_await : asc_ls.s_gi_yieldfrom);
         Py_XSETREF(inner, obj); /* takes our reference to obj */
         obj = next == Py_None ? NULL : next;
@@ -508,6 +667,42 @@ static PyObject *asc_read_coro_chain(aioscope_snapshot *snap, PyObject *coro, Py
         }
     }
     return inner;
+}
+
+/* Does this task type use the C Task's get_name? Then the name is read from the task's field. */
+static int asc_plain_get_name(PyTypeObject *tp) {
+    if (tp == asc_ls.name_type) return asc_ls.name_plain;
+    PyObject *mine = PyObject_GetAttr((PyObject *)tp, asc_ls.s_get_name);
+    PyObject *base = PyObject_GetAttr((PyObject *)asc_ls.task_type, asc_ls.s_get_name);
+    asc_ls.name_plain = mine && mine == base;
+    asc_ls.name_type = tp;
+    Py_XDECREF(mine);
+    Py_XDECREF(base);
+    PyErr_Clear();
+    return asc_ls.name_plain;
+}
+
+/* The task's name, copied into the snapshot (not interned: every task has its own). A C task's
+ * name field holds the str get_name() returns once it has been made (3.12+ makes "Task-N" on
+ * first use, and get_name() stores it); otherwise get_name() is called. */
+static const char *asc_task_name(aioscope_snapshot *snap, PyObject *task) {
+    PyObject *name = NULL;
+    if (asc_is_c_task(task) && asc_ls.layout->task_name >= 0 && asc_plain_get_name(Py_TYPE(task))) {
+        PyObject *field = asc_task_field(task, asc_ls.layout->task_name);
+        if (field && PyUnicode_CheckExact(field)) {
+            Py_INCREF(field);
+            name = field;
+        }
+    }
+    if (!name) name = PyObject_CallMethodObjArgs(task, asc_ls.s_get_name, NULL);
+    const char *u = name && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (!u) {
+        PyErr_Clear();
+        u = "?";
+    }
+    const char *copy = aioscope_snapshot_strdup(snap, u);
+    Py_XDECREF(name);
+    return copy ? copy : "?";
 }
 
 /* Read one task into t. now_ns: the snapshot's clock. */
@@ -532,9 +727,7 @@ static void asc_read_task(aioscope_snapshot *snap, asc_links *links, asc_links *
                           : AIOSCOPE_TASK_PENDING;
     t->loop = (uint64_t)(uintptr_t)loop;
 
-    PyObject *name = PyObject_CallMethodObjArgs(task, asc_ls.s_get_name, NULL);
-    t->name = asc_live_str(snap, name, "?");
-    Py_XDECREF(name);
+    t->name = asc_task_name(snap, task);
 
     if (t->state == AIOSCOPE_TASK_PENDING) {
         PyObject *inner = asc_read_coro_chain(snap, coro, task, t, holds);
@@ -757,10 +950,14 @@ int asc_live_collect(aioscope_snapshot **out) {
      * allocations would trigger cost more than the reading itself. Nothing we allocate here is
      * cyclic garbage, so the collector is paused and put back as it was. */
     int gc_was_on = asc_gc_pause();
+    int own_codes = !asc_codes.active; /* not when re-entered from code a getattr ran */
+    if (own_codes) asc_codes_begin();
+    asc_ls.name_type = NULL; /* types seen by an earlier collection may be gone */
     for (Py_ssize_t i = 0; i < n; i++) {
         asc_read_task(snap, &links, &holds, PyList_GET_ITEM(tasks, i), &snap->tasks[i], now);
         snap->ntasks++;
     }
+    if (own_codes) asc_codes_end();
     if (gc_was_on) asc_gc_resume();
     asc_apply_links(snap, &links);
     asc_apply_holds(snap, &holds);
