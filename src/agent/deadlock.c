@@ -511,6 +511,13 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
     for (Py_ssize_t i = 0; i < s->n; i++) {
         asc_dl_task *t = &s->t[i];
         t->task = PyList_GET_ITEM(s->tasks, i);
+        t->waiter = PyObject_GetAttr(t->task, asc_dl.str_fut_waiter);
+        if (!t->waiter) PyErr_Clear();
+        if (t->waiter == Py_None || (t->waiter && asc_dl_done(t->waiter))) Py_CLEAR(t->waiter);
+        /* Runnable, or being woken: free, and so is whoever waits on it. It stays out of the
+         * index, which sends such waits to the free node; in a busy program (100 000 tasks just
+         * spawned) that saves most of the check. */
+        if (!t->waiter) continue;
         PyObject *idx = PyLong_FromSsize_t(i);
         if (!idx || PyDict_SetItem(s->index, t->task, idx) < 0) {
             Py_XDECREF(idx);
@@ -518,10 +525,6 @@ static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
             return -1;
         }
         Py_DECREF(idx);
-        t->waiter = PyObject_GetAttr(t->task, asc_dl.str_fut_waiter);
-        if (!t->waiter) PyErr_Clear();
-        if (t->waiter == Py_None || (t->waiter && asc_dl_done(t->waiter))) Py_CLEAR(t->waiter);
-        if (!t->waiter) continue; /* runnable, or being woken */
         /* Stable: the same waiter object as at the previous check, so the task ran no step in
          * between (each step that suspends again does so on a new future). The waiter is kept
          * as a weak reference: an id could be reused by the next future at the same address. */
