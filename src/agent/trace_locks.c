@@ -16,6 +16,10 @@
 
 #include <string.h>
 
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#endif
+
 /* Locks held at the same time that can have a hold span; a power of two (the index mask). */
 #define ASC_HOLD_SLOTS 1024
 /* Wrappers kept for reuse: a loop rarely has more acquisitions in flight. */
@@ -228,7 +232,7 @@ static int asc_lock_is_free(PyObject *lock) {
 /* Lock.acquire(self) while tracing. */
 static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
     int64_t t0 = asc_live_now_ns();
-    PyObject *coro = PyObject_CallFunctionObjArgs(asc_tl.orig_acquire, lock, NULL);
+    PyObject *coro = PyObject_Vectorcall(asc_tl.orig_acquire, &lock, 1, NULL);
     if (!coro || !asc_trace_active) return coro;
     if (asc_lock_is_free(lock)) {
         /* Uncontended: the coroutine takes the lock at its first step, which `await` (and
@@ -260,7 +264,7 @@ static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
 
 /* Lock.release(self) while tracing: the hold span ends when the original release succeeds. */
 static PyObject *asc_lock_release(PyObject *lock, PyObject *unused) {
-    PyObject *r = PyObject_CallFunctionObjArgs(asc_tl.orig_release, lock, NULL);
+    PyObject *r = PyObject_Vectorcall(asc_tl.orig_release, &lock, 1, NULL);
     if (!r || !asc_trace_active) return r;
     uint32_t track;
     int64_t start;
