@@ -124,3 +124,50 @@ TEST(print_table_row_is_printfs) {
     free(text);
     aioscope_snapshot_free(s);
 }
+
+/* The await tree: children in task order under every task that awaits them (a task awaited by
+ * two is shown under both), and a cycle cut where it closes. */
+TEST(print_tree_children_in_order) {
+    aioscope_snapshot *s = aioscope_snapshot_new();
+    CHECK(s != NULL);
+    s->source = "agent";
+    s->has_agent_fields = 1;
+    s->ntasks = 6;
+    s->tasks = calloc(6, sizeof *s->tasks);
+    static const char *const names[] = {"D", "A", "C", "B", "X", "Y"};
+    for (size_t i = 0; i < 6; i++) {
+        s->tasks[i].id = 100 + i;
+        s->tasks[i].name = names[i];
+        s->tasks[i].thread = -1;
+    }
+    /* A (101) awaits C (102) and B (103), listed in that task order; D (100) is awaited by B and C. */
+    uint64_t *d = calloc(2, sizeof *d), *c = calloc(1, sizeof *c), *b = calloc(1, sizeof *b);
+    d[0] = 103, d[1] = 102, c[0] = 101, b[0] = 101;
+    s->tasks[0].awaited_by = d, s->tasks[0].nawaited_by = 2;
+    s->tasks[2].awaited_by = c, s->tasks[2].nawaited_by = 1;
+    s->tasks[3].awaited_by = b, s->tasks[3].nawaited_by = 1;
+    /* X and Y await each other. */
+    uint64_t *x = calloc(1, sizeof *x), *y = calloc(1, sizeof *y);
+    x[0] = 105, y[0] = 104;
+    s->tasks[4].awaited_by = x, s->tasks[4].nawaited_by = 1;
+    s->tasks[5].awaited_by = y, s->tasks[5].nawaited_by = 1;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    asc_snap_print_tree(s, f);
+    fclose(f);
+    const char *want = "A [pending]\n"
+                       "├── C [pending]\n"
+                       "│   └── D [pending]\n"
+                       "└── B [pending]\n"
+                       "    └── D [pending]\n"
+                       "Tasks awaiting each other in a cycle (deadlock):\n"
+                       "  X [pending]\n"
+                       "  └── Y [pending]\n"
+                       "      └── X [pending] (cycle: waits on itself through the tasks above)\n";
+    const char *body = strstr(text, "A [pending]");
+    CHECK(body != NULL);
+    CHECK_EQ_STR(body, want);
+    free(text);
+    aioscope_snapshot_free(s);
+}
