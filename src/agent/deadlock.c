@@ -493,10 +493,70 @@ static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
 /* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
  * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
  * the loop cannot be checked now. */
-static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
-    PyObject *all = PyObject_CallOneArg(asc_dl.all_tasks, s->loop);
-    s->tasks = all ? PySequence_List(all) : NULL;
+/* Append to list the tasks of one registry (asyncio's WeakSet of tasks, or 3.12's set of eager
+ * tasks) that belong to loop and wait on a future. Runnable and finished tasks (no _fut_waiter)
+ * are left out here: they are free, and a busy program has many. Iterating the registry in C,
+ * through the WeakSet's .data, reads no Python code: asyncio.all_tasks (a set comprehension
+ * calling a Python helper per task) cost ~300 ns a task. */
+static int asc_dl_collect(PyObject *registry, PyObject *loop, PyObject *list) {
+    PyObject *data = PyObject_GetAttrString(registry, "data");
+    if (!data) PyErr_Clear();
+    PyObject *it = PyObject_GetIter(data ? data : registry);
+    Py_XDECREF(data);
+    if (!it) return -1;
+    PyObject *item;
+    int rc = 0;
+    while (rc == 0 && (item = PyIter_Next(it))) {
+        PyObject *task = item; /* new reference */
+        if (PyWeakref_Check(item)) {
+#if PY_VERSION_HEX >= 0x030D0000
+            if (PyWeakref_GetRef(item, &task) <= 0) task = NULL;
+#else
+            task = PyWeakref_GetObject(item); /* borrowed; Py_None once dead */
+            task = task == Py_None ? NULL : task;
+            Py_XINCREF(task);
+#endif
+            Py_DECREF(item);
+        }
+        PyObject *tl = task ? PyObject_GetAttrString(task, "_loop") : NULL;
+        PyObject *w = tl == loop ? PyObject_GetAttr(task, asc_dl.str_fut_waiter) : NULL;
+        if (w && w != Py_None) rc = PyList_Append(list, task);
+        Py_XDECREF(w);
+        Py_XDECREF(tl);
+        Py_XDECREF(task);
+        if (rc == 0) PyErr_Clear();
+    }
+    Py_DECREF(it);
+    if (rc == 0 && PyErr_Occurred()) rc = -1; /* the iteration itself failed */
+    return rc;
+}
+
+/* The tasks of loop that wait on a future, as a new list; NULL (an error set) on failure. */
+static PyObject *asc_dl_waiting_tasks(PyObject *loop) {
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    int found = 0;
+    for (int i = 0; i < 3; i++) {
+        PyObject *reg = asc_dl.registries[i];
+        if (!reg) continue;
+        found = 1;
+        if (asc_dl_collect(reg, loop, list) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    if (found) return list;
+    /* No registry where we expect one: asyncio's own answer, then the same filter. */
+    Py_DECREF(list);
+    PyObject *all = PyObject_CallOneArg(asc_dl.all_tasks, loop);
+    list = all ? PyList_New(0) : NULL;
+    if (list && asc_dl_collect(all, loop, list) < 0) Py_CLEAR(list);
     Py_XDECREF(all);
+    return list;
+}
+
+static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
+    s->tasks = asc_dl_waiting_tasks(s->loop);
     if (!s->tasks) return -1;
     s->n = PyList_GET_SIZE(s->tasks);
     if (s->n > ASC_DL_MAX_TASKS) return -1;
@@ -777,6 +837,14 @@ static int asc_dl_prepare(void) {
     asc_dl.str_fut_waiter = PyUnicode_InternFromString("_fut_waiter");
     asc_dl.str_done = PyUnicode_InternFromString("done");
     asc_dl.all_tasks = asc_dl_lookup("asyncio", "all_tasks", 0);
+    /* The registries asyncio.all_tasks reads: _all_tasks (a WeakSet, 3.8-3.11; a function from
+     * 3.12), _scheduled_tasks (WeakSet) and _eager_tasks (set), 3.12+. */
+    static const char *const regs[] = {"_all_tasks", "_scheduled_tasks", "_eager_tasks"};
+    for (int i = 0; i < 3; i++) {
+        PyObject *r = asc_dl_lookup("asyncio.tasks", regs[i], 0);
+        if (r && PyCallable_Check(r)) Py_CLEAR(r);
+        asc_dl.registries[i] = r;
+    }
     asc_dl.task_type = asc_dl_lookup("asyncio", "Task", 0);
     asc_dl.gathering_type = asc_dl_lookup("asyncio.tasks", "_GatheringFuture", 0);
     asc_dl.lock_type = asc_dl_lookup("asyncio", "Lock", 0);

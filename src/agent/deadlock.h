@@ -62,6 +62,7 @@ typedef struct {
     double after_s;
     int exit_on_deadlock;
     PyObject *all_tasks, *task_type, *gathering_type, *lock_type, *cond_type, *sem_type;
+    PyObject *registries[3]; /* asyncio.tasks._all_tasks (3.8-3.11), _scheduled_tasks, _eager_tasks */
     PyObject *code_lock_acquire, *code_sem_acquire, *code_cond_wait, *code_event_wait;
     PyObject *code_qget, *code_qput, *code_qjoin, *code_sleep, *code_serve, *code_wait;
     PyObject *code_wait_for, *code_tg_aexit, *code_tg_aexit2;
