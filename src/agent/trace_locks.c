@@ -1,19 +1,34 @@
 /* trace_locks.c: asyncio.Lock wait and hold spans for the --trace timeline.
  *
  * While tracing (and only then), asyncio.Lock.acquire and .release are replaced on the class by
- * C method descriptors. acquire() calls the original and hands back its coroutine wrapped in a
- * small awaitable that notices when the coroutine ends: the wait span runs from the call to
- * that moment, and when the lock was acquired a hold starts. release() calls the original and
- * closes the hold. `async with lock`, Condition (which calls the lock's bound methods) and
- * subclasses all go through them. A wait that ends by cancellation is recorded with
- * "acquired": false.
+ * C method descriptors, and every traced lock's `_waiters` deque by an instance of a C subclass
+ * of deque (LockWaiters) whose append() and remove() note when a waiter starts and stops
+ * waiting. Lock.acquire (3.8-3.13) waits in one way only:
+ *
+ *     fut = loop.create_future(); self._waiters.append(fut)
+ *     try: await fut  finally: self._waiters.remove(fut)      (then `self._locked = True`)
+ *
+ * so the wait span runs from append(fut) to remove(fut), in the waiting task, and the lock is
+ * acquired at remove() unless fut was cancelled ("acquired": false). An acquire that finds the
+ * lock free takes it at its first step without touching _waiters: the acquire() hook sees that
+ * (lock not locked, nobody waiting) and starts the hold at once. release() calls the original
+ * and closes the hold. `async with lock`, Condition (which calls the lock's bound methods) and
+ * subclasses all go through them.
+ *
+ * Why not wrap the coroutine acquire() returns (the first version did): the wrapper sat between
+ * the task's coroutine and acquire's, so every resumption of a waiter entered the interpreter
+ * afresh from C instead of the interpreter's inlined SEND, and cost an object per wait; on a
+ * contended lock that was about half of what --trace cost (3.12, bench/workloads).
  *
  * Open holds are kept in a fixed table keyed by the lock's address (a program holds a handful
- * of locks at once); when it is full the extra holds are not drawn, nothing else changes. The
- * wrapper is needed only when the lock is taken or awaited by others (an uncontended acquire
- * takes it at once, and gets a hold but no wait); wrappers come from a free list. */
+ * of locks at once); when it is full the extra holds are not drawn, nothing else changes. Open
+ * waits are kept in a table keyed by the waiter future's address that grows with the number of
+ * tasks waiting at once. Known imprecision: a waiter whose future got the lock but whose task was
+ * cancelled before it ran (acquire() then raises instead of taking the lock) is drawn as
+ * acquired; the hold it seems to open is replaced by the next holder's. */
 #include "agent/trace.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #if PY_VERSION_HEX < 0x03090000
@@ -22,8 +37,8 @@
 
 /* Locks held at the same time that can have a hold span; a power of two (the index mask). */
 #define ASC_HOLD_SLOTS 1024
-/* Wrappers kept for reuse: a loop rarely has more acquisitions in flight. */
-#define ASC_LOCKWAIT_FREELIST 64
+/* Initial size of the table of open waits (a power of two); it doubles when half full. */
+#define ASC_WAIT_SLOTS0 256
 
 typedef struct {
     const void *lock; /* NULL: free */
@@ -31,22 +46,36 @@ typedef struct {
     int64_t start;
 } asc_hold;
 
+typedef struct {
+    const void *fut;  /* NULL: free; the waiter future (identity only) */
+    const void *lock; /* identity only */
+    uint32_t track;
+    int64_t start;
+} asc_wait;
+
 static struct {
-    PyObject *orig_acquire, *orig_release; /* owned: asyncio.Lock's own methods */
+    PyObject *orig_acquire, *orig_release;  /* owned: asyncio.Lock's own methods */
     PyObject *str_locked, *str_waiters;     /* owned, interned */
+    PyObject *str_cancelled;                /* owned, interned */
+    PyTypeObject *deque_type;               /* owned: collections.deque */
+    PyTypeObject *waiters_type;             /* owned: LockWaiters, our subclass of deque */
+    PyObject *deque_append, *deque_remove;  /* owned: deque's own methods (method descriptors) */
+    Py_ssize_t lock_offset;                 /* where LockWaiters keeps its lock's address */
     uint32_t name_wait, name_hold;
     asc_hold holds[ASC_HOLD_SLOTS]; /* open addressing, linear probing, backward-shift delete */
-    PyObject *freelist[ASC_LOCKWAIT_FREELIST];
-    int nfree;
+    asc_wait *waits;                /* owned; the same scheme, nwaits_cap slots */
+    size_t nwaits, nwaits_cap;
 } asc_tl;
 
-static size_t asc_hold_home(const void *lock) {
-    /* Objects are 16-byte aligned: the low bits carry nothing. */
-    return ((uintptr_t)lock >> 4) * 0x9E3779B97F4A7C15ull >> 54 & (ASC_HOLD_SLOTS - 1);
+/* Objects are 16-byte aligned: the low bits carry nothing. */
+static size_t asc_ptr_hash(const void *p, size_t mask) {
+    return ((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull >> 40 & mask;
 }
 
+/* ---- open holds, by lock -------------------------------------------------------------------- */
+
 static void asc_hold_put(const void *lock, uint32_t track, int64_t start) {
-    size_t i = asc_hold_home(lock);
+    size_t i = asc_ptr_hash(lock, ASC_HOLD_SLOTS - 1);
     for (size_t n = 0; n < ASC_HOLD_SLOTS; n++, i = (i + 1) & (ASC_HOLD_SLOTS - 1)) {
         if (asc_tl.holds[i].lock == NULL || asc_tl.holds[i].lock == lock) {
             asc_tl.holds[i].lock = lock;
@@ -59,11 +88,12 @@ static void asc_hold_put(const void *lock, uint32_t track, int64_t start) {
 
 /* Removes lock's hold; 1 and its track and start when there was one. */
 static int asc_hold_take(const void *lock, uint32_t *track, int64_t *start) {
-    size_t i = asc_hold_home(lock);
+    const size_t mask = ASC_HOLD_SLOTS - 1;
+    size_t i = asc_ptr_hash(lock, mask);
     size_t n = 0;
     while (asc_tl.holds[i].lock != lock) {
         if (asc_tl.holds[i].lock == NULL || ++n == ASC_HOLD_SLOTS) return 0;
-        i = (i + 1) & (ASC_HOLD_SLOTS - 1);
+        i = (i + 1) & mask;
     }
     *track = asc_tl.holds[i].track;
     *start = asc_tl.holds[i].start;
@@ -73,9 +103,9 @@ static int asc_hold_take(const void *lock, uint32_t *track, int64_t *start) {
     for (;;) {
         asc_tl.holds[i].lock = NULL;
         for (;;) {
-            j = (j + 1) & (ASC_HOLD_SLOTS - 1);
+            j = (j + 1) & mask;
             if (asc_tl.holds[j].lock == NULL) return 1;
-            size_t k = asc_hold_home(asc_tl.holds[j].lock);
+            size_t k = asc_ptr_hash(asc_tl.holds[j].lock, mask);
             /* Entry j may fill the hole at i unless its home lies cyclically in (i, j]. */
             if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
             break;
@@ -85,181 +115,158 @@ static int asc_hold_take(const void *lock, uint32_t *track, int64_t *start) {
     }
 }
 
-/* What Lock.acquire() returns while tracing: the original coroutine, wrapped so that its end
- * (the lock acquired, or the wait given up) is seen. It forwards the coroutine protocol that
- * `await` uses on a non-coroutine awaitable: __await__ gives itself, the interpreter drives it
- * with tp_iternext, send(), throw() and close(). */
-typedef struct {
-    PyObject_HEAD
-    PyObject *coro;  /* owned: Lock.acquire's own coroutine */
-    PyObject *it;    /* owned: coro.__await__(), made on first use */
-    PyObject *lock;  /* owned */
-    uint32_t track;
-    int64_t t0;
-    int finished;
-} asc_lockwait;
+/* ---- open waits, by waiter future ----------------------------------------------------------- */
 
-static PyTypeObject asc_lockwait_type;
-
-/* The wait ended: r is the coroutine's result (NULL with StopIteration or another exception
- * set). Records the wait span, and the start of the hold when the lock was acquired. */
-static void asc_lockwait_end(asc_lockwait *w, int acquired) {
-    if (w->finished || !asc_trace_active) return;
-    w->finished = 1;
-    int64_t now = asc_live_now_ns();
-    uint64_t id = (uint64_t)(uintptr_t)w->lock;
-    asc_trace_put(ASC_EV_LOCK_WAIT, w->t0, now - w->t0, w->track, asc_tl.name_wait, 0, id,
-                  acquired ? 0 : 1);
-    if (!acquired) return;
-    asc_hold_put(w->lock, w->track, now);
+static void asc_wait_insert(asc_wait *table, size_t cap, const asc_wait *w) {
+    size_t i = asc_ptr_hash(w->fut, cap - 1);
+    while (table[i].fut != NULL && table[i].fut != w->fut) i = (i + 1) & (cap - 1);
+    table[i] = *w;
 }
 
-/* After the wrapped iterator returned r: a value means still waiting; NULL means it finished
- * (StopIteration: acquired) or raised (not acquired). The error is left as it was. */
-static PyObject *asc_lockwait_after(asc_lockwait *w, PyObject *r) {
-    if (r) return r;
-    int acquired = !PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_StopIteration);
+/* Adds a wait; when the table cannot grow, the wait is not drawn. */
+static void asc_wait_put(const asc_wait *w) {
+    if ((asc_tl.nwaits + 1) * 2 > asc_tl.nwaits_cap) {
+        size_t cap = asc_tl.nwaits_cap ? asc_tl.nwaits_cap * 2 : ASC_WAIT_SLOTS0;
+        asc_wait *t = calloc(cap, sizeof *t);
+        if (!t) return;
+        for (size_t i = 0; i < asc_tl.nwaits_cap; i++)
+            if (asc_tl.waits[i].fut) asc_wait_insert(t, cap, &asc_tl.waits[i]);
+        free(asc_tl.waits);
+        asc_tl.waits = t;
+        asc_tl.nwaits_cap = cap;
+    }
+    asc_wait_insert(asc_tl.waits, asc_tl.nwaits_cap, w);
+    asc_tl.nwaits++;
+}
+
+/* Removes fut's wait into *out; 0 when fut has none. */
+static int asc_wait_take(const void *fut, asc_wait *out) {
+    if (!asc_tl.nwaits) return 0;
+    const size_t mask = asc_tl.nwaits_cap - 1;
+    asc_wait *t = asc_tl.waits;
+    size_t i = asc_ptr_hash(fut, mask);
+    while (t[i].fut != fut) {
+        if (t[i].fut == NULL) return 0;
+        i = (i + 1) & mask;
+    }
+    *out = t[i];
+    asc_tl.nwaits--;
+    size_t j = i; /* backward-shift deletion, as asc_hold_take */
+    for (;;) {
+        t[i].fut = NULL;
+        for (;;) {
+            j = (j + 1) & mask;
+            if (t[j].fut == NULL) return 1;
+            size_t k = asc_ptr_hash(t[j].fut, mask);
+            if (i <= j ? (i < k && k <= j) : (i < k || k <= j)) continue;
+            break;
+        }
+        t[i] = t[j];
+        i = j;
+    }
+}
+
+/* ---- LockWaiters: the lock's _waiters deque, watched ---------------------------------------- */
+
+static const void **asc_waiters_lock(PyObject *self) {
+    return (const void **)((char *)self + asc_tl.lock_offset);
+}
+
+/* _waiters.append(fut): the current task starts waiting for the lock. */
+static PyObject *asc_waiters_append(PyObject *self, PyObject *fut) {
+    PyObject *args[2] = {self, fut};
+    PyObject *r = PyObject_Vectorcall(asc_tl.deque_append, args, 2, NULL);
+    if (!r || !asc_trace_active) return r;
+    asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_live_now_ns()};
+    w.track = asc_trace_current_track();
+    asc_wait_put(&w);
+    return r;
+}
+
+/* _waiters.remove(fut): the wait is over; the lock is the waiter's unless fut was cancelled. */
+static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
+    PyObject *args[2] = {self, fut};
+    PyObject *r = PyObject_Vectorcall(asc_tl.deque_remove, args, 2, NULL);
+    asc_wait w;
+    if (!asc_trace_active || !asc_wait_take(fut, &w)) return r;
+    int64_t now = asc_live_now_ns();
 #if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = PyErr_GetRaisedException();
-    asc_lockwait_end(w, acquired);
+    PyObject *exc = PyErr_GetRaisedException(); /* remove() failed: keep its error as it was */
+#else
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+#endif
+    PyObject *c = PyObject_CallMethodObjArgs(fut, asc_tl.str_cancelled, NULL);
+    int acquired = c == Py_False;
+    Py_XDECREF(c);
+    PyErr_Clear();
+    asc_trace_put(ASC_EV_LOCK_WAIT, w.start, now - w.start, w.track, asc_tl.name_wait, 0,
+                  (uint64_t)(uintptr_t)w.lock, acquired ? 0 : 1);
+    if (acquired) asc_hold_put(w.lock, w.track, now);
+#if PY_VERSION_HEX >= 0x030C0000
     PyErr_SetRaisedException(exc);
 #else
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
-    asc_lockwait_end(w, acquired);
-    PyErr_Restore(t, v, tb);
+    PyErr_Restore(et, ev, etb);
 #endif
-    return NULL;
+    return r;
 }
 
-static int asc_lockwait_ready(asc_lockwait *w) {
-    if (w->it) return 0;
-    PyAsyncMethods *am = Py_TYPE(w->coro)->tp_as_async;
-    w->it = am && am->am_await ? am->am_await(w->coro) : PyObject_GetIter(w->coro);
-    return w->it ? 0 : -1;
+/* A static base's dealloc (deque up to 3.12) does not drop the reference an instance of a heap
+ * subtype holds on its type (subtype_dealloc would): done here. From 3.13 deque is a heap type
+ * whose own dealloc drops it. */
+static void asc_waiters_dealloc(PyObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    int decref_type = !(asc_tl.deque_type->tp_flags & Py_TPFLAGS_HEAPTYPE);
+    asc_tl.deque_type->tp_dealloc(self);
+    if (decref_type) Py_DECREF(tp);
 }
 
-static PyObject *asc_lockwait_iternext(PyObject *self) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    return asc_lockwait_after(w, Py_TYPE(w->it)->tp_iternext(w->it));
+/* The base's traverse, plus (as for the dealloc) the type when the base does not visit it. */
+static int asc_waiters_traverse(PyObject *self, visitproc visit, void *arg) {
+    if (!(asc_tl.deque_type->tp_flags & Py_TPFLAGS_HEAPTYPE)) Py_VISIT(Py_TYPE(self));
+    return asc_tl.deque_type->tp_traverse(self, visit, arg);
 }
 
-static PyObject *asc_lockwait_send(PyObject *self, PyObject *value) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    PyObject *r = value == Py_None ? Py_TYPE(w->it)->tp_iternext(w->it)
-                                   : PyObject_CallMethod(w->it, "send", "O", value);
-    return asc_lockwait_after(w, r);
-}
-
-static PyObject *asc_lockwait_throw(PyObject *self, PyObject *args) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (asc_lockwait_ready(w) < 0) return NULL;
-    PyObject *meth = PyObject_GetAttrString(w->it, "throw");
-    PyObject *r = meth ? PyObject_Call(meth, args, NULL) : NULL;
-    Py_XDECREF(meth);
-    return asc_lockwait_after(w, r);
-}
-
-static PyObject *asc_lockwait_close(PyObject *self, PyObject *unused) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    if (!w->it) return PyObject_CallMethod(w->coro, "close", NULL);
-    return PyObject_CallMethod(w->it, "close", NULL);
-}
-
-static PyObject *asc_lockwait_await(PyObject *self) {
-    Py_INCREF(self);
-    return self;
-}
-
-static void asc_lockwait_dealloc(PyObject *self) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    PyObject_GC_UnTrack(self);
-    Py_CLEAR(w->coro);
-    Py_CLEAR(w->it);
-    Py_CLEAR(w->lock);
-    if (asc_tl.nfree < ASC_LOCKWAIT_FREELIST) {
-        asc_tl.freelist[asc_tl.nfree++] = self;
-        return;
-    }
-    PyObject_GC_Del(self);
-}
-
-static int asc_lockwait_traverse(PyObject *self, visitproc visit, void *arg) {
-    asc_lockwait *w = (asc_lockwait *)self;
-    Py_VISIT(w->coro);
-    Py_VISIT(w->it);
-    Py_VISIT(w->lock);
-    return 0;
-}
-
-static PyMethodDef asc_lockwait_methods[] = {
-    {"send", asc_lockwait_send, METH_O, NULL},
-    {"throw", asc_lockwait_throw, METH_VARARGS, NULL},
-    {"close", asc_lockwait_close, METH_NOARGS, NULL},
+static PyMethodDef asc_waiters_methods[] = {
+    {"append", asc_waiters_append, METH_O, "deque.append, noting when a task starts waiting."},
+    {"remove", asc_waiters_remove, METH_O, "deque.remove, noting when a task stops waiting."},
     {NULL, NULL, 0, NULL},
 };
 
-static PyAsyncMethods asc_lockwait_async = {.am_await = asc_lockwait_await};
-
-static PyTypeObject asc_lockwait_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.LockAcquire",
-    .tp_basicsize = sizeof(asc_lockwait),
-    .tp_dealloc = asc_lockwait_dealloc,
-    .tp_as_async = &asc_lockwait_async,
-    .tp_traverse = asc_lockwait_traverse,
-    .tp_iter = PyObject_SelfIter,
-    .tp_iternext = asc_lockwait_iternext,
-    .tp_methods = asc_lockwait_methods,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-};
-
-/* 1 when Lock.acquire() will take the lock without waiting: not locked and nobody waiting
- * (asyncio.locks.Lock.acquire's fast path, 3.8-3.13). Anything unexpected answers 0 (the
- * wrapper then sees the outcome for itself). */
-static int asc_lock_is_free(PyObject *lock) {
-    PyObject *locked = PyObject_GetAttr(lock, asc_tl.str_locked);
-    PyObject *waiters = locked == Py_False ? PyObject_GetAttr(lock, asc_tl.str_waiters) : NULL;
-    int free_ = locked == Py_False && waiters &&
-                (waiters == Py_None || (PyObject_Size(waiters) == 0));
-    Py_XDECREF(locked);
-    Py_XDECREF(waiters);
+/* Gives a lock a LockWaiters as its _waiters (keeping any waiters already there), once. waiters
+ * is the current value, borrowed. */
+static void asc_lock_watch(PyObject *lock, PyObject *waiters) {
+    if (waiters != Py_None && Py_TYPE(waiters) != asc_tl.deque_type) return; /* ours, or unknown */
+    PyObject *w = PyObject_CallFunctionObjArgs((PyObject *)asc_tl.waiters_type,
+                                               waiters == Py_None ? NULL : waiters, NULL);
+    if (w) {
+        *asc_waiters_lock(w) = lock;
+        if (PyObject_SetAttr(lock, asc_tl.str_waiters, w) < 0) PyErr_Clear();
+        Py_DECREF(w);
+    }
     PyErr_Clear();
-    return free_;
 }
 
-/* Lock.acquire(self) while tracing. */
+/* ---- Lock.acquire / Lock.release ------------------------------------------------------------ */
+
+/* Lock.acquire(self) while tracing. When the lock is free (not locked, nobody waiting:
+ * acquire()'s fast path, 3.8-3.13), the coroutine takes it at its first step, which `await`
+ * (and `async with`) runs right away: the hold starts now. Otherwise the wait is seen by the
+ * lock's LockWaiters. */
 static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
-    int64_t t0 = asc_live_now_ns();
     PyObject *coro = PyObject_Vectorcall(asc_tl.orig_acquire, &lock, 1, NULL);
     if (!coro || !asc_trace_active) return coro;
-    if (asc_lock_is_free(lock)) {
-        /* Uncontended: the coroutine takes the lock at its first step, which `await` (and
-         * `async with`) runs right away. No wait to draw, so no wrapper: the hold starts now. */
-        asc_hold_put(lock, asc_trace_current_track(), t0);
-        return coro;
+    PyObject *waiters = PyObject_GetAttr(lock, asc_tl.str_waiters);
+    if (waiters) {
+        asc_lock_watch(lock, waiters);
+        PyObject *locked = PyObject_GetAttr(lock, asc_tl.str_locked);
+        if (locked == Py_False && (waiters == Py_None || PyObject_Size(waiters) == 0))
+            asc_hold_put(lock, asc_trace_current_track(), asc_live_now_ns());
+        Py_XDECREF(locked);
+        Py_DECREF(waiters);
     }
-    asc_lockwait *w;
-    if (asc_tl.nfree > 0) {
-        w = (asc_lockwait *)asc_tl.freelist[--asc_tl.nfree];
-        (void)PyObject_INIT(w, &asc_lockwait_type);
-    } else {
-        w = PyObject_GC_New(asc_lockwait, &asc_lockwait_type);
-    }
-    if (!w) {
-        PyErr_Clear();
-        return coro; /* untraced, but the program runs on */
-    }
-    w->coro = coro;
-    w->it = NULL;
-    Py_INCREF(lock);
-    w->lock = lock;
-    w->track = asc_trace_current_track();
-    w->t0 = t0;
-    w->finished = 0;
-    PyObject_GC_Track((PyObject *)w);
-    return (PyObject *)w;
+    PyErr_Clear();
+    return coro;
 }
 
 /* Lock.release(self) while tracing: the hold span ends when the original release succeeds. */
@@ -271,7 +278,6 @@ static PyObject *asc_lock_release(PyObject *lock, PyObject *unused) {
     if (asc_hold_take(lock, &track, &start))
         asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track, asc_tl.name_hold, 0,
                       (uint64_t)(uintptr_t)lock, 0);
-    PyErr_Clear();
     return r;
 }
 
@@ -280,14 +286,48 @@ static PyMethodDef asc_lock_acquire_def = {"acquire", asc_lock_acquire, METH_NOA
 static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOARGS,
                                            "Lock.release(), with its hold on aioscope's timeline."};
 
+/* LockWaiters: collections.deque plus, after the base's fields, the address of its lock. */
+static int asc_waiters_type_init(void) {
+    PyObject *collections = PyImport_ImportModule("collections");
+    PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
+    Py_XDECREF(collections);
+    if (!deque || !PyType_Check(deque)) {
+        Py_XDECREF(deque);
+        return -1;
+    }
+    asc_tl.deque_type = (PyTypeObject *)deque;
+    asc_tl.deque_append = PyObject_GetAttrString(deque, "append");
+    asc_tl.deque_remove = PyObject_GetAttrString(deque, "remove");
+    if (!asc_tl.deque_append || !asc_tl.deque_remove) return -1;
+    if (asc_tl.deque_type->tp_itemsize != 0) return -1; /* no room after the fields then */
+    asc_tl.lock_offset = asc_tl.deque_type->tp_basicsize;
+    PyType_Slot slots[] = {
+        {Py_tp_methods, asc_waiters_methods},
+        {Py_tp_dealloc, (void *)asc_waiters_dealloc},
+        {Py_tp_traverse, (void *)asc_waiters_traverse},
+        {0, NULL},
+    };
+    PyType_Spec spec = {
+        .name = "aioscope._agent.LockWaiters",
+        .basicsize = (int)(asc_tl.lock_offset + sizeof(void *)),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, deque);
+    asc_tl.waiters_type = bases ? (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases) : NULL;
+    Py_XDECREF(bases);
+    return asc_tl.waiters_type ? 0 : -1;
+}
+
 /* Replace asyncio.Lock's acquire/release on the class with our method descriptors. */
 int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     asc_tl.name_wait = name_wait;
+    asc_tl.name_hold = name_hold;
     asc_tl.str_locked = PyUnicode_InternFromString("_locked");
     asc_tl.str_waiters = PyUnicode_InternFromString("_waiters");
-    if (!asc_tl.str_locked || !asc_tl.str_waiters) return -1;
-    asc_tl.name_hold = name_hold;
-    if (PyType_Ready(&asc_lockwait_type) < 0) return -1;
+    asc_tl.str_cancelled = PyUnicode_InternFromString("cancelled");
+    if (!asc_tl.str_locked || !asc_tl.str_waiters || !asc_tl.str_cancelled) return -1;
+    if (asc_waiters_type_init() < 0) return -1;
     PyObject *locks = PyImport_ImportModule("asyncio.locks");
     PyObject *lock_type = locks ? PyObject_GetAttrString(locks, "Lock") : NULL;
     Py_XDECREF(locks);
@@ -308,4 +348,3 @@ int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     Py_DECREF(lock_type);
     return rc;
 }
-
