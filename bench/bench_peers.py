@@ -5,9 +5,11 @@
     python3 bench/bench_peers.py --python 3.12 --rounds 3 --workloads spawn_gather,tcp_echo
     python3 bench/bench_peers.py --markdown bench/peers.md --json out.json
 
-Workloads (bench/peers/*.py, each timing only its own work, see bench/peers/_harness.py):
-task spawn + gather, queue ping-pong, lock contention, a TCP echo over loopback, and an aiohttp
-server under load from a bounded client on 127.0.0.1.
+Workloads: task spawn + gather, queue ping-pong, lock contention, a TCP echo over loopback
+(bench/workloads/*.py, the same files bench_run.py runs, at the sizes of WORKLOAD_SIZES), and an
+aiohttp server under load from a bounded client on 127.0.0.1 (bench/peers/aiohttp_server.py).
+Each runs through bench/peers/_harness.py, which switches the peer tool on inside the program
+and times only the workload's own work.
 
 Modes, each on the same workload, interpreter and loop:
   plain           python3 workload.py
@@ -51,10 +53,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PEERS = HERE / "peers"
+WORKLOAD_DIR = HERE / "workloads"
+HARNESS = PEERS / "_harness.py"
 AIOSCOPE = Path(os.environ.get("AIOSCOPE_BIN", REPO / "build" / "aioscope"))
 PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
 
 WORKLOADS = ["spawn_gather", "queue_pingpong", "lock_contention", "tcp_echo", "aiohttp_server"]
+# Default size of each workload (--size overrides), and where its file is.
+WORKLOAD_SIZES = {"spawn_gather": 20000, "queue_pingpong": 20000, "lock_contention": 20000,
+                  "tcp_echo": 10000, "aiohttp_server": 2000}
+WORKLOAD_FILES = {w: WORKLOAD_DIR / (w + ".py") for w in WORKLOADS if w != "aiohttp_server"}
+WORKLOAD_FILES["aiohttp_server"] = PEERS / "aiohttp_server.py"
 MODES = ["plain", "aioscope", "aioscope-trace", "asyncio-debug", "aiomonitor", "aiodebug",
          "blockbuster"]
 # What a mode needs importable in the interpreter (besides the workload's own needs).
@@ -120,8 +129,8 @@ def mode_available(mode, py):
 
 
 def command(mode, py, workload, loop, size, tmp):
-    script = str(PEERS / (workload + ".py"))
-    args = [script, "--loop", loop] + (["--size", str(size)] if size else [])
+    args = [str(HARNESS), str(WORKLOAD_FILES[workload]), "--loop", loop,
+            "--size", str(size or WORKLOAD_SIZES[workload])]
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)
     env["BENCH_PEER"] = "none"

@@ -1,11 +1,16 @@
-"""Shared by the peer-benchmark workloads: loop choice, the peer tool in effect, and timing.
+"""Runs one benchmark workload for bench/bench_peers.py: loop choice, the peer tool in effect,
+and timing.
 
-A workload is a script with `async def main(size)`; it calls `_harness.main(workload_main)`,
-which parses `--loop asyncio|uvloop` and `--size N`, turns on the peer named by BENCH_PEER
-(set by bench/bench_peers.py) *inside* the program, the way a user of that tool would, runs the
-workload once and prints one line `BENCH {"elapsed": seconds, "cpu": seconds}` with the wall
-and CPU time (all threads of the process) of the workload alone (interpreter start-up, imports and the tools' own start-up are outside it: they are paid
-once per process, not per unit of work).
+    python3 bench/peers/_harness.py bench/workloads/tcp_echo.py [--loop asyncio|uvloop] [--size N]
+
+The workload file is the same one bench/bench_run.py runs (bench/workloads/*.py; the aiohttp
+server, which has no twin there, is bench/peers/aiohttp_server.py): a module with
+`async def <its file name>(size)`, imported here (its own `__main__` block does not run). The
+harness turns on the peer named by BENCH_PEER (set by bench/bench_peers.py) *inside* the
+program, the way a user of that tool would, runs the workload once and prints one line
+`BENCH {"elapsed": seconds, "cpu": seconds}` with the wall and CPU time (all threads of the
+process) of the workload alone (interpreter start-up, imports and the tools' own start-up are
+outside it: they are paid once per process, not per unit of work).
 
 Peers (BENCH_PEER):
   none         nothing (also used for plain, `aioscope run` and asyncio debug mode, which are
@@ -18,6 +23,7 @@ Peers (BENCH_PEER):
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -62,11 +68,33 @@ async def _run(workload, size, peer):
             monitor.close()
 
 
-def main(workload, default_size):
+def load_workload(path):
+    """The coroutine function `<file name>` of a workload file, imported as a module of that name
+    with its folder first on sys.path (for its own helpers, such as workloads/_common.py)."""
+    path = os.path.abspath(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    sys.path.insert(0, os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    workload = getattr(module, name, None)
+    if not asyncio.iscoroutinefunction(workload):
+        sys.exit("_harness: %s has no `async def %s(size)`" % (path, name))
+    return workload
+
+
+def main(workload=None, default_size=None):
     ap = argparse.ArgumentParser()
+    if workload is None:
+        ap.add_argument("workload", help="a workload file, e.g. bench/workloads/tcp_echo.py")
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     ap.add_argument("--size", type=int, default=default_size)
     args = ap.parse_args()
+    if workload is None:
+        workload = load_workload(args.workload)
+    if args.size is None:
+        ap.error("--size is required")
     peer = os.environ.get("BENCH_PEER", "none")
     with _peer_outside_loop(peer):
         if args.loop == "uvloop":
@@ -80,3 +108,7 @@ def main(workload, default_size):
             loop.close()
     print("BENCH " + json.dumps({"elapsed": elapsed, "cpu": cpu}))
     sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ async def hello(request):
     return web.json_response({"path": request.path, "ok": True})
 
 
-async def workload(size):
+async def aiohttp_server(size):
     app = web.Application()
     app.router.add_get("/item/{n}", hello)
     runner = web.AppRunner(app, access_log=None)
@@ -36,4 +36,5 @@ async def workload(size):
         await runner.cleanup()
 
 
-_harness.main(workload, 2000)
+if __name__ == "__main__":
+    _harness.main(aiohttp_server, 2000)
