@@ -107,6 +107,7 @@ static struct {
      * subclass of it (borrowed, compared only). */
     const asc_layout *layout;
     PyTypeObject *c_task_type;
+    PyTypeObject *c_future_type; /* owned: _asyncio.Future, or NULL */
     PyTypeObject *fast_type;
     int layout_checked;
     /* The last coroutine __qualname__ interned (owned, so that its address is not reused) and
@@ -186,6 +187,16 @@ static inline int asc_trace_c_task(PyObject *task) {
 
 static inline PyObject *asc_trace_field(PyObject *task, int32_t off) /* borrowed */ {
     return *(PyObject **)((char *)task + off);
+}
+
+int asc_trace_future_cancelled(PyObject *fut) {
+    if (asc_tr.layout && asc_tr.c_future_type && PyObject_TypeCheck(fut, asc_tr.c_future_type))
+        return *(int *)((char *)fut + asc_tr.layout->future_state) == 1;
+    PyObject *c = PyObject_CallMethodObjArgs(fut, asc_tr.str_cancelled, NULL);
+    int r = c == Py_True ? 1 : c == Py_False ? 0 : -1;
+    Py_XDECREF(c);
+    PyErr_Clear();
+    return r;
 }
 
 /* The task's state: 0 pending, 1 cancelled, 2 finished (_asyncio's fut_state values, which
@@ -807,6 +818,12 @@ int asc_trace_init(PyObject *module) {
     } else {
         Py_XDECREF(task_type);
     }
+    PyObject *future_type = asyncio ? PyObject_GetAttrString(asyncio, "Future") : NULL;
+    if (future_type && PyType_Check(future_type) &&
+        strcmp(((PyTypeObject *)future_type)->tp_name, "_asyncio.Future") == 0)
+        asc_tr.c_future_type = (PyTypeObject *)future_type;
+    else
+        Py_XDECREF(future_type);
     PyErr_Clear();
     Py_XDECREF(asyncio);
     if (!asc_tr.current_task) return -1;

@@ -42,6 +42,9 @@ void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32
                    uint32_t label, uint64_t aux, uint8_t flags);
 /* The track of the task running now on the calling thread's loop (0: none traced). */
 uint32_t asc_trace_current_track(void);
+/* 1 when a future was cancelled, 0 when not, -1 when unknown (read from a C future's state
+ * when the layout table describes this interpreter, else by calling cancelled()). */
+int asc_trace_future_cancelled(PyObject *fut);
 /* Index of a name in the trace's name table (0, "?", when the table is full). */
 uint32_t asc_trace_intern_c(const char *s);
 

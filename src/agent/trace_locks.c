@@ -56,7 +56,6 @@ typedef struct {
 static struct {
     PyObject *orig_acquire, *orig_release;  /* owned: asyncio.Lock's own methods */
     PyObject *str_locked, *str_waiters;     /* owned, interned */
-    PyObject *str_cancelled;                /* owned, interned */
     PyTypeObject *deque_type;               /* owned: collections.deque */
     PyTypeObject *waiters_type;             /* owned: LockWaiters, our subclass of deque */
     PyObject *deque_append, *deque_remove;  /* owned: deque's own methods (method descriptors) */
@@ -196,10 +195,7 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
 #endif
-    PyObject *c = PyObject_CallMethodObjArgs(fut, asc_tl.str_cancelled, NULL);
-    int acquired = c == Py_False;
-    Py_XDECREF(c);
-    PyErr_Clear();
+    int acquired = asc_trace_future_cancelled(fut) == 0;
     asc_trace_put(ASC_EV_LOCK_WAIT, w.start, now - w.start, w.track, asc_tl.name_wait, 0,
                   (uint64_t)(uintptr_t)w.lock, acquired ? 0 : 1);
     if (acquired) asc_hold_put(w.lock, w.track, now);
@@ -325,8 +321,7 @@ int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     asc_tl.name_hold = name_hold;
     asc_tl.str_locked = PyUnicode_InternFromString("_locked");
     asc_tl.str_waiters = PyUnicode_InternFromString("_waiters");
-    asc_tl.str_cancelled = PyUnicode_InternFromString("cancelled");
-    if (!asc_tl.str_locked || !asc_tl.str_waiters || !asc_tl.str_cancelled) return -1;
+    if (!asc_tl.str_locked || !asc_tl.str_waiters) return -1;
     if (asc_waiters_type_init() < 0) return -1;
     PyObject *locks = PyImport_ImportModule("asyncio.locks");
     PyObject *lock_type = locks ? PyObject_GetAttrString(locks, "Lock") : NULL;
