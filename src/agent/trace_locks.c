@@ -282,15 +282,19 @@ static PyMethodDef asc_lock_acquire_def = {"acquire", asc_lock_acquire, METH_NOA
 static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOARGS,
                                            "Lock.release(), with its hold on aioscope's timeline."};
 
+/* A class of a module (new reference), or NULL with an exception set or not. */
+static PyObject *asc_import_type(const char *module, const char *name) {
+    PyObject *mod = PyImport_ImportModule(module);
+    PyObject *type = mod ? PyObject_GetAttrString(mod, name) : NULL;
+    Py_XDECREF(mod);
+    if (type && !PyType_Check(type)) Py_CLEAR(type);
+    return type;
+}
+
 /* LockWaiters: collections.deque plus, after the base's fields, the address of its lock. */
 static int asc_waiters_type_init(void) {
-    PyObject *collections = PyImport_ImportModule("collections");
-    PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
-    Py_XDECREF(collections);
-    if (!deque || !PyType_Check(deque)) {
-        Py_XDECREF(deque);
-        return -1;
-    }
+    PyObject *deque = asc_import_type("collections", "deque");
+    if (!deque) return -1;
     asc_tl.deque_type = (PyTypeObject *)deque;
     asc_tl.deque_append = PyObject_GetAttrString(deque, "append");
     asc_tl.deque_remove = PyObject_GetAttrString(deque, "remove");
@@ -323,13 +327,8 @@ int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     asc_tl.str_waiters = PyUnicode_InternFromString("_waiters");
     if (!asc_tl.str_locked || !asc_tl.str_waiters) return -1;
     if (asc_waiters_type_init() < 0) return -1;
-    PyObject *locks = PyImport_ImportModule("asyncio.locks");
-    PyObject *lock_type = locks ? PyObject_GetAttrString(locks, "Lock") : NULL;
-    Py_XDECREF(locks);
-    if (!lock_type || !PyType_Check(lock_type)) {
-        Py_XDECREF(lock_type);
-        return -1;
-    }
+    PyObject *lock_type = asc_import_type("asyncio.locks", "Lock");
+    if (!lock_type) return -1;
     asc_tl.orig_acquire = PyObject_GetAttrString(lock_type, "acquire");
     asc_tl.orig_release = PyObject_GetAttrString(lock_type, "release");
     PyObject *acq = asc_tl.orig_acquire ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_acquire_def) : NULL;
