@@ -13,11 +13,13 @@
  * Cost. Nothing is installed unless AIOSCOPE_TRACE names a file: asc_trace_active stays 0 and
  * the hooks in steps.c and module.c test it and return. While tracing, the task steps come from
  * steps.c, which already times every step for the live view: recording one is a store into the
- * ring plus one call of task.done(). Loop iterations are timed by a small C callable put in the
- * loop's instance __dict__ as _run_once (the rest of a loop is untouched); Lock.acquire/release
- * are replaced on the class by C method descriptors. uvloop has neither an instance __dict__
- * nor Python-level steps, so under uvloop the trace has findings, blocked periods and lock
- * spans, but no per-step slices, creation arrows or iterations.
+ * ring, and whether it ended the task is read from the C task's state field (the attach
+ * library's layout table, as livesnap.c reads tasks). Loop iterations are timed by a C method
+ * descriptor put in place of _run_once in the class that defines it (never in the loop's
+ * instance __dict__, which would slow all of the loop's own attribute accesses); locks are
+ * seen by trace_locks.c. uvloop has no Python-level _run_once and no Python-level steps, so
+ * under uvloop the trace has findings, blocked periods and lock spans, but no per-step slices,
+ * creation arrows or iterations.
  *
  * Memory is bounded: events go into one ring of fixed-size records (ASC_TRACE_DEFAULT_LIMIT, or
  * AIOSCOPE_TRACE_LIMIT from --trace-limit) that overwrites the oldest, so a long run keeps its
