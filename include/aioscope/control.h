@@ -6,14 +6,20 @@
  * effective uid with no access for group or others (mode 0700); the agent also checks the peer's
  * uid (SO_PEERCRED) and answers only its own user.
  *
- * The protocol is read-only: the client sends one request line and reads one JSON document until
- * the agent closes the connection. Requests:
- *   "snapshot\n"       the snapshot model (snapshot.h) in its compact form (snapshot_wire.h), plus
- *                      an "agent" object: how it was read ("gil" or "memory"), collect_ms and
- *                      collect_cpu_ms, the blocking threshold, and per loop its heartbeat lag
- *   "snapshot json\n"  the same in aioscope_snapshot_to_json's form (for other tools)
- *   "ping\n"      {"pid": N, "python": "3.12.1", "agent": "0.1.0"}
- * An error is {"error": "ENAME", "message": "..."}. Nothing in the protocol changes the program. */
+ * The protocol is read-only: the client sends one request line and reads one answer until the
+ * agent closes the connection. Requests:
+ *   "snapshot\n"         the snapshot model (snapshot.h) in its compact JSON form (snapshot_wire.h),
+ *                        plus an "agent" object: how it was read ("gil" or "memory"), collect_ms
+ *                        and collect_cpu_ms, the blocking threshold, and per loop its heartbeat lag
+ *   "snapshot json\n"    the same in aioscope_snapshot_to_json's form (for other tools)
+ *   "snapshot binary\n"  the same content in the binary form (aioscope_snapshot_to_binary in
+ *                        snapshot_wire.h; src/core/snapshot_wire.c describes the layout): it starts
+ *                        with AIOSCOPE_WIRE_BINARY_MAGIC, ends with the "agent" object as its last
+ *                        field, and is not followed by a newline. This is what the CLI asks for.
+ *   "ping\n"             {"pid": N, "python": "3.12.1", "agent": "0.1.0"}
+ * The JSON answers end with a newline. An error, to any request, is one JSON object
+ * {"error": "ENAME", "message": "..."} (a binary answer is told from it by its first bytes).
+ * Nothing in the protocol changes the program. */
 #ifndef AIOSCOPE_CONTROL_H
 #define AIOSCOPE_CONTROL_H
 
