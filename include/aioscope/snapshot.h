@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "aioscope/json.h"
 
@@ -98,7 +99,12 @@ long aioscope_snapshot_find_task(aioscope_snapshot *snap, uint64_t id);
 /* Call after reordering snap->tasks, so that the next lookup rebuilds the index. */
 void aioscope_snapshot_reindex(aioscope_snapshot *snap);
 
-/* The snapshot as one JSON object (the --json output of ps / pstree / dump). */
+/* The snapshot as one JSON object (the --json output of ps / pstree / dump, the agent's
+ * "snapshot json" answer), appended to b; b->oom is set when memory ran out. */
 void aioscope_snapshot_to_json(const aioscope_snapshot *s, aioscope_buf *b);
+/* The same text, for printing: with out, whenever b has grown past a megabyte between two tasks
+ * its text is written to out and b emptied (the JSON of 100 000 tasks is 45 MB); the rest of the
+ * text is left in b for the caller to write. With out NULL, aioscope_snapshot_to_json. */
+void aioscope_snapshot_write_json(const aioscope_snapshot *s, aioscope_buf *b, FILE *out);
 
 #endif

@@ -2,10 +2,12 @@
  * and the JSON form that `ps|pstree|dump --json` print. */
 #include "aioscope/snapshot.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "aioscope/json.h"
+#include "core/numtext.h"
 
 /* String storage: an open-addressing set of owned strings (interned: file and function names
  * repeat across every task), and an id -> task index map built on demand. */
@@ -154,16 +156,75 @@ void aioscope_snapshot_reindex(aioscope_snapshot *snap) {
     a->id_count = (size_t)-1;
 }
 
-static void asc__frames_json(aioscope_buf *b, const aioscope_snap_frame *f, size_t n) {
-    aioscope_buf_puts(b, "[");
-    for (size_t i = 0; i < n; i++) {
-        aioscope_buf_puts(b, i ? ",{\"file\":" : "{\"file\":");
-        aioscope_buf_json_string(b, f[i].file);
-        aioscope_buf_puts(b, ",\"function\":");
-        aioscope_buf_json_string(b, f[i].function);
-        aioscope_buf_printf(b, ",\"line\":%d}", f[i].line);
+/* ---- the JSON form ------------------------------------------------------------------------------
+ * What `ps|pstree|dump --json` print and the agent's "snapshot json" answer: one object per
+ * thread and per task, 100 000 tasks for a big program (45 MB of text). It is built without
+ * printf, whose format parsing was most of `ps --json`'s time: literal pieces are appended as
+ * they are, numbers go through src/core/numtext.h (printf's text exactly, without printf). */
+
+static void asc__put(aioscope_buf *b, const char *s) { aioscope_buf_append(b, s, strlen(s)); }
+
+static void asc__put_u64(aioscope_buf *b, uint64_t v) {
+    char tmp[24];
+    asc__put(b, asc_num_u64(v, tmp));
+}
+
+static void asc__put_i64(aioscope_buf *b, int64_t v) {
+    char tmp[24];
+    asc__put(b, asc_num_i64(v, tmp));
+}
+
+/* A JSON string, or null for NULL. Printable ASCII without quotes or backslashes (nearly every
+ * name and file) is copied as is; anything else goes through the core's escaping. */
+static void asc__json_str(aioscope_buf *b, const char *s) {
+    if (!s) {
+        aioscope_buf_append(b, "null", 4);
+        return;
     }
-    aioscope_buf_puts(b, "]");
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') p++;
+    if (*p) {
+        aioscope_buf_json_string(b, s);
+        return;
+    }
+    aioscope_buf_append(b, "\"", 1);
+    aioscope_buf_append(b, s, (size_t)(p - (const unsigned char *)s));
+    aioscope_buf_append(b, "\"", 1);
+}
+
+/* The text of aioscope_buf_json_number: null when not finite, "%lld" when integral, else
+ * "%.6g". The range test comes first: converting a double outside long long's range is
+ * undefined. */
+static void asc__json_num(aioscope_buf *b, double v) {
+    char tmp[ASC_NUM_TEXT_MAX];
+    if (!isfinite(v)) {
+        aioscope_buf_append(b, "null", 4);
+    } else if (fabs(v) < 1e15 && v == (double)(long long)v) {
+        asc__put_i64(b, (long long)v);
+    } else {
+        asc_num_g6(tmp, v);
+        asc__put(b, tmp);
+    }
+}
+
+/* An id, or null for 0 (no such object). */
+static void asc__json_id(aioscope_buf *b, uint64_t id) {
+    if (id) asc__put_u64(b, id);
+    else aioscope_buf_append(b, "null", 4);
+}
+
+static void asc__json_frames(aioscope_buf *b, const aioscope_snap_frame *f, size_t n) {
+    asc__put(b, "[");
+    for (size_t i = 0; i < n; i++) {
+        asc__put(b, i ? ",{\"file\":" : "{\"file\":");
+        asc__json_str(b, f[i].file);
+        asc__put(b, ",\"function\":");
+        asc__json_str(b, f[i].function);
+        asc__put(b, ",\"line\":");
+        asc__put_i64(b, f[i].line);
+        asc__put(b, "}");
+    }
+    asc__put(b, "]");
 }
 
 static const char *asc__state_name(aioscope_task_state s) {
@@ -184,65 +245,89 @@ static const char *asc__loop_state_name(aioscope_loop_state s) {
     return NULL;
 }
 
+/* Past this much text, aioscope_snapshot_write_json writes b out and starts it again: one large
+ * write at a time, and no buffer the size of the whole output. */
+#define ASC_JSON_FLUSH_AT (1u << 20)
+
 /* JSON has no 64-bit integers that every reader keeps exact; ids go out as decimal numbers
- * only when they fit in a double's 53-bit mantissa, which user-space addresses (< 2^47) do. */
-void aioscope_snapshot_to_json(const aioscope_snapshot *s, aioscope_buf *b) {
-    aioscope_buf_printf(b, "{\"pid\":%d,\"python\":\"%u.%u.%u\",\"source\":", s->pid,
-                        s->py_version_hex >> 24, (s->py_version_hex >> 16) & 0xff,
-                        (s->py_version_hex >> 8) & 0xff);
-    aioscope_buf_json_string(b, s->source);
-    aioscope_buf_printf(b, ",\"frozen\":%s,\"unavailable\":", s->frozen ? "true" : "false");
-    aioscope_buf_puts(b, s->has_agent_fields ? "[]" : "[\"busy_s\",\"steps\",\"spawned_by\"]");
-    aioscope_buf_puts(b, ",\"threads\":[");
+ * since they fit in a double's 53-bit mantissa, which user-space addresses (< 2^47) do. */
+void aioscope_snapshot_write_json(const aioscope_snapshot *s, aioscope_buf *b, FILE *out) {
+    char tmp[24];
+    asc__put(b, "{\"pid\":");
+    asc__put_i64(b, s->pid);
+    asc__put(b, ",\"python\":\"");
+    asc__put(b, asc_num_u64(s->py_version_hex >> 24, tmp));
+    asc__put(b, ".");
+    asc__put(b, asc_num_u64((s->py_version_hex >> 16) & 0xff, tmp));
+    asc__put(b, ".");
+    asc__put(b, asc_num_u64((s->py_version_hex >> 8) & 0xff, tmp));
+    asc__put(b, "\",\"source\":");
+    asc__json_str(b, s->source);
+    asc__put(b, s->frozen ? ",\"frozen\":true,\"unavailable\":" : ",\"frozen\":false,\"unavailable\":");
+    asc__put(b, s->has_agent_fields ? "[]" : "[\"busy_s\",\"steps\",\"spawned_by\"]");
+    asc__put(b, ",\"threads\":[");
     for (size_t i = 0; i < s->nthreads; i++) {
         const aioscope_snap_thread *th = &s->threads[i];
-        aioscope_buf_printf(b, "%s{\"thread_id\":%llu,\"native_id\":%llu,\"loop_state\":", i ? "," : "",
-                            (unsigned long long)th->thread_id, (unsigned long long)th->native_id);
-        aioscope_buf_json_string(b, asc__loop_state_name(th->loop_state));
-        aioscope_buf_puts(b, ",\"running_task\":");
+        asc__put(b, i ? ",{\"thread_id\":" : "{\"thread_id\":");
+        asc__put_u64(b, th->thread_id);
+        asc__put(b, ",\"native_id\":");
+        asc__put_u64(b, th->native_id);
+        asc__put(b, ",\"loop_state\":");
+        asc__json_str(b, asc__loop_state_name(th->loop_state));
+        asc__put(b, ",\"running_task\":");
         if (th->running_task >= 0 && (size_t)th->running_task < s->ntasks)
-            aioscope_buf_printf(b, "%llu", (unsigned long long)s->tasks[th->running_task].id);
+            asc__put_u64(b, s->tasks[th->running_task].id);
         else
-            aioscope_buf_puts(b, "null");
-        aioscope_buf_puts(b, ",\"stack\":");
-        asc__frames_json(b, th->frames, th->nframes);
-        aioscope_buf_puts(b, "}");
+            asc__put(b, "null");
+        asc__put(b, ",\"stack\":");
+        asc__json_frames(b, th->frames, th->nframes);
+        asc__put(b, "}");
     }
-    aioscope_buf_puts(b, "],\"tasks\":[");
-    for (size_t i = 0; i < s->ntasks; i++) {
+    asc__put(b, "],\"tasks\":[");
+    for (size_t i = 0; i < s->ntasks && !b->oom; i++) {
         const aioscope_snap_task *tk = &s->tasks[i];
-        aioscope_buf_printf(b, "%s{\"id\":%llu,\"name\":", i ? "," : "", (unsigned long long)tk->id);
-        aioscope_buf_json_string(b, tk->name);
-        aioscope_buf_puts(b, ",\"state\":");
-        aioscope_buf_json_string(b, asc__state_name(tk->state));
-        aioscope_buf_puts(b, ",\"coroutine_stack\":");
-        asc__frames_json(b, tk->coro, tk->ncoro);
-        aioscope_buf_puts(b, ",\"awaiting\":");
-        aioscope_buf_json_string(b, tk->awaiting);
-        aioscope_buf_puts(b, ",\"awaiting_id\":");
-        if (tk->awaiting_id) aioscope_buf_printf(b, "%llu", (unsigned long long)tk->awaiting_id);
-        else aioscope_buf_puts(b, "null");
-        aioscope_buf_puts(b, ",\"awaited_by\":[");
-        for (size_t k = 0; k < tk->nawaited_by; k++)
-            aioscope_buf_printf(b, "%s%llu", k ? "," : "", (unsigned long long)tk->awaited_by[k]);
-        aioscope_buf_puts(b, "],\"thread_id\":");
-        if (tk->thread >= 0 && (size_t)tk->thread < s->nthreads)
-            aioscope_buf_printf(b, "%llu", (unsigned long long)s->threads[tk->thread].thread_id);
-        else
-            aioscope_buf_puts(b, "null");
-        if (s->has_agent_fields) {
-            aioscope_buf_puts(b, ",\"busy_s\":");
-            aioscope_buf_json_number(b, tk->busy_s);
-            aioscope_buf_printf(b, ",\"steps\":%ld,\"spawned_by\":", tk->steps);
-            if (tk->spawned_by) aioscope_buf_printf(b, "%llu", (unsigned long long)tk->spawned_by);
-            else aioscope_buf_puts(b, "null");
-            aioscope_buf_puts(b, ",\"age_s\":");
-            if (tk->age_s >= 0) aioscope_buf_json_number(b, tk->age_s);
-            else aioscope_buf_puts(b, "null");
-            aioscope_buf_printf(b, ",\"cancelling\":%s,\"exception\":", tk->cancelling ? "true" : "false");
-            aioscope_buf_json_string(b, tk->exception);
+        asc__put(b, i ? ",{\"id\":" : "{\"id\":");
+        asc__put_u64(b, tk->id);
+        asc__put(b, ",\"name\":");
+        asc__json_str(b, tk->name);
+        asc__put(b, ",\"state\":\"");
+        asc__put(b, asc__state_name(tk->state));
+        asc__put(b, "\",\"coroutine_stack\":");
+        asc__json_frames(b, tk->coro, tk->ncoro);
+        asc__put(b, ",\"awaiting\":");
+        asc__json_str(b, tk->awaiting);
+        asc__put(b, ",\"awaiting_id\":");
+        asc__json_id(b, tk->awaiting_id);
+        asc__put(b, ",\"awaited_by\":[");
+        for (size_t k = 0; k < tk->nawaited_by; k++) {
+            if (k) asc__put(b, ",");
+            asc__put_u64(b, tk->awaited_by[k]);
         }
-        aioscope_buf_puts(b, "}");
+        asc__put(b, "],\"thread_id\":");
+        if (tk->thread >= 0 && (size_t)tk->thread < s->nthreads) asc__put_u64(b, s->threads[tk->thread].thread_id);
+        else asc__put(b, "null");
+        if (s->has_agent_fields) {
+            asc__put(b, ",\"busy_s\":");
+            asc__json_num(b, tk->busy_s);
+            asc__put(b, ",\"steps\":");
+            asc__put_i64(b, tk->steps);
+            asc__put(b, ",\"spawned_by\":");
+            asc__json_id(b, tk->spawned_by);
+            asc__put(b, ",\"age_s\":");
+            if (tk->age_s >= 0) asc__json_num(b, tk->age_s);
+            else asc__put(b, "null");
+            asc__put(b, tk->cancelling ? ",\"cancelling\":true,\"exception\":" : ",\"cancelling\":false,\"exception\":");
+            asc__json_str(b, tk->exception);
+        }
+        asc__put(b, "}");
+        if (out && b->len >= ASC_JSON_FLUSH_AT && !b->oom) {
+            fwrite(b->data, 1, b->len, out);
+            b->len = 0;
+        }
     }
-    aioscope_buf_printf(b, "],\"unreadable_tasks\":%zu}", s->unreadable_tasks);
+    asc__put(b, "],\"unreadable_tasks\":");
+    asc__put_u64(b, s->unreadable_tasks);
+    asc__put(b, "}");
 }
+
+void aioscope_snapshot_to_json(const aioscope_snapshot *s, aioscope_buf *b) { aioscope_snapshot_write_json(s, b, NULL); }

@@ -31,10 +31,9 @@ int asc_snap_parse(int argc, char **argv, const char *usage, asc_snap_opts *o, i
 /* Take the snapshot; on failure prints one line saying what is wrong and what to do, and
  * returns the exit status. */
 int asc_snap_take(const asc_snap_opts *o, aioscope_snapshot **out);
-/* Prints the snapshot as JSON on out (snapshot_print.c); returns an exit status. */
+/* Prints the snapshot as JSON (aioscope_snapshot_to_json's text) and a newline on out
+ * (snapshot_print.c); returns an exit status. */
 int asc_snap_print_json(const aioscope_snapshot *s, FILE *out);
-/* Appends aioscope_snapshot_to_json's text of s to b, without printf (snapshot_print.c). */
-void asc_snap_write_json(const aioscope_snapshot *s, aioscope_buf *b);
 
 /* The three views. */
 void asc_snap_print_header(const aioscope_snapshot *s, FILE *out);

@@ -4,16 +4,16 @@
  * unavailable otherwise.
  *
  * The table and the JSON have one line or object per task, 100 000 of them for a big program:
- * they are built in one buffer without printf (whose format parsing cost more than everything
- * else `ps` does) and written with one fwrite. Doubles go through strfromd, which formats exactly
- * as printf does without parsing a format string per call. */
-#include <math.h>
+ * they are built in a buffer without printf (whose format parsing cost more than everything else
+ * `ps` does; numbers through src/core/numtext.h) and written out a megabyte at a time. The JSON
+ * is the snapshot model's own (aioscope_snapshot_write_json, src/attach/snapshot.c). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "aioscope/json.h"
 #include "cli/snapshot_cli.h"
+#include "core/numtext.h"
 
 /* Tree recursion bound: await trees deeper than this are cut with a marker. */
 #define ASC_MAX_TREE_DEPTH 256
@@ -61,33 +61,7 @@ static void asc__cat(char *buf, size_t cap, size_t *len, const char *s) {
     *len += n;
 }
 
-/* Decimal digits of v, NUL-terminated, in tmp (at least 24 bytes); returns where they start. */
-static char *asc__u64_text(uint64_t v, char *tmp) {
-    char *p = tmp + 23;
-    *p = '\0';
-    do *--p = (char)('0' + v % 10);
-    while (v /= 10);
-    return p;
-}
-
-static char *asc__i64_text(int64_t v, char *tmp) {
-    if (v >= 0) return asc__u64_text((uint64_t)v, tmp);
-    char *p = asc__u64_text((uint64_t)(-(v + 1)) + 1, tmp);
-    *--p = '-';
-    return p;
-}
-
 static void asc__put(aioscope_buf *b, const char *s) { aioscope_buf_append(b, s, strlen(s)); }
-
-static void asc__put_u64(aioscope_buf *b, uint64_t v) {
-    char tmp[24];
-    asc__put(b, asc__u64_text(v, tmp));
-}
-
-static void asc__put_i64(aioscope_buf *b, int64_t v) {
-    char tmp[24];
-    asc__put(b, asc__i64_text(v, tmp));
-}
 
 /* printf's "%-Ns" (left) or "%Ns": s, padded with spaces to at least width. */
 static void asc__put_pad(aioscope_buf *b, const char *s, size_t width, int left) {
@@ -98,95 +72,20 @@ static void asc__put_pad(aioscope_buf *b, const char *s, size_t width, int left)
     if (left) aioscope_buf_append(b, spaces, pad < sizeof spaces - 1 ? pad : sizeof spaces - 1);
 }
 
-/* printf's "%llx". */
-static char *asc__hex_text(uint64_t v, char *tmp) {
-    char *p = tmp + 23;
-    *p = '\0';
-    do *--p = "0123456789abcdef"[v & 15];
-    while (v >>= 4);
-    return p;
-}
-
 /* Write b to out and free it. */
 static void asc__flush(aioscope_buf *b, FILE *out) {
     if (b->len) fwrite(b->data, 1, b->len, out);
     aioscope_buf_free(b);
 }
 
-/* Past this much text, a row loop writes its buffer out and starts it again: one large write
- * at a time, and no buffer the size of the whole output (45 MB of JSON for 100 000 tasks). */
+/* Past this much text, the table's row loop writes its buffer out and starts it again: one
+ * large write at a time, and no buffer the size of the whole table. */
 #define ASC_FLUSH_AT (1u << 20)
 
 static void asc__flush_some(aioscope_buf *b, FILE *out) {
-    if (!out || b->len < ASC_FLUSH_AT || b->oom) return;
+    if (b->len < ASC_FLUSH_AT || b->oom) return;
     fwrite(b->data, 1, b->len, out);
     b->len = 0;
-}
-
-/* Doubles, formatted exactly as printf does, mostly without it. printf rounds the exact binary
- * value to the nearest decimal; here the digits come from rounding v * 10^p in double
- * arithmetic, which has one rounding error far below 1e-6 while the product is below 1e9. So the
- * result is printf's unless the product lies within 1e-6 of a half (or of a power of ten that
- * changes %g's exponent): those, and values out of range, go through strfromd. */
-static const double asc__pow10[] = {1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9};
-
-/* m (below 10^18) as digits with `decimals` of them after a point; with strip, trailing zeros
- * of the fraction (and a point left alone) are dropped, as %g does. */
-static void asc__decimal(char *out, uint64_t m, int decimals, int strip) {
-    char digits[24];
-    char *d = asc__u64_text(m, digits);
-    size_t nd = strlen(d);
-    size_t whole = nd > (size_t)decimals ? nd - (size_t)decimals : 0, o = 0;
-    if (whole) memcpy(out, d, whole), o = whole;
-    else out[o++] = '0';
-    if (decimals > 0) {
-        size_t start = o;
-        out[o++] = '.';
-        for (size_t z = nd; z < (size_t)decimals; z++) out[o++] = '0';
-        memcpy(out + o, d + whole, nd - whole);
-        o += nd - whole;
-        if (strip) {
-            while (out[o - 1] == '0') o--;
-            if (o - 1 == start) o--;
-        }
-    }
-    out[o] = '\0';
-}
-
-/* The nearest integer to x (0 <= x < 1e9), or -1 when x is too near a half to be sure. */
-static int64_t asc__round(double x) {
-    double fl = floor(x), frac = x - fl;
-    if (fabs(frac - 0.5) < 1e-6) return -1;
-    return (int64_t)fl + (frac > 0.5);
-}
-
-/* printf("%.1f", v) (decimals 1) or printf("%.4f", v) (decimals 4) into out (32 bytes). */
-static void asc__fixed(char *out, double v, int decimals) {
-    double x = v >= 0 ? v * asc__pow10[decimals] : -1;
-    int64_t m = x >= 0 && x < 1e9 ? asc__round(x) : -1;
-    if (m >= 0) asc__decimal(out, (uint64_t)m, decimals, 0);
-    else strfromd(out, 32, decimals == 1 ? "%.1f" : "%.4f", v);
-}
-
-/* printf("%.6g", v) into out (at least 32 bytes), for a finite v. %g with 6 significant digits
- * prints the fixed form when the rounded value's exponent X is in [-4, 6): 6 - 1 - X decimals,
- * trailing zeros dropped. */
-static void asc__g6(char *out, double v) {
-    if (v > 0 && v >= 1e-4 && v < 1e6) {
-        int x10 = 5; /* X, found by scaling v into [1e5, 1e6) */
-        while (x10 > -4 && v * asc__pow10[5 - x10] < 1e5) x10--;
-        double x = v * asc__pow10[5 - x10];
-        int64_t m = x >= 1e5 + 1e-6 && x < 1e6 - 1e-6 ? asc__round(x) : -1;
-        if (m == 1000000) { /* rounded up to the next power of ten: one decimal fewer */
-            m = 100000;
-            x10++;
-        }
-        if (m >= 0 && x10 >= -4 && x10 < 6) {
-            asc__decimal(out, (uint64_t)m, 5 - x10, 1);
-            return;
-        }
-    }
-    strfromd(out, 32, "%.6g", v);
 }
 
 /* "outer > inner" function names of a coroutine chain, cut to width. */
@@ -252,7 +151,7 @@ static void asc__where(const aioscope_snap_task *tk, char *buf, size_t cap) {
     }
     asc__cat(buf, cap, &len, asc__basename(f->file));
     asc__cat(buf, cap, &len, ":");
-    asc__cat(buf, cap, &len, asc__i64_text(f->line, tmp));
+    asc__cat(buf, cap, &len, asc_num_i64(f->line, tmp));
 }
 
 void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
@@ -278,12 +177,12 @@ void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
         asc__where(tk, where, 21);
         if (tk->thread >= 0) {
             const aioscope_snap_thread *th = &s->threads[tk->thread];
-            asc__put_pad(&b, asc__u64_text(th->native_id ? th->native_id : th->thread_id, tmp), 8, 1);
+            asc__put_pad(&b, asc_num_u64(th->native_id ? th->native_id : th->thread_id, tmp), 8, 1);
         } else {
             asc__put_pad(&b, "-", 8, 1);
         }
         asc__put(&b, " 0x");
-        asc__put_pad(&b, asc__hex_text(tk->id, tmp), 12, 1);
+        asc__put_pad(&b, asc_num_hex(tk->id, tmp), 12, 1);
         asc__put(&b, " ");
         asc__put_pad(&b, tk->name, 20, 1);
         asc__put(&b, " ");
@@ -295,16 +194,16 @@ void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
         asc__put(&b, " ");
         asc__put_pad(&b, tk->exception ? tk->exception : awaiting, 24, 1);
         if (agent) {
-            char age[24] = "-", busy[24] = "-", steps[24], spawner[64] = "-";
-            const char *nsteps = tk->steps >= 0 ? asc__i64_text(tk->steps, steps) : "-";
-            if (tk->age_s >= 0) asc__fixed(age, tk->age_s, 1);
-            if (tk->busy_s >= 0) asc__fixed(busy, tk->busy_s, 4);
+            char age[ASC_NUM_TEXT_MAX] = "-", busy[ASC_NUM_TEXT_MAX] = "-", steps[24], spawner[64] = "-";
+            const char *nsteps = tk->steps >= 0 ? asc_num_i64(tk->steps, steps) : "-";
+            if (tk->age_s >= 0) asc_num_fixed(age, tk->age_s, 1);
+            if (tk->busy_s >= 0) asc_num_fixed(busy, tk->busy_s, 4);
             if (tk->spawned_by) {
                 long p = aioscope_snapshot_find_task(s, tk->spawned_by);
                 size_t len = 0;
                 spawner[0] = '\0';
                 if (p < 0) asc__cat(spawner, sizeof spawner, &len, "0x");
-                asc__cat(spawner, sizeof spawner, &len, p >= 0 ? s->tasks[p].name : asc__hex_text(tk->spawned_by, tmp));
+                asc__cat(spawner, sizeof spawner, &len, p >= 0 ? s->tasks[p].name : asc_num_hex(tk->spawned_by, tmp));
             }
             asc__put(&b, " ");
             asc__put_pad(&b, age, 8, 0);
@@ -324,143 +223,10 @@ void asc_snap_print_table(aioscope_snapshot *s, FILE *out) {
     asc__flush(&b, out);
 }
 
-/* ---- --json ------------------------------------------------------------------------------------
- * The text of aioscope_snapshot_to_json (src/attach/snapshot.c), byte for byte (a unit test
- * compares them), written without printf: for 100 000 tasks that writer spends most of `ps
- * --json`'s time in vsnprintf. */
-
-/* A JSON string: printable ASCII without quotes or backslashes is copied as is; anything else
- * goes through the core's escaping (aioscope_buf_json_string), so both agree on every byte. */
-static void asc__json_str(aioscope_buf *b, const char *s) {
-    if (!s) {
-        aioscope_buf_append(b, "null", 4);
-        return;
-    }
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') p++;
-    if (*p) {
-        aioscope_buf_json_string(b, s);
-        return;
-    }
-    aioscope_buf_append(b, "\"", 1);
-    aioscope_buf_append(b, s, (size_t)(p - (const unsigned char *)s));
-    aioscope_buf_append(b, "\"", 1);
-}
-
-/* aioscope_buf_json_number: null when not finite, "%lld" when integral, else "%.6g". */
-static void asc__json_num(aioscope_buf *b, double v) {
-    char tmp[40];
-    if (!isfinite(v)) {
-        aioscope_buf_append(b, "null", 4);
-    } else if (fabs(v) < 1e15 && v == (double)(long long)v) {
-        asc__put_i64(b, (long long)v);
-    } else {
-        asc__g6(tmp, v);
-        asc__put(b, tmp);
-    }
-}
-
-/* An id, or null for 0. */
-static void asc__json_id(aioscope_buf *b, uint64_t id) {
-    if (id) asc__put_u64(b, id);
-    else aioscope_buf_append(b, "null", 4);
-}
-
-static void asc__json_frames(aioscope_buf *b, const aioscope_snap_frame *f, size_t n) {
-    asc__put(b, "[");
-    for (size_t i = 0; i < n; i++) {
-        asc__put(b, i ? ",{\"file\":" : "{\"file\":");
-        asc__json_str(b, f[i].file);
-        asc__put(b, ",\"function\":");
-        asc__json_str(b, f[i].function);
-        asc__put(b, ",\"line\":");
-        asc__put_i64(b, f[i].line);
-        asc__put(b, "}");
-    }
-    asc__put(b, "]");
-}
-
-static const char *asc__loop_state(aioscope_loop_state s) {
-    return s == AIOSCOPE_LOOP_POLLING ? "polling" : s == AIOSCOPE_LOOP_RUNNING ? "running" : NULL;
-}
-
-/* The JSON text into b; with out, b is written out there whenever it has grown large. */
-static void asc__write_json(const aioscope_snapshot *s, aioscope_buf *b, FILE *out) {
-    asc__put(b, "{\"pid\":");
-    asc__put_i64(b, s->pid);
-    aioscope_buf_printf(b, ",\"python\":\"%u.%u.%u\",\"source\":", s->py_version_hex >> 24,
-                        (s->py_version_hex >> 16) & 0xff, (s->py_version_hex >> 8) & 0xff);
-    asc__json_str(b, s->source);
-    asc__put(b, s->frozen ? ",\"frozen\":true,\"unavailable\":" : ",\"frozen\":false,\"unavailable\":");
-    asc__put(b, s->has_agent_fields ? "[]" : "[\"busy_s\",\"steps\",\"spawned_by\"]");
-    asc__put(b, ",\"threads\":[");
-    for (size_t i = 0; i < s->nthreads; i++) {
-        const aioscope_snap_thread *th = &s->threads[i];
-        asc__put(b, i ? ",{\"thread_id\":" : "{\"thread_id\":");
-        asc__put_u64(b, th->thread_id);
-        asc__put(b, ",\"native_id\":");
-        asc__put_u64(b, th->native_id);
-        asc__put(b, ",\"loop_state\":");
-        asc__json_str(b, asc__loop_state(th->loop_state));
-        asc__put(b, ",\"running_task\":");
-        if (th->running_task >= 0 && (size_t)th->running_task < s->ntasks)
-            asc__put_u64(b, s->tasks[th->running_task].id);
-        else
-            asc__put(b, "null");
-        asc__put(b, ",\"stack\":");
-        asc__json_frames(b, th->frames, th->nframes);
-        asc__put(b, "}");
-    }
-    asc__put(b, "],\"tasks\":[");
-    for (size_t i = 0; i < s->ntasks && !b->oom; i++) {
-        const aioscope_snap_task *tk = &s->tasks[i];
-        asc__put(b, i ? ",{\"id\":" : "{\"id\":");
-        asc__put_u64(b, tk->id);
-        asc__put(b, ",\"name\":");
-        asc__json_str(b, tk->name);
-        asc__put(b, ",\"state\":\"");
-        asc__put(b, asc__state(tk->state));
-        asc__put(b, "\",\"coroutine_stack\":");
-        asc__json_frames(b, tk->coro, tk->ncoro);
-        asc__put(b, ",\"awaiting\":");
-        asc__json_str(b, tk->awaiting);
-        asc__put(b, ",\"awaiting_id\":");
-        asc__json_id(b, tk->awaiting_id);
-        asc__put(b, ",\"awaited_by\":[");
-        for (size_t k = 0; k < tk->nawaited_by; k++) {
-            if (k) asc__put(b, ",");
-            asc__put_u64(b, tk->awaited_by[k]);
-        }
-        asc__put(b, "],\"thread_id\":");
-        if (tk->thread >= 0 && (size_t)tk->thread < s->nthreads) asc__put_u64(b, s->threads[tk->thread].thread_id);
-        else asc__put(b, "null");
-        if (s->has_agent_fields) {
-            asc__put(b, ",\"busy_s\":");
-            asc__json_num(b, tk->busy_s);
-            asc__put(b, ",\"steps\":");
-            asc__put_i64(b, tk->steps);
-            asc__put(b, ",\"spawned_by\":");
-            asc__json_id(b, tk->spawned_by);
-            asc__put(b, ",\"age_s\":");
-            if (tk->age_s >= 0) asc__json_num(b, tk->age_s);
-            else asc__put(b, "null");
-            asc__put(b, tk->cancelling ? ",\"cancelling\":true,\"exception\":" : ",\"cancelling\":false,\"exception\":");
-            asc__json_str(b, tk->exception);
-        }
-        asc__put(b, "}");
-        asc__flush_some(b, out);
-    }
-    asc__put(b, "],\"unreadable_tasks\":");
-    asc__put_u64(b, s->unreadable_tasks);
-    asc__put(b, "}");
-}
-
-void asc_snap_write_json(const aioscope_snapshot *s, aioscope_buf *b) { asc__write_json(s, b, NULL); }
-
 int asc_snap_print_json(const aioscope_snapshot *s, FILE *out) {
     aioscope_buf b;
     aioscope_buf_init(&b);
-    asc__write_json(s, &b, out);
+    aioscope_snapshot_write_json(s, &b, out);
     aioscope_buf_append(&b, "\n", 1);
     if (b.oom) {
         aioscope_buf_free(&b);
