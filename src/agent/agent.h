@@ -4,9 +4,14 @@
  * includes Python.h. Its parts, one file each:
  *   module.c    module init, install(), configuration, the findings sink, exit handling
  *   loops.c     noticing every event loop that starts running, per-loop hooks (exception handler
- *               chaining), the heartbeat and the watchdog thread: `blocking-call`
+ *               chaining)
+ *   blocking.c  `blocking-call`: the heartbeat of every running loop and its findings, with
+ *               watchdog.c (the watchdog thread and its GIL worker) and poll_stamp.c (the poll
+ *               stamp of selector loops); blocking.h is what they share with loops.c
  *   tasks.c     the Task subclass with its creation site: `lost-exception`, `destroyed-pending`,
  *               `swallowed-cancel`, `pending-at-exit`
+ *   task_factory.c  the task factory making the subclass's tasks, chained with a program's own;
+ *               tasks.h is what it shares with tasks.c
  *   coros.c     `unawaited-coroutine` through warnings._warn_unawaited_coroutine
  *   leaks.c     `resource-leak`
  *   frames.c    the program's own frames: classifying files, sites, stacks, cheap creation sites
@@ -34,11 +39,11 @@ typedef struct {
  * what each costs in bench/. Never set by the CLI. */
 enum {
     ASC_OFF_STEPS = 1,    /* steps.c: busy time and steps */
-    ASC_OFF_FACTORY = 2,  /* tasks.c: the task subclass (creation sites, swallowed-cancel) */
+    ASC_OFF_FACTORY = 2,  /* task_factory.c: the task subclass (creation sites, swallowed-cancel) */
     ASC_OFF_DEADLOCK = 4, /* deadlock.c: the periodic check */
-    ASC_OFF_STAMP = 8,    /* loops.c: the poll stamp */
-    ASC_OFF_BEAT = 16,    /* loops.c: the heartbeat (and with it blocking-call) */
-    ASC_OFF_WATCHDOG = 32, /* loops.c: the watchdog thread (the beat stays) */
+    ASC_OFF_STAMP = 8,    /* poll_stamp.c: the poll stamp */
+    ASC_OFF_BEAT = 16,    /* blocking.c: the heartbeat (and with it blocking-call) */
+    ASC_OFF_WATCHDOG = 32, /* watchdog.c: the watchdog thread (the beat stays) */
 };
 extern asc_config asc_cfg;
 
@@ -98,7 +103,7 @@ int asc_leaks_init(PyObject *module);
 /* ---- deadlocks (deadlock.c) ---------------------------------------------------------------- */
 /* install(): reads AIOSCOPE_DEADLOCK_AFTER and AIOSCOPE_ON_DEADLOCK; installs no hook. */
 int asc_deadlock_init(PyObject *module);
-/* Called by loops.c from every heartbeat of a running loop, in the loop's thread: runs the
+/* Called by blocking.c from every heartbeat of a running loop, in the loop's thread: runs the
  * `deadlock` / `stuck-task` check when it is due (every ~0.2 s). Never raises; under
  * AIOSCOPE_ON_DEADLOCK=exit it ends the process (status 4) after reporting a deadlock. */
 void asc_deadlock_on_heartbeat(PyObject *loop);
@@ -107,12 +112,12 @@ void asc_deadlock_on_heartbeat(PyObject *loop);
 int asc_tasks_created_at(PyObject *task, aioscope_location *out);
 
 /* Called by loops.c when a loop starts running in the calling thread (first time for that
- * loop): tasks.c installs its task factory (chaining any user factory). */
+ * loop): task_factory.c installs its task factory (chaining any user factory). */
 int asc_tasks_on_loop_start(PyObject *loop);
 /* Called by loops.c for every exception-handler context before the original handler runs;
  * returns 1 when the context was turned into a finding (the original handler still runs). */
 int asc_tasks_on_exception_context(PyObject *loop, PyObject *context);
-/* ---- loops (loops.c): used by module.c and by the deadlock detector ----------------------- */
+/* ---- loops (loops.c, blocking.c, watchdog.c): used by module.c and the deadlock detector -- */
 /* At import of _agent: readies the heartbeat type; installs no hook. */
 int asc_loops_module_init(PyObject *module);
 /* The blocking threshold in seconds (install()); sets the heartbeat period from it. */
@@ -151,7 +156,7 @@ asc_task_stats *asc_tasks_stats(PyObject *task);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
 /* steps.c: puts the step-measuring Handle._run in place (install()); notes a task of ours just
- * created on loop (tasks.c's factory): its creation time and spawner. */
+ * created on loop (task_factory.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);
 void asc_steps_task_created(PyObject *task, PyObject *loop);
 /* control.c: starts the control socket's thread (install()); stops it (at exit); after fork in
@@ -162,7 +167,7 @@ void asc_control_after_fork_child(void);
 /* The same as asc_loops_before_fork / _after_fork_parent for the control socket's threads. */
 int asc_control_before_fork(void);
 void asc_control_after_fork_parent(int stopped);
-/* loops.c (small addition for the live view): the heartbeat lag of every running loop, by the
+/* blocking.c (small addition for the live view): the heartbeat lag of every running loop, by the
  * thread that runs it; returns how many were written (at most max). Any thread, no GIL. */
 typedef struct {
     uint64_t thread_id; /* threading.get_ident() of the loop's thread */

@@ -51,7 +51,7 @@
  * machine the threads involved may wait far longer for a CPU; a thread in a long C call that
  * holds the GIL does not give it up at all, and then this is the delay before the answer. */
 #define ASC_GIL_WAIT_MS 250
-/* Loops reported with their lag; the agent watches at most 64 (loops.c). */
+/* Loops reported with their lag; the agent watches at most 64 (blocking.h). */
 #define ASC_MAX_LAGS 64
 /* A request line longer than this is not one of ours. */
 #define ASC_REQUEST_MAX 64

@@ -1,6 +1,6 @@
 /* deadlock.c: `deadlock` and `stuck-task`, found while the program runs.
  *
- * The check runs in the loop thread, with the GIL, from the loop's heartbeat (loops.c), at most
+ * The check runs in the loop thread, with the GIL, from the loop's heartbeat (blocking.c), at most
  * every ASC_DL_PERIOD_NS and less often when a check is costly (the period is stretched so that
  * checking stays under ~2% of the loop's time). Nothing is hooked on the program's hot paths:
  * everything is read from the tasks as they sit suspended.

@@ -192,7 +192,7 @@ long long asc_dl_task_id(PyObject *task, char *name, size_t nname) {
     PyErr_Clear();
     snprintf(name, nname, "%s", s ? s : "Task");
     Py_XDECREF(n);
-    /* The same ids as loops.c: the number of asyncio's default name, else the address. */
+    /* The same ids as blocking.c: the number of asyncio's default name, else the address. */
     if (strncmp(name, "Task-", 5) == 0 && name[5] >= '0' && name[5] <= '9') return atoll(name + 5);
     return (long long)(uintptr_t)task;
 }

@@ -16,7 +16,7 @@
  * Exit: an atexit callback (registered at install, so it runs after the program's own atexit
  * callbacks) reports the tasks still pending on every loop that ran, stops the watchdog thread and
  * writes the report. atexit runs on a normal end, after an uncaught exception (KeyboardInterrupt
- * from SIGINT included) and after sys.exit(). Fork: the child keeps a working agent (loops.c
+ * from SIGINT included) and after sys.exit(). Fork: the child keeps a working agent (watchdog.c
  * re-creates the watchdog thread there) and starts with an empty report of its own. */
 #include "agent/agent.h"
 
@@ -230,7 +230,7 @@ static PyObject *asc_after_fork_parent(PyObject *self, PyObject *unused) {
 
 /* os.register_at_fork(after_in_child=...): the child starts with an empty report of its own, so
  * that its exit does not repeat the parent's findings. The C side of fork safety (the watchdog
- * thread and its mutex) is in loops.c, in a pthread_atfork handler. */
+ * thread and its mutex) is in watchdog.c, in a pthread_atfork handler. */
 static PyObject *asc_after_fork_child(PyObject *self, PyObject *unused) {
     if (!asc_cfg.enabled) Py_RETURN_NONE;
     aioscope_report *fresh = aioscope_report_new();
