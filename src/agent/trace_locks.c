@@ -253,14 +253,17 @@ static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
     PyObject *coro = PyObject_Vectorcall(asc_tl.orig_acquire, &lock, 1, NULL);
     if (!coro || !asc_trace_active) return coro;
     PyObject *waiters = PyObject_GetAttr(lock, asc_tl.str_waiters);
-    if (waiters) {
-        asc_lock_watch(lock, waiters);
-        PyObject *locked = PyObject_GetAttr(lock, asc_tl.str_locked);
+    PyObject *locked = waiters ? PyObject_GetAttr(lock, asc_tl.str_locked) : NULL;
+    if (waiters && locked) {
+        /* 3.10+ leaves _waiters None until the lock is first contended, and acquire()'s fast
+         * path tests `_waiters is None` before scanning the deque: a lock never contended keeps
+         * its None (this acquire waits only if the lock is taken now). */
+        if (waiters != Py_None || locked == Py_True) asc_lock_watch(lock, waiters);
         if (locked == Py_False && (waiters == Py_None || PyObject_Size(waiters) == 0))
             asc_hold_put(lock, asc_trace_current_track(), asc_live_now_ns());
-        Py_XDECREF(locked);
-        Py_DECREF(waiters);
     }
+    Py_XDECREF(locked);
+    Py_XDECREF(waiters);
     PyErr_Clear();
     return coro;
 }
