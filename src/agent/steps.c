@@ -47,8 +47,9 @@ int64_t asc_live_now_ns(void) {
  * counter (x86-64's TSC, AArch64's virtual counter) when the kernel itself keeps time with it
  * (clocksource "tsc": invariant and synchronised across CPUs) or on AArch64 (architected, fixed
  * frequency), and converted to nanoseconds by a scale measured against CLOCK_MONOTONIC over the
- * first ASC_CALIBRATE_NS of steps (timed with clock_gettime meanwhile). Timestamps that must be
- * CLOCK_MONOTONIC (created_ns, --trace) always come from clock_gettime. */
+ * first ASC_CALIBRATE_NS of steps (timed with clock_gettime meanwhile). A task's created_ns is
+ * read with clock_gettime; under --trace a step's start and end are the counter's readings turned
+ * into CLOCK_MONOTONIC time from an anchor renewed every millisecond (asc_ticks_ns). */
 #define ASC_CALIBRATE_NS 50000000LL
 
 #if defined(__x86_64__)
@@ -98,6 +99,22 @@ static void asc_clock_calibrate(int64_t now_ns) {
     }
     asc_clk.ns_per_tick = (double)(now_ns - asc_clk.ns0) / (double)(t - asc_clk.ticks0);
     asc_clk.state = asc_clk.ns_per_tick > 0.0 && asc_clk.ns_per_tick < 100.0 ? 1 : -1;
+    asc_clk.ns0 = now_ns; /* from now on the anchor of asc_ticks_ns */
+    asc_clk.ticks0 = t;
+}
+
+/* A counter reading as CLOCK_MONOTONIC nanoseconds (for --trace, whose other events come from
+ * clock_gettime): from an anchor taken again once it is a millisecond old, so the two clocks
+ * cannot drift apart by more than the rounding of one conversion. */
+#define ASC_REANCHOR_NS 1000000LL
+static int64_t asc_ticks_ns(uint64_t k) {
+    double d = (double)(int64_t)(k - asc_clk.ticks0) * asc_clk.ns_per_tick;
+    if (d < 0.0 || d > (double)ASC_REANCHOR_NS) {
+        asc_clk.ns0 = asc_live_now_ns();
+        asc_clk.ticks0 = asc_ticks();
+        d = (double)(int64_t)(k - asc_clk.ticks0) * asc_clk.ns_per_tick;
+    }
+    return asc_clk.ns0 + (int64_t)d;
 }
 
 static struct {
@@ -162,12 +179,19 @@ static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t narg
                               PyObject *kwnames, PyObject *task, asc_task_stats *st) {
     Py_INCREF(task);
     if (st->created_ns == 0) st->created_ns = asc_live_now_ns(); /* first seen at its first step */
-    if (asc_clk.state == 1 && !asc_trace_active) {
+    if (asc_clk.state == 1) {
         uint64_t k0 = asc_ticks();
         PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
         uint64_t k1 = asc_ticks();
         if (k1 > k0) st->busy_ns += (int64_t)((double)(k1 - k0) * asc_clk.ns_per_tick);
         st->steps++;
+        if (asc_trace_active) { /* --trace (trace.c) */
+            int64_t t0 = asc_ticks_ns(k0), t1 = asc_ticks_ns(k1);
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            asc_trace_step(task, st, t0, t1 > t0 ? t1 : t0);
+            PyErr_Restore(et, ev, etb);
+        }
         Py_DECREF(task);
         return r;
     }
