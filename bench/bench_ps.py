@@ -94,7 +94,7 @@ def bench_one(python, ntasks, rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--python", action="append", help="interpreter(s) (default: pyenv 3.12 and 3.11)")
+    ap.add_argument("--python", action="append", help="interpreter path(s), repeatable or comma-separated (default: pyenv 3.12 and 3.11)")
     ap.add_argument("--tasks", type=int, action="append", help="task counts (default: 10000 100000)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--check", action="store_true", help="exit 1 when a budget is missed")
@@ -104,8 +104,12 @@ def main():
     global AIOSCOPE
     if a.aioscope:
         AIOSCOPE = Path(a.aioscope).resolve()
-    pythons = a.python or [p for p in ("/root/.pyenv/versions/3.12.1/bin/python3",
-                                       "/root/.pyenv/versions/3.11.7/bin/python3") if os.path.exists(p)]
+    pythons = [p for arg in (a.python or []) for p in arg.split(",") if p] or \
+        [p for p in ("/root/.pyenv/versions/3.12.1/bin/python3",
+                     "/root/.pyenv/versions/3.11.7/bin/python3") if os.path.exists(p)]
+    for p in pythons:
+        if not os.access(p, os.X_OK):
+            sys.exit("bench_ps: %s is not an interpreter (give a path; repeat --python or separate with commas)" % p)
     counts = a.tasks or [10000, 100000]
     results, ok = [], True
     print("%-45s %8s %10s %10s %11s %12s %12s %12s %8s" % ("python", "tasks", "ps min", "ps median", "table med",
