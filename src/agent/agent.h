@@ -153,6 +153,10 @@ typedef struct {
 } asc_task_stats;
 /* tasks.c: the counters of a task of the agent's subclass; NULL for any other object. */
 asc_task_stats *asc_tasks_stats(PyObject *task);
+/* livesnap.c: fn(task, arg) for every task of one of asyncio's task registries (a WeakSet of
+ * tasks, or 3.12's set of eager tasks), iterated in C; stops at the first fn < 0 (returned). Runs
+ * no Python code of its own. */
+int asc_registry_each(PyObject *registry, int (*fn)(PyObject *task, void *arg), void *arg);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
 /* steps.c: puts the step-measuring Handle._run in place (install()); notes a task of ours just

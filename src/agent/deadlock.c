@@ -493,42 +493,29 @@ static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
 /* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
  * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
  * the loop cannot be checked now. */
+typedef struct {
+    PyObject *loop, *list;
+} asc_dl_collecting;
+
+static int asc_dl_collect_one(PyObject *task, void *arg) {
+    asc_dl_collecting *c = arg;
+    PyObject *tl = PyObject_GetAttrString(task, "_loop");
+    PyObject *w = tl == c->loop ? PyObject_GetAttr(task, asc_dl.str_fut_waiter) : NULL;
+    int rc = w && w != Py_None ? PyList_Append(c->list, task) : 0;
+    Py_XDECREF(w);
+    Py_XDECREF(tl);
+    if (rc == 0) PyErr_Clear(); /* an unreadable task is left out */
+    return rc;
+}
+
 /* Append to list the tasks of one registry (asyncio's WeakSet of tasks, or 3.12's set of eager
  * tasks) that belong to loop and wait on a future. Runnable and finished tasks (no _fut_waiter)
  * are left out here: they are free, and a busy program has many. Iterating the registry in C,
  * through the WeakSet's .data, reads no Python code: asyncio.all_tasks (a set comprehension
  * calling a Python helper per task) cost ~300 ns a task. */
 static int asc_dl_collect(PyObject *registry, PyObject *loop, PyObject *list) {
-    PyObject *data = PyObject_GetAttrString(registry, "data");
-    if (!data) PyErr_Clear();
-    PyObject *it = PyObject_GetIter(data ? data : registry);
-    Py_XDECREF(data);
-    if (!it) return -1;
-    PyObject *item;
-    int rc = 0;
-    while (rc == 0 && (item = PyIter_Next(it))) {
-        PyObject *task = item; /* new reference */
-        if (PyWeakref_Check(item)) {
-#if PY_VERSION_HEX >= 0x030D0000
-            if (PyWeakref_GetRef(item, &task) <= 0) task = NULL;
-#else
-            task = PyWeakref_GetObject(item); /* borrowed; Py_None once dead */
-            task = task == Py_None ? NULL : task;
-            Py_XINCREF(task);
-#endif
-            Py_DECREF(item);
-        }
-        PyObject *tl = task ? PyObject_GetAttrString(task, "_loop") : NULL;
-        PyObject *w = tl == loop ? PyObject_GetAttr(task, asc_dl.str_fut_waiter) : NULL;
-        if (w && w != Py_None) rc = PyList_Append(list, task);
-        Py_XDECREF(w);
-        Py_XDECREF(tl);
-        Py_XDECREF(task);
-        if (rc == 0) PyErr_Clear();
-    }
-    Py_DECREF(it);
-    if (rc == 0 && PyErr_Occurred()) rc = -1; /* the iteration itself failed */
-    return rc;
+    asc_dl_collecting c = {loop, list};
+    return asc_registry_each(registry, asc_dl_collect_one, &c);
 }
 
 /* The tasks of loop that wait on a future, as a new list; NULL (an error set) on failure. */

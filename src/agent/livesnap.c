@@ -782,8 +782,7 @@ static void asc_read_task(aioscope_snapshot *snap, asc_links *links, asc_links *
 
 /* ---- the task registry ----------------------------------------------------------------------- */
 
-/* Append every task of one registry (a WeakSet or a set) to *list. */
-static int asc_collect_registry(PyObject *registry, PyObject *list) {
+int asc_registry_each(PyObject *registry, int (*fn)(PyObject *task, void *arg), void *arg) {
     if (!registry) return 0;
     /* A WeakSet keeps weak references in .data; iterating .data directly avoids the WeakSet's
      * Python-level iterator (and its _IterationGuard). */
@@ -807,7 +806,7 @@ static int asc_collect_registry(PyObject *registry, PyObject *list) {
             PyErr_Clear();
             if (!obj) continue;
         }
-        int rc = PyList_Append(list, obj);
+        int rc = fn(obj, arg);
         Py_DECREF(obj);
         if (rc < 0) {
             Py_DECREF(it);
@@ -817,6 +816,8 @@ static int asc_collect_registry(PyObject *registry, PyObject *list) {
     Py_DECREF(it);
     return PyErr_Occurred() ? -1 : 0;
 }
+
+static int asc_append_task(PyObject *task, void *list) { return PyList_Append((PyObject *)list, task); }
 
 static PyObject *asc_all_tasks(void) {
     PyObject *list = PyList_New(0);
@@ -829,7 +830,7 @@ static PyObject *asc_all_tasks(void) {
             continue;
         }
         /* _all_tasks is a function on 3.12+ (asyncio.all_tasks' helper): only sets count. */
-        int rc = PyCallable_Check(reg) ? 0 : asc_collect_registry(reg, list);
+        int rc = PyCallable_Check(reg) ? 0 : asc_registry_each(reg, asc_append_task, list);
         Py_DECREF(reg);
         if (rc < 0) {
             Py_DECREF(list);
