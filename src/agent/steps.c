@@ -8,7 +8,8 @@
  * install() the `run` method of contextvars.Context (a C method of a built-in type) is replaced
  * in the type's dict by a C method descriptor of ours (asc_run below) that calls the original.
  * When the callable it is asked to run is a step of one of our tasks it times that call (two
- * vDSO clock reads) and adds it to the task's counters; anything else goes straight through.
+ * reads of the CPU's cycle counter: the step clock below) and adds it to the task's counters;
+ * anything else goes straight through.
  * Handle._run itself stays the Python function it is, so tracebacks, stacks and profilers see
  * exactly what they saw; no object is allocated per step: the cost is one C call layer per
  * Context.run, plus two clock reads per task step. (Wrapping the Python Handle._run instead
@@ -126,7 +127,7 @@ static struct {
 
 /* ---- recognising a task's step callback ------------------------------------------------------ */
 
-/* The task a call_soon callback steps, borrowed, or NULL when it is not a task step. The wrapper
+/* The task a callable given to Context.run steps, borrowed, or NULL when it is not a task step. The wrapper
  * types are private to _asyncio, so they are recognised by name the first time and by pointer
  * after. Their layout ({PyObject_HEAD; TaskObj *task; ...}) is the same on 3.8-3.13; the size
  * check guards the read. */
@@ -144,6 +145,12 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
         }
         return NULL;
     }
+    /* Every other callable, once the wrapper types are known: nothing to compare. */
+#if PY_VERSION_HEX >= 0x030A0000
+    if (asc_st.step_wrapper_type) return NULL; /* 3.10+ wakes tasks with task_wakeup (above) */
+#else
+    if (asc_st.step_wrapper_type && asc_st.wakeup_wrapper_type) return NULL;
+#endif
     if (tp->tp_basicsize < (Py_ssize_t)(sizeof(PyObject) + sizeof(PyObject *))) return NULL;
     /* 3.12+ makes them heap types named "_asyncio.TaskStepMethWrapper": compare the last part. */
     const char *dot = strrchr(tp->tp_name, '.');
@@ -152,10 +159,12 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
         asc_st.step_wrapper_type = tp;
         return *(PyObject **)((char *)cb + sizeof(PyObject));
     }
+#if PY_VERSION_HEX < 0x030A0000
     if (!asc_st.wakeup_wrapper_type && strcmp(short_name, "TaskWakeupMethWrapper") == 0) {
         asc_st.wakeup_wrapper_type = tp;
         return *(PyObject **)((char *)cb + sizeof(PyObject));
     }
+#endif
     return NULL;
 }
 
