@@ -145,7 +145,7 @@ int asc_tasks_report_pending(PyObject *loop);
 /* Per-task counters kept in the Task subclass (tasks.c embeds one per task, zeroed at creation);
  * written by steps.c with the GIL, read by livesnap.c with the GIL. */
 typedef struct {
-    int64_t created_ns; /* CLOCK_MONOTONIC when the task first scheduled a step; 0: not yet */
+    int64_t created_ns; /* CLOCK_MONOTONIC when the factory made it (or at its first step); 0: not yet */
     int64_t busy_ns;    /* time spent running its steps */
     long steps;         /* steps run */
     uintptr_t spawned_by; /* id() of the task running on the loop when it was created; 0: none */
@@ -159,7 +159,7 @@ asc_task_stats *asc_tasks_stats(PyObject *task);
 int asc_registry_each(PyObject *registry, int (*fn)(PyObject *task, void *arg), void *arg);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
-/* steps.c: puts the step-measuring Handle._run in place (install()); notes a task of ours just
+/* steps.c: puts the step-measuring Context.run in place (install()); notes a task of ours just
  * created on loop (task_factory.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);
 void asc_steps_task_created(PyObject *task, PyObject *loop);

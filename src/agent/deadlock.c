@@ -490,9 +490,6 @@ static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
     return *out != NULL;
 }
 
-/* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
- * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
- * the loop cannot be checked now. */
 typedef struct {
     PyObject *loop, *list;
 } asc_dl_collecting;
@@ -542,6 +539,9 @@ static PyObject *asc_dl_waiting_tasks(PyObject *loop) {
     return list;
 }
 
+/* Read the loop's tasks into s: waiters, which are stable since the previous check, and for
+ * the stable ones their chain and what they wait on. Updates slot->seen. Returns 0, or -1 when
+ * the loop cannot be checked now. */
 static int asc_dl_take(asc_dl_snap *s, asc_dl_slot *slot) {
     s->tasks = asc_dl_waiting_tasks(s->loop);
     if (!s->tasks) return -1;
