@@ -157,6 +157,11 @@ asc_task_stats *asc_tasks_stats(PyObject *task);
  * tasks, or 3.12's set of eager tasks), iterated in C; stops at the first fn < 0 (returned). Runs
  * no Python code of its own. */
 int asc_registry_each(PyObject *registry, int (*fn)(PyObject *task, void *arg), void *arg);
+/* method_hook.c: a C method descriptor standing in a class's dict for the method orig, which
+ * `call` (a vectorcall: args[0] the instance) is expected to call through asc_method_hook_orig.
+ * New reference, or NULL with an error set. */
+PyObject *asc_method_hook_new(PyObject *orig, vectorcallfunc call);
+PyObject *asc_method_hook_orig(PyObject *self); /* borrowed */
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
 /* steps.c: puts the step-measuring Context.run in place (install()); notes a task of ours just

@@ -6,7 +6,7 @@
  * TaskStepMethWrapper, and a task waiting on a future is woken by the future's done-callback
  * (TaskWakeupMethWrapper on 3.8/3.9, a builtin method named task_wakeup from 3.10). So at
  * install() the `run` method of contextvars.Context (a C method of a built-in type) is replaced
- * in the type's dict by a C method descriptor of ours (asc_run below) that calls the original.
+ * in the type's dict by a C method descriptor (method_hook.c) that calls the original.
  * When the callable it is asked to run is a step of one of our tasks it times that call (two
  * reads of the CPU's cycle counter: the step clock below) and adds it to the task's counters;
  * anything else goes straight through.
@@ -31,9 +31,6 @@
 
 #if PY_VERSION_HEX < 0x03090000
 #define PyObject_Vectorcall _PyObject_Vectorcall
-#define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL /* provisional name in 3.8 */
-#else
-#define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
 #endif
 
 int64_t asc_live_now_ns(void) {
@@ -170,18 +167,6 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
 
 /* ---- the class-level Context.run ----------------------------------------------------------- */
 
-/* A method descriptor put in contextvars.Context's dict in place of its `run`. It is flagged
- * Py_TPFLAGS_METHOD_DESCRIPTOR, so `ctx.run(...)` (and the interpreter's specialised method-call
- * forms) call it unbound with the context first, as they call the original: no bound method is
- * created per call. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *orig; /* owned: Context.run, a method descriptor called with the context first */
-    vectorcallfunc vectorcall;
-} asc_run;
-
-static PyTypeObject asc_run_type;
-
 /* A task step, timed into the task's counters. The step may end the task and drop the last
  * other reference to it: the task is kept alive until the counters are updated. */
 static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t nargsf,
@@ -220,10 +205,10 @@ static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t narg
     return r;
 }
 
-/* args: (context, callable, *its args). */
+/* Context.run in its type's dict (method_hook.c). args: (context, callable, *its args). */
 static PyObject *asc_run_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                                     PyObject *kwnames) {
-    PyObject *orig = ((asc_run *)self)->orig;
+    PyObject *orig = asc_method_hook_orig(self);
     if (PyVectorcall_NARGS(nargsf) >= 2 && asc_cfg.enabled) {
         PyObject *task = asc_task_of_callback(args[1]);
         asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
@@ -231,60 +216,6 @@ static PyObject *asc_run_vectorcall(PyObject *self, PyObject *const *args, size_
     }
     return PyObject_Vectorcall(orig, args, nargsf, kwnames);
 }
-
-/* Context.run read from an instance: bound like the method descriptor it replaces. */
-static PyObject *asc_run_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(self);
-        return self;
-    }
-    return PyMethod_New(self, obj);
-}
-
-/* __name__, __doc__, __qualname__: the original's answers. */
-static PyObject *asc_run_getattro(PyObject *self, PyObject *name) {
-    PyObject *r = PyObject_GenericGetAttr(self, name);
-    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
-    PyErr_Clear();
-    return PyObject_GetAttr(((asc_run *)self)->orig, name);
-}
-
-static int asc_run_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_run *)self)->orig);
-    return 0;
-}
-
-static int asc_run_clear(PyObject *self) {
-    Py_CLEAR(((asc_run *)self)->orig);
-    return 0;
-}
-
-static void asc_run_dealloc(PyObject *self) {
-    PyObject_GC_UnTrack(self);
-    asc_run_clear(self);
-    PyObject_GC_Del(self);
-}
-
-static PyObject *asc_run_repr(PyObject *self) {
-    PyObject *orig = ((asc_run *)self)->orig;
-    if (!orig) return PyUnicode_FromString("<Context.run>");
-    return PyObject_Repr(orig);
-}
-
-static PyTypeObject asc_run_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.ContextRun",
-    .tp_basicsize = sizeof(asc_run),
-    .tp_dealloc = asc_run_dealloc,
-    .tp_repr = asc_run_repr,
-    .tp_call = PyVectorcall_Call,
-    .tp_getattro = asc_run_getattro,
-    .tp_traverse = asc_run_traverse,
-    .tp_clear = asc_run_clear,
-    .tp_descr_get = asc_run_descr_get,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
-                Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .tp_vectorcall_offset = offsetof(asc_run, vectorcall),
-};
 
 /* ---- creation -------------------------------------------------------------------------------- */
 
@@ -317,7 +248,6 @@ static PyObject *asc_type_dict(PyTypeObject *tp) {
 
 int asc_steps_init(PyObject *module) {
     (void)module;
-    if (PyType_Ready(&asc_run_type) < 0) return -1;
     asc_clock_init();
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
     if (!tasks) return -1;
@@ -330,15 +260,11 @@ int asc_steps_init(PyObject *module) {
     PyObject *dict = asc_type_dict(&PyContext_Type);
     PyObject *cur = dict ? PyDict_GetItemString(dict, "run") : NULL; /* borrowed */
     if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) return 0;
-    asc_run *run = PyObject_GC_New(asc_run, &asc_run_type);
+    PyObject *run = asc_method_hook_new(cur, asc_run_vectorcall);
     if (!run) return -1;
-    Py_INCREF(cur);
-    run->orig = cur;
-    run->vectorcall = asc_run_vectorcall;
-    PyObject_GC_Track((PyObject *)run);
     /* A built-in type refuses setattr; its dict is written directly and the type told, which
      * drops every cached lookup of its attributes. */
-    int rc = PyDict_SetItemString(dict, "run", (PyObject *)run);
+    int rc = PyDict_SetItemString(dict, "run", run);
     Py_DECREF(run);
     PyType_Modified(&PyContext_Type);
     return rc;

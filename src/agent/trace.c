@@ -46,9 +46,6 @@
 
 #if PY_VERSION_HEX < 0x03090000
 #define PyObject_Vectorcall _PyObject_Vectorcall
-#define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL
-#else
-#define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
 #endif
 
 /* Events kept by default: 48 bytes each, so 24 MB of ring and a file of roughly 50-80 MB,
@@ -361,25 +358,18 @@ static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
 }
 
 /* _run_once, timed. The class's function (BaseEventLoop._run_once, or a subclass's own) is
- * replaced in that class's dict by this method descriptor, which calls it. It is flagged
- * Py_TPFLAGS_METHOD_DESCRIPTOR, so run_forever's `self._run_once()` calls it unbound with the
- * loop first, as it called the function: no bound method per iteration.
+ * replaced in that class's dict by a method descriptor (method_hook.c) whose call is this: no
+ * bound method per iteration.
  *
  * Why the class and not the loop: an attribute put in the loop's instance __dict__ (the first
  * version did that) materialises the dict of an object whose attributes CPython 3.11+ otherwise
  * keeps as inline values, and every `self._ready`, `self._check_closed()`, `loop.call_soon()` of
  * the loop's own Python code then takes the slower dict path: measured with callgrind on 3.12,
  * that cost more than the rest of the trace (about 10 000 instructions per queue round trip). */
-typedef struct {
-    PyObject_HEAD
-    PyObject *orig; /* owned: the class's _run_once function */
-    vectorcallfunc vectorcall;
-} asc_run_once;
-
 /* args: (loop,). */
 static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t nargsf,
                                    PyObject *kwnames) {
-    PyObject *orig = ((asc_run_once *)self)->orig;
+    PyObject *orig = asc_method_hook_orig(self);
     if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !asc_trace_active)
         return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* the function's own answer */
     PyObject *loop = args[0];
@@ -393,53 +383,6 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
     Py_DECREF(loop);
     return r;
 }
-
-/* Read from an instance: bound like the function it replaces. */
-static PyObject *asc_run_once_descr_get(PyObject *self, PyObject *obj, PyObject *type) {
-    if (obj == NULL || obj == Py_None) {
-        Py_INCREF(self);
-        return self;
-    }
-    return PyMethod_New(self, obj);
-}
-
-/* __name__, __qualname__, __doc__, __wrapped__-less introspection: the function's answers. */
-static PyObject *asc_run_once_getattro(PyObject *self, PyObject *name) {
-    PyObject *r = PyObject_GenericGetAttr(self, name);
-    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) return r;
-    PyErr_Clear();
-    return PyObject_GetAttr(((asc_run_once *)self)->orig, name);
-}
-
-static int asc_run_once_traverse(PyObject *self, visitproc visit, void *arg) {
-    Py_VISIT(((asc_run_once *)self)->orig);
-    return 0;
-}
-
-static int asc_run_once_clear(PyObject *self) {
-    Py_CLEAR(((asc_run_once *)self)->orig);
-    return 0;
-}
-
-static void asc_run_once_dealloc(PyObject *self) {
-    PyObject_GC_UnTrack(self);
-    asc_run_once_clear(self);
-    PyObject_GC_Del(self);
-}
-
-static PyTypeObject asc_run_once_type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "aioscope._agent.RunOnce",
-    .tp_basicsize = sizeof(asc_run_once),
-    .tp_dealloc = asc_run_once_dealloc,
-    .tp_call = PyVectorcall_Call,
-    .tp_getattro = asc_run_once_getattro,
-    .tp_traverse = asc_run_once_traverse,
-    .tp_clear = asc_run_once_clear,
-    .tp_descr_get = asc_run_once_descr_get,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
-                Py_TPFLAGS_METHOD_DESCRIPTOR,
-    .tp_vectorcall_offset = offsetof(asc_run_once, vectorcall),
-};
 
 /* A loop starts: its track, and its class's _run_once timed (once per class). Loops whose
  * _run_once is not a Python function defined in a class (uvloop) are not timed. */
@@ -463,13 +406,9 @@ int asc_trace_on_loop_start(PyObject *loop) {
      * a C loop): left alone. A static type's dict (3.12+: not tp_dict) never has a function. */
     if (!owner || !PyFunction_Check(cur) || !(((PyTypeObject *)owner)->tp_flags & Py_TPFLAGS_HEAPTYPE))
         return 0;
-    asc_run_once *ro = PyObject_GC_New(asc_run_once, &asc_run_once_type);
+    PyObject *ro = asc_method_hook_new(cur, asc_run_once_call);
     if (!ro) return -1;
-    Py_INCREF(cur);
-    ro->orig = cur;
-    ro->vectorcall = asc_run_once_call;
-    PyObject_GC_Track((PyObject *)ro);
-    int rc = PyObject_SetAttr(owner, asc_tr.str_run_once, (PyObject *)ro);
+    int rc = PyObject_SetAttr(owner, asc_tr.str_run_once, ro);
     Py_DECREF(ro);
     return rc;
 }
@@ -795,7 +734,6 @@ int asc_trace_init(PyObject *module) {
     asc_tr.next_task_track = ASC_TRACK_TASK0;
     asc_tr.names[0] = strdup("?");
     asc_tr.nnames = 1;
-    if (PyType_Ready(&asc_run_once_type) < 0) return -1;
 #define ASC_INTERN(field, s) \
     if (!(asc_tr.field = PyUnicode_InternFromString(s))) return -1;
     ASC_INTERN(str_done, "done");

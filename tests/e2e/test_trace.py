@@ -259,7 +259,7 @@ def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     assert "lock ok" in r.stdout
     r, data = run_traced(run_aioscope, python, probe, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "class_run_once RunOnce" in r.stdout and "instance_run_once False" in r.stdout
+    assert "class_run_once MethodHook" in r.stdout and "instance_run_once False" in r.stdout
 
 
 def test_uvloop_trace_is_valid(run_aioscope, python, tmp_path, loop):
