@@ -15,6 +15,11 @@
  *   coros.c     `unawaited-coroutine` through warnings._warn_unawaited_coroutine
  *   leaks.c     `resource-leak`
  *   frames.c    the program's own frames: classifying files, sites, stacks, cheap creation sites
+ *   deadlock.c  `deadlock` and `stuck-task` (deadlock_report.c writes them; deadlock.h)
+ *   steps.c     busy time and steps of each task, for the live view
+ *   livesnap.c, livethreads.c, livepy.c, control.c  the live view: snapshots, the control socket
+ *   trace.c     --trace (trace_locks.c: lock spans; trace.h)
+ *   method_hook.c  the class-level method descriptor steps.c and trace.c hook methods with
  *
  * The agent is a process-wide singleton (it hooks process-wide things: warnings, the running-loop
  * setter, at-exit), so its state is one static struct rather than per-module state;
