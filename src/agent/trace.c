@@ -114,6 +114,7 @@ static struct {
     PyObject *last_qual;
     uint32_t last_qual_index;
     PyObject *current_task;   /* owned: asyncio.current_task */
+    PyObject *current_tasks;  /* owned: the {loop: task} dict current_task() reads, or NULL */
     int dumped;
 } asc_tr;
 
@@ -338,6 +339,7 @@ void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) 
     if (state > 0)
         asc_trace_put(ASC_EV_TASK_DONE, t1, 0, st->trace_track, st->trace_name, st->trace_label, 0,
                       state == 1 ? 1 : 0);
+    asc_trace_locks_flush(); /* a lock wait that ended in this step without the lock */
 }
 
 /* ---- loops ---------------------------------------------------------------------------------- */
@@ -357,6 +359,10 @@ static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
     return ASC_TRACK_LOOP0 + (uint32_t)i;
 }
 
+/* The loop whose iteration this thread is running (borrowed; NULL outside one): lets the lock
+ * hooks find the running task in asyncio's table of current tasks directly. */
+static __thread PyObject *asc_iteration_loop;
+
 /* _run_once, timed. The class's function (BaseEventLoop._run_once, or a subclass's own) is
  * replaced in that class's dict by a method descriptor (method_hook.c) whose call is this: no
  * bound method per iteration.
@@ -374,8 +380,11 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
         return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* the function's own answer */
     PyObject *loop = args[0];
     Py_INCREF(loop); /* identity only below, but kept alive across the call */
+    PyObject *outer = asc_iteration_loop; /* none: a loop cannot run inside another one's run */
+    asc_iteration_loop = loop;
     int64_t t0 = asc_live_now_ns();
     PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
+    asc_iteration_loop = outer;
     if (asc_trace_active) {
         uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
         asc_trace_put(ASC_EV_ITER, t0, asc_live_now_ns() - t0, track, asc_tr.name_iteration, 0, 0, 0);
@@ -443,7 +452,15 @@ void asc_trace_finding(const aioscope_finding *f) {
 
 /* The track of the task running now on the calling thread's loop (0: none traced). */
 uint32_t asc_trace_current_track(void) {
-    PyObject *t = asc_tr.current_task ? PyObject_Vectorcall(asc_tr.current_task, NULL, 0, NULL) : NULL;
+    PyObject *t;
+    /* Inside an iteration of a loop of ours, asyncio.current_task() is current_tasks[loop]: read
+     * directly, that is a dict lookup instead of a call that first finds the running loop. */
+    if (asc_iteration_loop && asc_tr.current_tasks) {
+        t = PyDict_GetItemWithError(asc_tr.current_tasks, asc_iteration_loop); /* borrowed */
+        Py_XINCREF(t);
+    } else {
+        t = asc_tr.current_task ? PyObject_Vectorcall(asc_tr.current_task, NULL, 0, NULL) : NULL;
+    }
     asc_task_stats *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
     if (st && !st->trace_track) asc_trace_adopt(t, st);
     if (st && !(st->trace_flags & ASC_TF_NAMED)) { /* running: its name is final */
@@ -659,6 +676,7 @@ void asc_trace_at_exit(void) {
     /* A forked child inherits the ring; only the process that started tracing writes the file. */
     if (!asc_trace_active || asc_tr.dumped || (long)getpid() != asc_tr.pid) return;
     asc_tr.dumped = 1;
+    asc_trace_locks_flush();
     (void)asc_trace_write(asc_tr.path);
 }
 
@@ -767,6 +785,14 @@ int asc_trace_init(PyObject *module) {
     PyErr_Clear();
     Py_XDECREF(asyncio);
     if (!asc_tr.current_task) return -1;
+    /* asyncio.tasks._current_tasks: _asyncio's own dict when the C module is there (3.8-3.13),
+     * the pure-Python one otherwise, in step with current_task() either way. */
+    PyObject *tasks_mod = PyImport_ImportModule("asyncio.tasks");
+    PyObject *cur_tasks = tasks_mod ? PyObject_GetAttrString(tasks_mod, "_current_tasks") : NULL;
+    if (cur_tasks && PyDict_CheckExact(cur_tasks)) asc_tr.current_tasks = cur_tasks;
+    else Py_XDECREF(cur_tasks);
+    Py_XDECREF(tasks_mod);
+    PyErr_Clear(); /* without it: current_task() at every lock wait */
     if (asc_trace_locks_init(asc_tr.name_lock_wait, asc_tr.name_lock_hold) < 0)
         PyErr_Clear(); /* no lock spans; the rest still works */
     asc_trace_hook_sigterm();

@@ -33,7 +33,7 @@ enum {
     ASC_EV_TASK_DONE,  /* i on the task's track; flags: 1 cancelled */
     ASC_EV_BLOCKED,    /* X on a loop's blocked track; text = the finding */
     ASC_EV_FINDING,    /* i; text = the finding */
-    ASC_EV_LOCK_WAIT,  /* async span on a task; aux = the lock's id; flags: 1 cancelled */
+    ASC_EV_LOCK_WAIT,  /* async span on a task; aux = the lock's id; flags: 1 not acquired */
     ASC_EV_LOCK_HOLD,  /* async span on a task; aux = the lock's id */
 };
 
@@ -48,7 +48,10 @@ int asc_trace_future_cancelled(PyObject *fut);
 /* Index of a name in the trace's name table (0, "?", when the table is full). */
 uint32_t asc_trace_intern_c(const char *s);
 
-/* trace_locks.c: replaces asyncio.Lock.acquire/release on the class while tracing. 0 or -1. */
+/* trace_locks.c: watches asyncio.Lock's attribute stores while tracing. 0 or -1. */
 int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold);
+/* Records the wait that ended in the step just over without taking its lock, if any: at the
+ * end of every traced step and before the file is written. */
+void asc_trace_locks_flush(void);
 
 #endif

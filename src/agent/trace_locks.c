@@ -1,31 +1,38 @@
 /* trace_locks.c: asyncio.Lock wait and hold spans for the --trace timeline.
  *
- * While tracing (and only then), asyncio.Lock.acquire and .release are replaced on the class by
- * C method descriptors, and every traced lock's `_waiters` deque by an instance of a C subclass
- * of deque (LockWaiters) whose append() and remove() note when a waiter starts and stops
- * waiting. Lock.acquire (3.8-3.13) waits in one way only:
+ * Lock.acquire and Lock.release (3.8-3.13) mark every change of the lock's state with one
+ * attribute store, and wait in one way only:
  *
- *     fut = loop.create_future(); self._waiters.append(fut)
- *     try: await fut  finally: self._waiters.remove(fut)      (then `self._locked = True`)
+ *     acquire:  free (not _locked, nobody waiting)?  self._locked = True
+ *               else: fut = loop.create_future(); self._waiters.append(fut)
+ *                     try: await fut  finally: self._waiters.remove(fut)
+ *                     (CancelledError: raise)   self._locked = True
+ *     release:  self._locked = False; wake the first waiter
  *
- * so the wait span runs from append(fut) to remove(fut), in the waiting task, and the lock is
- * acquired at remove() unless fut was cancelled ("acquired": false). An acquire that finds the
- * lock free takes it at its first step without touching _waiters: the acquire() hook sees that
- * (lock not locked, nobody waiting) and starts the hold at once. release() calls the original
- * and closes the hold. `async with lock`, Condition (which calls the lock's bound methods) and
- * subclasses all go through them.
+ * So while tracing (and only then) asyncio.Lock gets a C __setattr__ (tp_setattro, installed
+ * through the class's dict so that subclasses have it too) that notes `_locked = True` (a hold
+ * starts, in the task running now) and `_locked = False` (it ends), and swaps the deque that
+ * acquire() stores in `_waiters` on first contention for an instance of LockWaiters, a C
+ * subclass of deque whose append() and remove() note when a waiter starts and stops waiting.
+ * A wait that ended with its future not cancelled is kept pending until the same step sets
+ * `_locked = True` (acquired: the wait's end is the hold's start) or ends without it (the task
+ * was cancelled after its future got the lock: not acquired). `async with lock`, Condition
+ * (which calls the lock's methods) and subclasses all go through these stores.
  *
- * Why not wrap the coroutine acquire() returns (the first version did): the wrapper sat between
- * the task's coroutine and acquire's, so every resumption of a waiter entered the interpreter
- * afresh from C instead of the interpreter's inlined SEND, and cost an object per wait; on a
- * contended lock that was about half of what --trace cost (3.12, bench/workloads).
+ * Why attribute stores and not acquire/release (the previous version replaced both methods on
+ * the class by C method descriptors calling the Python originals): a Python function called
+ * from C is entered afresh instead of through the interpreter's inlined call, twice per
+ * acquisition, and the acquire hook had to read _locked and _waiters again to see the fast
+ * path; a store through tp_setattro costs one C call (the store loses its specialisation on
+ * this one class). Before that, the coroutine acquire() returns was wrapped, which cost about
+ * half of what --trace cost on a contended lock (3.12, bench/workloads).
  *
  * Open holds are kept in a fixed table keyed by the lock's address (a program holds a handful
  * of locks at once); when it is full the extra holds are not drawn, nothing else changes. Open
  * waits are kept in a table keyed by the waiter future's address that grows with the number of
- * tasks waiting at once. Known imprecision: a waiter whose future got the lock but whose task was
- * cancelled before it ran (acquire() then raises instead of taking the lock) is drawn as
- * acquired; the hold it seems to open is replaced by the next holder's. */
+ * tasks waiting at once. Locks created before the agent was installed (none under `aioscope
+ * run`, which installs it before the program starts) that were contended before have a plain
+ * deque and no wait spans; their holds are drawn. */
 #include "agent/trace.h"
 
 #include <stdlib.h>
@@ -54,16 +61,22 @@ typedef struct {
 } asc_wait;
 
 static struct {
-    PyObject *orig_acquire, *orig_release;  /* owned: asyncio.Lock's own methods */
     PyObject *str_locked, *str_waiters;     /* owned, interned */
     PyTypeObject *deque_type;               /* owned: collections.deque */
     PyTypeObject *waiters_type;             /* owned: LockWaiters, our subclass of deque */
     PyObject *deque_append, *deque_remove;  /* owned: deque's own methods (method descriptors) */
     Py_ssize_t lock_offset;                 /* where LockWaiters keeps its lock's address */
     uint32_t name_wait, name_hold;
+    /* The __setattr__ and __delattr__ slot wrappers put in Lock's dict: object's, with our
+     * function (see asc_lock_setattro_install). They live as long as the process. */
+    struct wrapperbase setattr_base, delattr_base;
     asc_hold holds[ASC_HOLD_SLOTS]; /* open addressing, linear probing, backward-shift delete */
     asc_wait *waits;                /* owned; the same scheme, nwaits_cap slots */
     size_t nwaits, nwaits_cap;
+    /* The last wait that ended with its future not cancelled, until its task sets _locked
+     * (acquired) or its step ends (not): pending.fut NULL when none. end is when it ended. */
+    asc_wait pending;
+    int64_t pending_end;
 } asc_tl;
 
 /* Objects are 16-byte aligned: the low bits carry nothing. */
@@ -165,6 +178,22 @@ static int asc_wait_take(const void *fut, asc_wait *out) {
     }
 }
 
+/* ---- the end of a wait ---------------------------------------------------------------------- */
+
+static void asc_wait_record(const asc_wait *w, int64_t end, int acquired) {
+    asc_trace_put(ASC_EV_LOCK_WAIT, w->start, end - w->start, w->track, asc_tl.name_wait, 0,
+                  (uint64_t)(uintptr_t)w->lock, acquired ? 0 : 1);
+}
+
+/* The pending wait did not get its lock: its task was cancelled after the future was given the
+ * lock, or raised before storing _locked. Called at the end of every traced step (trace.c), at
+ * the next wait's end or hold's start, and before the file is written. */
+void asc_trace_locks_flush(void) {
+    if (!asc_tl.pending.fut) return;
+    asc_wait_record(&asc_tl.pending, asc_tl.pending_end, 0);
+    asc_tl.pending.fut = NULL;
+}
+
 /* ---- LockWaiters: the lock's _waiters deque, watched ---------------------------------------- */
 
 static const void **asc_waiters_lock(PyObject *self) {
@@ -182,7 +211,8 @@ static PyObject *asc_waiters_append(PyObject *self, PyObject *fut) {
     return r;
 }
 
-/* _waiters.remove(fut): the wait is over; the lock is the waiter's unless fut was cancelled. */
+/* _waiters.remove(fut): the wait is over. Cancelled future: not acquired. Otherwise the lock is
+ * the waiter's if its task goes on to store _locked = True in this step (asc_lock_set_locked). */
 static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     PyObject *args[2] = {self, fut};
     PyObject *r = PyObject_Vectorcall(asc_tl.deque_remove, args, 2, NULL);
@@ -195,10 +225,13 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
 #endif
-    int acquired = asc_trace_future_cancelled(fut) == 0;
-    asc_trace_put(ASC_EV_LOCK_WAIT, w.start, now - w.start, w.track, asc_tl.name_wait, 0,
-                  (uint64_t)(uintptr_t)w.lock, acquired ? 0 : 1);
-    if (acquired) asc_hold_put(w.lock, w.track, now);
+    asc_trace_locks_flush();
+    if (asc_trace_future_cancelled(fut) == 0) {
+        asc_tl.pending = w;
+        asc_tl.pending_end = now;
+    } else {
+        asc_wait_record(&w, now, 0);
+    }
 #if PY_VERSION_HEX >= 0x030C0000
     PyErr_SetRaisedException(exc);
 #else
@@ -229,61 +262,106 @@ static PyMethodDef asc_waiters_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-/* Gives a lock a LockWaiters as its _waiters (keeping any waiters already there), once. waiters
- * is the current value, borrowed. */
-static void asc_lock_watch(PyObject *lock, PyObject *waiters) {
-    if (waiters != Py_None && Py_TYPE(waiters) != asc_tl.deque_type) return; /* ours, or unknown */
-    PyObject *w = PyObject_CallFunctionObjArgs((PyObject *)asc_tl.waiters_type,
-                                               waiters == Py_None ? NULL : waiters, NULL);
-    if (w) {
-        *asc_waiters_lock(w) = lock;
-        if (PyObject_SetAttr(lock, asc_tl.str_waiters, w) < 0) PyErr_Clear();
-        Py_DECREF(w);
+/* ---- Lock's attribute stores ---------------------------------------------------------------- */
+
+/* 1 when name is the attribute s (interned): identifiers in code are interned, so a pointer
+ * comparison; a name built at run time (setattr(lock, "_loc" + "ked", ...)) is compared. */
+static inline int asc_is_name(PyObject *name, PyObject *s) {
+    if (name == s) return 1;
+    return PyUnicode_Check(name) && !PyUnicode_CHECK_INTERNED(name) && PyUnicode_Compare(name, s) == 0;
+}
+
+/* lock._locked = value, stored. True: a hold starts, in the task running now; when that task's
+ * wait just ended (the pending wait) the wait was acquired and the hold starts where it ended.
+ * False: the hold, if one is open, ends now. */
+static void asc_lock_set_locked(PyObject *lock, PyObject *value) {
+    if (value == Py_True) {
+        if (asc_tl.pending.fut && asc_tl.pending.lock == lock) {
+            asc_wait_record(&asc_tl.pending, asc_tl.pending_end, 1);
+            asc_hold_put(lock, asc_tl.pending.track, asc_tl.pending_end);
+            asc_tl.pending.fut = NULL;
+            return;
+        }
+        asc_trace_locks_flush();
+        asc_hold_put(lock, asc_trace_current_track(), asc_live_now_ns());
+    } else if (value == Py_False) {
+        uint32_t track;
+        int64_t start;
+        if (asc_hold_take(lock, &track, &start))
+            asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track, asc_tl.name_hold, 0,
+                          (uint64_t)(uintptr_t)lock, 0);
     }
-    PyErr_Clear();
 }
 
-/* ---- Lock.acquire / Lock.release ------------------------------------------------------------ */
-
-/* Lock.acquire(self) while tracing. When the lock is free (not locked, nobody waiting:
- * acquire()'s fast path, 3.8-3.13), the coroutine takes it at its first step, which `await`
- * (and `async with`) runs right away: the hold starts now. Otherwise the wait is seen by the
- * lock's LockWaiters. */
-static PyObject *asc_lock_acquire(PyObject *lock, PyObject *unused) {
-    PyObject *coro = PyObject_Vectorcall(asc_tl.orig_acquire, &lock, 1, NULL);
-    if (!coro || !asc_trace_active) return coro;
-    PyObject *waiters = PyObject_GetAttr(lock, asc_tl.str_waiters);
-    PyObject *locked = waiters ? PyObject_GetAttr(lock, asc_tl.str_locked) : NULL;
-    if (waiters && locked) {
-        /* 3.10+ leaves _waiters None until the lock is first contended, and acquire()'s fast
-         * path tests `_waiters is None` before scanning the deque: a lock never contended keeps
-         * its None (this acquire waits only if the lock is taken now). */
-        if (waiters != Py_None || locked == Py_True) asc_lock_watch(lock, waiters);
-        if (locked == Py_False && (waiters == Py_None || PyObject_Size(waiters) == 0))
-            asc_hold_put(lock, asc_trace_current_track(), asc_live_now_ns());
+/* lock._waiters = a deque (acquire() on the lock's first contention; 3.8-3.13 start with None):
+ * a LockWaiters with the same items is stored instead. NULL (no exception) when it cannot be
+ * made: the deque is stored as it is, the lock has no wait spans. */
+static PyObject *asc_lock_watched_waiters(PyObject *lock, PyObject *deque) {
+    PyObject *w = PyObject_CallFunctionObjArgs((PyObject *)asc_tl.waiters_type, deque, NULL);
+    if (!w) {
+        PyErr_Clear();
+        return NULL;
     }
-    Py_XDECREF(locked);
-    Py_XDECREF(waiters);
-    PyErr_Clear();
-    return coro;
+    *asc_waiters_lock(w) = lock;
+    return w;
 }
 
-/* Lock.release(self) while tracing: the hold span ends when the original release succeeds. */
-static PyObject *asc_lock_release(PyObject *lock, PyObject *unused) {
-    PyObject *r = PyObject_Vectorcall(asc_tl.orig_release, &lock, 1, NULL);
-    if (!r || !asc_trace_active) return r;
-    uint32_t track;
-    int64_t start;
-    if (asc_hold_take(lock, &track, &start))
-        asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track, asc_tl.name_hold, 0,
-                      (uint64_t)(uintptr_t)lock, 0);
-    return r;
+/* Lock's tp_setattro while tracing: the generic store, noting _locked and _waiters. */
+static int asc_lock_setattro(PyObject *self, PyObject *name, PyObject *value) {
+    if (!value || !asc_trace_active) return PyObject_GenericSetAttr(self, name, value);
+    if (asc_is_name(name, asc_tl.str_locked)) {
+        int rc = PyObject_GenericSetAttr(self, name, value);
+        if (rc == 0) asc_lock_set_locked(self, value);
+        return rc;
+    }
+    if (Py_TYPE(value) == asc_tl.deque_type && asc_is_name(name, asc_tl.str_waiters)) {
+        PyObject *w = asc_lock_watched_waiters(self, value);
+        int rc = PyObject_GenericSetAttr(self, name, w ? w : value);
+        Py_XDECREF(w);
+        return rc;
+    }
+    return PyObject_GenericSetAttr(self, name, value);
 }
 
-static PyMethodDef asc_lock_acquire_def = {"acquire", asc_lock_acquire, METH_NOARGS,
-                                           "Lock.acquire(), with its wait and hold on aioscope's timeline."};
-static PyMethodDef asc_lock_release_def = {"release", asc_lock_release, METH_NOARGS,
-                                           "Lock.release(), with its hold on aioscope's timeline."};
+/* Gives asyncio.Lock our tp_setattro the way a class statement would give it a __setattr__:
+ * Lock's dict gets a __setattr__ and a __delattr__ slot wrapper (copies of object's, whose
+ * wrapped function is ours), and the type machinery then puts that function itself in the slot
+ * of Lock and of every subclass, present or future (a slot written directly would be replaced
+ * by object's in a subclass made later). Both names are needed: they share the slot, and
+ * different functions behind them would give the slow generic dispatch. 0, or -1 (an exception
+ * set or not) with Lock as it was. */
+static int asc_lock_setattro_install(PyObject *lock_type) {
+    PyObject *os = PyObject_GetAttrString((PyObject *)&PyBaseObject_Type, "__setattr__");
+    PyObject *od = os ? PyObject_GetAttrString((PyObject *)&PyBaseObject_Type, "__delattr__") : NULL;
+    int ok = od && Py_TYPE(os) == &PyWrapperDescr_Type && Py_TYPE(od) == &PyWrapperDescr_Type;
+    if (ok) {
+        asc_tl.setattr_base = *((PyWrapperDescrObject *)os)->d_base;
+        asc_tl.delattr_base = *((PyWrapperDescrObject *)od)->d_base;
+    }
+    Py_XDECREF(os);
+    Py_XDECREF(od);
+    if (!ok) return -1;
+    PyTypeObject *tp = (PyTypeObject *)lock_type;
+    PyObject *ds = PyDescr_NewWrapper(tp, &asc_tl.setattr_base, (void *)asc_lock_setattro);
+    PyObject *dd = ds ? PyDescr_NewWrapper(tp, &asc_tl.delattr_base, (void *)asc_lock_setattro) : NULL;
+    int rc = dd && PyObject_SetAttrString(lock_type, "__setattr__", ds) == 0 &&
+                     PyObject_SetAttrString(lock_type, "__delattr__", dd) == 0 &&
+                     tp->tp_setattro == asc_lock_setattro
+                 ? 0
+                 : -1;
+    Py_XDECREF(ds);
+    Py_XDECREF(dd);
+    if (rc < 0) { /* the slot is not ours after all: back to object's */
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        if (PyObject_DelAttrString(lock_type, "__setattr__") < 0) PyErr_Clear();
+        if (PyObject_DelAttrString(lock_type, "__delattr__") < 0) PyErr_Clear();
+        PyErr_Restore(et, ev, etb);
+    }
+    return rc;
+}
+
+/* ---- init ----------------------------------------------------------------------------------- */
 
 /* A class of a module (new reference), or NULL with an exception set or not. */
 static PyObject *asc_import_type(const char *module, const char *name) {
@@ -322,7 +400,7 @@ static int asc_waiters_type_init(void) {
     return asc_tl.waiters_type ? 0 : -1;
 }
 
-/* Replace asyncio.Lock's acquire/release on the class with our method descriptors. */
+/* Watch asyncio.Lock's attribute stores (see the top of the file). 0 or -1. */
 int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     asc_tl.name_wait = name_wait;
     asc_tl.name_hold = name_hold;
@@ -332,16 +410,7 @@ int asc_trace_locks_init(uint32_t name_wait, uint32_t name_hold) {
     if (asc_waiters_type_init() < 0) return -1;
     PyObject *lock_type = asc_import_type("asyncio.locks", "Lock");
     if (!lock_type) return -1;
-    asc_tl.orig_acquire = PyObject_GetAttrString(lock_type, "acquire");
-    asc_tl.orig_release = PyObject_GetAttrString(lock_type, "release");
-    PyObject *acq = asc_tl.orig_acquire ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_acquire_def) : NULL;
-    PyObject *rel = asc_tl.orig_release ? PyDescr_NewMethod((PyTypeObject *)lock_type, &asc_lock_release_def) : NULL;
-    int rc = acq && rel && PyObject_SetAttrString(lock_type, "acquire", acq) == 0 &&
-                     PyObject_SetAttrString(lock_type, "release", rel) == 0
-                 ? 0
-                 : -1;
-    Py_XDECREF(acq);
-    Py_XDECREF(rel);
+    int rc = asc_lock_setattro_install(lock_type);
     Py_DECREF(lock_type);
     return rc;
 }

@@ -227,16 +227,25 @@ def test_signal_still_writes_the_trace(python, tmp_path, sig):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-# What the trace's loop hook changes: BaseEventLoop._run_once (a function) in the class, never
-# the loop's instance __dict__ (materialising it slows every attribute of the loop).
+# What the trace's hooks change: BaseEventLoop._run_once (a function) in the class, never the
+# loop's instance __dict__ (materialising it slows every attribute of the loop); asyncio.Lock's
+# __setattr__ and a contended lock's _waiters deque.
 RUN_ONCE_PROBE = """
 import asyncio, sys
 sys.path.insert(0, %r)
 import _e2e
 
+async def hold(lock):
+    async with lock:
+        await asyncio.sleep(0)
+
 async def main():
     print("class_run_once", type(vars(asyncio.BaseEventLoop)["_run_once"]).__name__)
     print("instance_run_once", "_run_once" in vars(asyncio.get_running_loop()))
+    print("lock_setattr", "__setattr__" in vars(asyncio.Lock))
+    lock = asyncio.Lock()
+    await asyncio.gather(hold(lock), hold(lock))
+    print("waiters", type(lock._waiters).__name__)
 
 _e2e.run(main)
 """ % str(PROGRAMS)
@@ -253,13 +262,86 @@ def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     r = run_aioscope(python, probe)
     assert r.returncode == 0, r.stderr
     assert "class_run_once function" in r.stdout and "instance_run_once False" in r.stdout
+    assert "lock_setattr False" in r.stdout and "waiters deque" in r.stdout
     r, data = run_traced(run_aioscope, python, TRACE_PROGRAMS / "untouched.py", tmp_path)
-    assert "lock_acquire_is_function False" in r.stdout
+    # Lock's methods stay the Python functions they are: the lock spans come from its
+    # attribute stores (a C __setattr__ in the class) and its _waiters deque.
+    assert "lock_acquire_is_function True" in r.stdout
     assert "run_once_hooked False" in r.stdout  # the loop's own __dict__ is left alone
     assert "lock ok" in r.stdout
     r, data = run_traced(run_aioscope, python, probe, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "class_run_once MethodHook" in r.stdout and "instance_run_once False" in r.stdout
+    assert "lock_setattr True" in r.stdout and "waiters LockWaiters" in r.stdout
+
+
+# Lock spans the previous version got wrong or never saw: a waiter whose future was given the
+# lock but whose task was cancelled before it ran (it never holds the lock), a subclass of
+# asyncio.Lock defined by the program, and acquire + release within one step.
+LOCK_EDGES = """
+import asyncio, sys
+sys.path.insert(0, %r)
+import _e2e
+
+class MyLock(asyncio.Lock):
+    pass
+
+async def holder(lock, tasks):
+    await lock.acquire()
+    await asyncio.sleep(0.01)
+    lock.release()        # gives the lock to the waiter's future...
+    tasks["waiter"].cancel()  # ...whose task is cancelled before it runs
+
+async def waiter(lock):
+    async with lock:
+        print("waiter got the lock")  # never
+
+async def sub_user(lock):
+    async with lock:
+        await asyncio.sleep(0.002)
+
+async def main():
+    lock, tasks = asyncio.Lock(), {}
+    h = asyncio.create_task(holder(lock, tasks), name="holder")
+    await asyncio.sleep(0)
+    tasks["waiter"] = asyncio.create_task(waiter(lock), name="waiter")
+    await asyncio.gather(h, tasks["waiter"], return_exceptions=True)
+    async with lock:  # free: taken and released within this step
+        pass
+    sub = MyLock()
+    await asyncio.gather(*(asyncio.create_task(sub_user(sub), name="sub-%%d" %% i) for i in range(2)))
+    print("edges done")
+
+_e2e.run(main)
+""" % str(PROGRAMS)
+
+
+def test_lock_edge_cases(run_aioscope, python, tmp_path):
+    program = tmp_path / "lock_edges.py"
+    program.write_text(LOCK_EDGES)
+    result, data = run_traced(run_aioscope, python, program, tmp_path)
+    assert result.returncode == 0 and "edges done" in result.stdout, result.stderr[-3000:]
+    assert "waiter got the lock" not in result.stdout
+    events = check_structure(data)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    locks = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X" and e["cat"] == "lock":
+            locks[names[e["tid"]].split(" (")[0]].append(e)
+    # The cancelled waiter waited, did not get the lock, and never held it.
+    assert [(e["name"], e["args"].get("acquired", True)) for e in locks["waiter"]] == \
+        [("lock wait", False)], locks["waiter"]
+    # The holder held it ~10 ms; the main task took it once without waiting.
+    assert [e["name"] for e in locks["holder"]] == ["lock held"], locks["holder"]
+    assert locks["holder"][0]["dur"] >= 9000
+    main = [t for t in locks if t not in ("holder", "waiter") and not t.startswith("sub-")]
+    assert len(main) == 1 and [e["name"] for e in locks[main[0]]] == ["lock held"], dict(locks)
+    # The subclass: two holds, one wait that ends where its task's hold starts.
+    sub = locks["sub-0"] + locks["sub-1"]
+    assert sorted(e["name"] for e in sub) == ["lock held", "lock held", "lock wait"], sub
+    wait = [e for e in sub if e["name"] == "lock wait"][0]
+    hold = [e for e in sub if e["name"] == "lock held" and e["tid"] == wait["tid"]][0]
+    assert "acquired" not in wait["args"] and abs(wait["ts"] + wait["dur"] - hold["ts"]) < 0.01
 
 
 def test_uvloop_trace_is_valid(run_aioscope, python, tmp_path, loop):
