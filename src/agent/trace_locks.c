@@ -181,7 +181,7 @@ static int asc_wait_take(const void *fut, asc_wait *out) {
 /* ---- the end of a wait ---------------------------------------------------------------------- */
 
 static void asc_wait_record(const asc_wait *w, int64_t end, int acquired) {
-    asc_trace_put(ASC_EV_LOCK_WAIT, w->start, end - w->start, w->track, asc_tl.name_wait, 0,
+    asc_trace_put(ASC_EV_LOCK_WAIT, w->start, end > w->start ? end - w->start : 0, w->track, asc_tl.name_wait, 0,
                   (uint64_t)(uintptr_t)w->lock, acquired ? 0 : 1);
 }
 
@@ -205,7 +205,7 @@ static PyObject *asc_waiters_append(PyObject *self, PyObject *fut) {
     PyObject *args[2] = {self, fut};
     PyObject *r = PyObject_Vectorcall(asc_tl.deque_append, args, 2, NULL);
     if (!r || !asc_trace_active) return r;
-    asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_live_now_ns()};
+    asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_trace_now()};
     w.track = asc_trace_current_track();
     asc_wait_put(&w);
     return r;
@@ -218,7 +218,7 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     PyObject *r = PyObject_Vectorcall(asc_tl.deque_remove, args, 2, NULL);
     asc_wait w;
     if (!asc_trace_active || !asc_wait_take(fut, &w)) return r;
-    int64_t now = asc_live_now_ns();
+    int64_t now = asc_trace_now();
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *exc = PyErr_GetRaisedException(); /* remove() failed: keep its error as it was */
 #else
@@ -283,13 +283,15 @@ static void asc_lock_set_locked(PyObject *lock, PyObject *value) {
             return;
         }
         asc_trace_locks_flush();
-        asc_hold_put(lock, asc_trace_current_track(), asc_live_now_ns());
+        asc_hold_put(lock, asc_trace_current_track(), asc_trace_now());
     } else if (value == Py_False) {
         uint32_t track;
         int64_t start;
-        if (asc_hold_take(lock, &track, &start))
-            asc_trace_put(ASC_EV_LOCK_HOLD, start, asc_live_now_ns() - start, track, asc_tl.name_hold, 0,
-                          (uint64_t)(uintptr_t)lock, 0);
+        if (asc_hold_take(lock, &track, &start)) {
+            int64_t now = asc_trace_now();
+            asc_trace_put(ASC_EV_LOCK_HOLD, start, now > start ? now - start : 0, track, asc_tl.name_hold,
+                          0, (uint64_t)(uintptr_t)lock, 0);
+        }
     }
 }
 
