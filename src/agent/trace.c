@@ -551,7 +551,7 @@ uint32_t asc_trace_current_track(void) {
     }
     uint32_t track = st ? st->trace_track : 0;
     Py_XDECREF(t);
-    PyErr_Clear();
+    if (PyErr_Occurred()) PyErr_Clear();
     return track;
 }
 

@@ -219,24 +219,17 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     asc_wait w;
     if (!asc_trace_active || !asc_wait_take(fut, &w)) return r;
     int64_t now = asc_trace_now();
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = PyErr_GetRaisedException(); /* remove() failed: keep its error as it was */
-#else
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
-#endif
     asc_trace_locks_flush();
+    if (!r) { /* remove() failed: its error stays as it was; the wait is over all the same */
+        asc_wait_record(&w, now, 0);
+        return r;
+    }
     if (asc_trace_future_cancelled(fut) == 0) {
         asc_tl.pending = w;
         asc_tl.pending_end = now;
     } else {
         asc_wait_record(&w, now, 0);
     }
-#if PY_VERSION_HEX >= 0x030C0000
-    PyErr_SetRaisedException(exc);
-#else
-    PyErr_Restore(et, ev, etb);
-#endif
     return r;
 }
 
