@@ -58,6 +58,7 @@
  * because the program may never end), the process ends with status 4 (deadlock_report.c);
  * `aioscope run --on-deadlock exit` then exits with 4 as well. */
 #include "agent/deadlock.h"
+#include "attach/layouts.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -494,9 +495,39 @@ typedef struct {
     PyObject *loop, *list;
 } asc_dl_collecting;
 
+/* A task field at a layout offset (borrowed; NULL when empty). */
+static PyObject *asc_dl_field(PyObject *task, int32_t off) {
+    return *(PyObject **)((char *)task + off);
+}
+
+/* 1 when task's _loop and _fut_waiter can be read in place: a C task, and the layout agreed
+ * with the attributes on the first one (if not, attributes from then on). */
+static int asc_dl_direct(PyObject *task) {
+    if (!asc_dl.layout || !PyObject_TypeCheck(task, (PyTypeObject *)asc_dl.task_type)) return 0;
+    if (!asc_dl.fields_checked) {
+        asc_dl.fields_checked = 1;
+        PyObject *tl = PyObject_GetAttr(task, asc_dl.str_loop);
+        PyObject *w = PyObject_GetAttr(task, asc_dl.str_fut_waiter);
+        PyObject *fw = asc_dl_field(task, asc_dl.layout->task_fut_waiter);
+        int ok = tl && w && tl == asc_dl_field(task, asc_dl.layout->task_loop) && w == (fw ? fw : Py_None);
+        Py_XDECREF(tl);
+        Py_XDECREF(w);
+        PyErr_Clear();
+        if (!ok) asc_dl.layout = NULL;
+    }
+    return asc_dl.layout != NULL;
+}
+
 static int asc_dl_collect_one(PyObject *task, void *arg) {
     asc_dl_collecting *c = arg;
-    PyObject *tl = PyObject_GetAttrString(task, "_loop");
+    /* In place for C tasks: the attributes cost ~100 ns a task, most of a check of a program
+     * with 100 000 tasks. */
+    if (asc_dl_direct(task)) {
+        if (asc_dl_field(task, asc_dl.layout->task_loop) != c->loop) return 0;
+        PyObject *w = asc_dl_field(task, asc_dl.layout->task_fut_waiter);
+        return w && w != Py_None ? PyList_Append(c->list, task) : 0;
+    }
+    PyObject *tl = PyObject_GetAttr(task, asc_dl.str_loop);
     PyObject *w = tl == c->loop ? PyObject_GetAttr(task, asc_dl.str_fut_waiter) : NULL;
     int rc = w && w != Py_None ? PyList_Append(c->list, task) : 0;
     Py_XDECREF(w);
@@ -833,6 +864,13 @@ static int asc_dl_prepare(void) {
         asc_dl.registries[i] = r;
     }
     asc_dl.task_type = asc_dl_lookup("asyncio", "Task", 0);
+    asc_dl.str_loop = PyUnicode_InternFromString("_loop");
+    /* The layout describes the C Task (and its subclasses, the agent's among them). */
+    if (asc_dl.task_type && PyType_Check(asc_dl.task_type) &&
+        strcmp(((PyTypeObject *)asc_dl.task_type)->tp_name, "_asyncio.Task") == 0) {
+        const asc_layout *L = asc_layout_find(PY_VERSION_HEX);
+        if (L && L->task_loop >= 0 && L->task_fut_waiter >= 0) asc_dl.layout = L;
+    }
     asc_dl.gathering_type = asc_dl_lookup("asyncio.tasks", "_GatheringFuture", 0);
     asc_dl.lock_type = asc_dl_lookup("asyncio", "Lock", 0);
     asc_dl.cond_type = asc_dl_lookup("asyncio", "Condition", 0);
@@ -856,7 +894,7 @@ static int asc_dl_prepare(void) {
     asc_dl.on_timeout = asc_dl_lookup("asyncio.timeouts", "Timeout._on_timeout", 0);
     PyErr_Clear();
     /* Without these the check cannot say anything for sure. */
-    return asc_dl.str_fut_waiter && asc_dl.str_done && asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&
+    return asc_dl.str_fut_waiter && asc_dl.str_done && asc_dl.str_loop && asc_dl.all_tasks && asc_dl.task_type && asc_dl.lock_type && asc_dl.cond_type &&
                    asc_dl.aexit_func ? 0 : -1;
 }
 

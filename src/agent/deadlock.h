@@ -71,6 +71,12 @@ typedef struct {
     PyObject *on_timeout;      /* asyncio.timeouts.Timeout._on_timeout (3.11+), or NULL */
     PyObject *dis_get_instructions;
     PyObject *str_fut_waiter, *str_done; /* interned attribute names of the per-task reads */
+    PyObject *str_loop;
+    /* The attach library's layout of this interpreter's C Task, for reading a task's _loop and
+     * _fut_waiter in place; NULL when absent or when the first task read disagreed with its
+     * attributes. fields_checked: that comparison was made. */
+    const struct asc_layout *layout;
+    int fields_checked;
 } asc_dl_state;
 extern asc_dl_state asc_dl;
 
