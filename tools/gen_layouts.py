@@ -24,7 +24,8 @@ import sys
 
 # (field name in asc_layout, kind, [candidate expressions]).
 # kind "off": offset of TYPE->MEMBER; kind "size": sizeof(TYPE); kind "const": the value of an
-# enum constant (from the DWARF enumeration types).
+# enum constant (from the DWARF enumeration types); kind "hole4": the offset of the first four
+# bytes, 4-aligned, that no member of TYPE covers (alignment padding between or after members).
 FIELDS_LIBPYTHON = [
     ("runtime_interpreters_head", "off", ["_PyRuntimeState:interpreters.head"]),
     ("interp_next", "off", ["PyInterpreterState:next"]),
@@ -131,7 +132,28 @@ FIELDS_ASYNCIO = [
     ("future_callbacks", "off", ["FutureObj:fut_callbacks"]),
     ("future_dict", "off", ["FutureObj:dict"]),
     ("futureiter_future", "off", ["futureiterobject:future"]),
+    # Four bytes of padding in every C Task: the agent keeps the index of its per-task record
+    # there instead of making each task 8 bytes larger (src/agent/tasks.c).
+    ("task_spare4", "hole4", ["TaskObj"]),
+    ("sizeof_task", "size", ["TaskObj"]),
 ]
+
+
+def gdb_hole4(gdb, typename):
+    """Inside gdb: offset of the first 4-aligned 4 bytes of TYPE no member covers, or None."""
+    t = gdb.lookup_type(typename).strip_typedefs()
+    used = bytearray(t.sizeof)
+    for f in t.fields():
+        if f.bitsize:  # a bit-field: the bytes its bits touch
+            first, last = f.bitpos // 8, (f.bitpos + f.bitsize - 1) // 8
+        else:
+            first, last = f.bitpos // 8, f.bitpos // 8 + f.type.sizeof - 1
+        for i in range(first, last + 1):
+            used[i] = 1
+    for off in range(0, t.sizeof - 3, 4):
+        if not any(used[off:off + 4]):
+            return off
+    return None
 
 
 def gdb_half():
@@ -141,6 +163,15 @@ def gdb_half():
     out = {}
     for name, kind, cands in queries:
         for cand in cands:
+            if kind == "hole4":
+                try:
+                    off = gdb_hole4(gdb, cand)
+                except gdb.error:
+                    continue
+                if off is not None:
+                    out[name] = [off, "padding in " + cand]
+                    break
+                continue
             if kind == "off":
                 typ, member = cand.split(":")
                 expr = "(long)&((%s *)0)->%s" % (typ, member)

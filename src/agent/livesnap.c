@@ -74,10 +74,13 @@ static int asc_ls_init(void) {
 #undef ASC_INTERN
     asc_ls.tasks_mod = PyImport_ImportModule("asyncio.tasks");
     if (!asc_ls.tasks_mod) return -1;
-    PyObject *t = PyObject_GetAttrString(asc_ls.tasks_mod, "Task");
+    /* asyncio.Task, not asyncio.tasks.Task, which is the agent's subclass (task_factory.c). */
+    PyObject *aio = PyImport_ImportModule("asyncio");
+    PyObject *t = aio ? PyObject_GetAttrString(aio, "Task") : NULL;
+    Py_XDECREF(aio);
     if (!t) return -1;
     /* Direct field reads are sound only on the C Task (and subclasses), whose layout the tables
-     * describe; asyncio.tasks.Task is the C one unless _asyncio failed to import. */
+     * describe; asyncio.Task is the C one unless _asyncio failed to import. */
     if (PyType_Check(t) && strcmp(((PyTypeObject *)t)->tp_name, "_asyncio.Task") == 0) {
         asc_ls.task_type = (PyTypeObject *)t;
         asc_ls.layout = asc_layout_find(PY_VERSION_HEX);

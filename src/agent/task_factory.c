@@ -1,15 +1,18 @@
-/* task_factory.c: the task factory that makes tasks of tasks.c's Task subclass, and its chaining
- * with a program's own factory.
+/* task_factory.c: how loops come to make tasks of tasks.c's Task subclass, and the chaining with a
+ * program's own task factory.
  *
- * Every loop gets the factory; creating a task costs the factory call plus a walk to the first
- * user frame (its creation site). It names a task as create_task would without a factory, so that
- * default task numbers stay as in a plain run (asc_create_task_name).
+ * asyncio's BaseEventLoop.create_task, without a factory, calls asyncio.tasks.Task: at init that
+ * name is given our subclass, so asyncio's loops (and every subclass that keeps their
+ * create_task) make our tasks with no factory at all. Other loops (uvloop's create_task calls
+ * asyncio.Task, bound when uvloop is imported; a loop class with its own create_task) get our
+ * task factory; it names a task as create_task would without a factory, so that default task
+ * numbers stay as in a plain run (asc_create_task_name).
  * A program's own task factory is respected: loop.set_task_factory/get_task_factory are
  * wrapped per loop instance so that the program sees its own factory (or None); its factory is
  * chained, and its tasks get every finding that does not need the subclass (their creation
- * site is kept in a task attribute). The factory goes on a loop when it is created (asyncio's
- * loops through leaks.c's BaseEventLoop.__init__ hook, uvloop's from the second loop on) or
- * at the latest when it starts running (loops.c). */
+ * site is kept in a task attribute). The wrappers (and our factory where needed) go on a loop
+ * when it is created (asyncio's loops through leaks.c's BaseEventLoop.__init__ hook, uvloop's
+ * from the second loop on) or at the latest when it starts running (loops.c). */
 #include "agent/tasks.h"
 
 #include <frameobject.h>
@@ -132,13 +135,10 @@ static PyObject *asc_task_factory(PyObject *unused, PyObject *const *args, Py_ss
         stack[2 + i] = args[2 + i];
     if (name)
         stack[2 + nkw] = name;
+    /* The subclass's __init__ (tasks.c) notes the creation site, time and spawner. */
     PyObject *task = PyObject_Vectorcall((PyObject *)asc_t.type, stack, 1, names);
     Py_DECREF(names);
     Py_XDECREF(name);
-    if (task) {
-        asc_capture_creation_site(&((asc_task_extra *)((char *)task + asc_t.extra_offset))->created);
-        asc_steps_task_created(task, args[0]);
-    }
     return task;
 }
 
@@ -195,12 +195,25 @@ static int asc_is_chain(PyObject *f)
     return f && PyCFunction_Check(f) && ((PyCFunctionObject *)f)->m_ml == &asc_chain_factory_def;
 }
 
+/* 1 when the loop creates its tasks with asyncio's BaseEventLoop.create_task, which calls
+ * asyncio.tasks.Task when it has no factory: with the subclass in its place (asc_t.task_replaced)
+ * such a loop needs no factory of ours. Other loops (uvloop's, a loop class with its own
+ * create_task) get our factory. */
+static int asc_loop_makes_our_tasks(PyObject *loop)
+{
+    if (!asc_t.task_replaced || asc_t.base_create_task == NULL)
+        return 0;
+    PyObject *meth = _PyType_Lookup(Py_TYPE(loop), asc_t.create_task_str); /* borrowed */
+    return meth == asc_t.base_create_task;
+}
+
 /* What to hand the loop's own set_task_factory for what the program asked for. New ref. */
-static PyObject *asc_factory_for(PyObject *requested)
+static PyObject *asc_factory_for(PyObject *loop, PyObject *requested)
 {
     if (requested == Py_None) {
-        Py_INCREF(asc_t.factory);
-        return asc_t.factory;
+        PyObject *f = asc_loop_makes_our_tasks(loop) ? Py_None : asc_t.factory;
+        Py_INCREF(f);
+        return f;
     }
     if (!PyCallable_Check(requested)) { /* let the loop raise its own TypeError */
         Py_INCREF(requested);
@@ -219,7 +232,7 @@ static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
         return NULL;
     }
     PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
-    PyObject *f = meth ? asc_factory_for(factory) : NULL;
+    PyObject *f = meth ? asc_factory_for(loop, factory) : NULL;
     PyObject *r = f ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
     Py_XDECREF(f);
     Py_XDECREF(meth);
@@ -256,6 +269,16 @@ static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_
                                           "The loop's task factory, as the program set it."};
 
 static int asc_install_factory(PyObject *loop);
+
+/* 1 when the loop's set_task_factory is our wrapper (asc_install_factory ran on it). */
+static int asc_is_wrapped(PyObject *loop)
+{
+    PyObject *set = PyObject_GetAttr(loop, asc_t.set_factory_str);
+    int wrapped = set && PyCFunction_Check(set) && ((PyCFunctionObject *)set)->m_ml == &asc_set_factory_def;
+    Py_XDECREF(set);
+    PyErr_Clear();
+    return wrapped;
+}
 
 /* __init__ of a loop class that is not asyncio's (uvloop.Loop): the original, then our factory,
  * so tasks created before the loop runs get it. self is the original __init__. */
@@ -319,7 +342,7 @@ static int asc_install_factory(PyObject *loop)
         PyErr_Clear();
         return 0;
     }
-    if (current == asc_t.factory || asc_is_chain(current)) {
+    if (current == asc_t.factory || asc_is_chain(current) || asc_is_wrapped(loop)) {
         Py_DECREF(current);
         return 0; /* this loop has ours already (it ran before) */
     }
@@ -334,7 +357,7 @@ static int asc_install_factory(PyObject *loop)
                   PyObject_SetAttrString(loop, "get_task_factory", get) == 0;
     PyErr_Clear();
     if (wrapped || current == Py_None) {
-        PyObject *f = asc_factory_for(current);
+        PyObject *f = asc_factory_for(loop, current);
         PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
         PyObject *r = f && meth ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
         Py_XDECREF(r);
@@ -352,7 +375,9 @@ static int asc_install_factory(PyObject *loop)
 int asc_task_factory_init(void)
 {
     asc_t.factory = PyCFunction_New(&asc_factory_def, NULL);
-    if (!asc_t.factory)
+    asc_t.create_task_str = PyUnicode_InternFromString("create_task");
+    asc_t.set_factory_str = PyUnicode_InternFromString("set_task_factory");
+    if (!asc_t.factory || !asc_t.create_task_str || !asc_t.set_factory_str)
         return -1;
 
     /* For asc_create_task_name: create_task's code and where its `name` is. Without them a named
@@ -362,6 +387,10 @@ int asc_task_factory_init(void)
     PyObject *be = asc_t.name_str ? PyImport_ImportModule("asyncio.base_events") : NULL;
     PyObject *cls = be ? PyObject_GetAttrString(be, "BaseEventLoop") : NULL;
     PyObject *fn = cls ? PyObject_GetAttrString(cls, "create_task") : NULL;
+    if (fn && PyFunction_Check(fn)) {
+        Py_INCREF(fn);
+        asc_t.base_create_task = fn;
+    }
     PyObject *code = fn ? PyObject_GetAttrString(fn, "__code__") : NULL;
     if (code && PyCode_Check(code)) {
         /* co_varnames (a new reference from 3.11, where it is computed) indexes the fast
@@ -387,5 +416,21 @@ int asc_task_factory_init(void)
     Py_XDECREF(cls);
     Py_XDECREF(be);
     PyErr_Clear();
+
+    /* asyncio's create_task without a factory calls asyncio.tasks.Task(coro, loop=, name=,
+     * context=): with our subclass there, asyncio's loops make our tasks with no factory call
+     * (a factory costs a Python-level call with keywords and a set_name per task: ~2 % of a
+     * task-spawning program). Only the tasks module's name is replaced: asyncio.Task stays the
+     * C Task, which every task still is an instance of. */
+    if (!(asc_cfg.dev_off & ASC_OFF_FACTORY)) {
+        PyObject *tasks_mod = PyImport_ImportModule("asyncio.tasks");
+        PyObject *cur = tasks_mod ? PyObject_GetAttrString(tasks_mod, "Task") : NULL;
+        if (cur == (PyObject *)asc_t.base &&
+            PyObject_SetAttrString(tasks_mod, "Task", (PyObject *)asc_t.type) == 0)
+            asc_t.task_replaced = 1;
+        Py_XDECREF(cur);
+        Py_XDECREF(tasks_mod);
+        PyErr_Clear();
+    }
     return 0;
 }

@@ -1,11 +1,12 @@
 /* Task-level findings: `lost-exception`, `destroyed-pending`, `swallowed-cancel`,
  * `pending-at-exit`, and the Task subclass that keeps what they need.
  *
- * Every loop that starts running gets a task factory that creates instances of a C subclass of
- * _asyncio.Task. The subclass adds a few fields after the base object (asc_task_extra: the
- * creation site and the cancellation state, 32 bytes, plus the live view's counters) and
- * overrides cancel(); creating a task costs the factory call plus a walk to the first user frame. Nothing else happens per task: the findings come
- * from the rare paths.
+ * Tasks are instances of a C subclass of _asyncio.Task: asyncio's loops make them because
+ * asyncio.tasks.Task is replaced by the subclass, other loops (uvloop) through a task factory
+ * (task_factory.c). The subclass adds a few fields after the base object (asc_task_extra: the
+ * creation site and the cancellation state, plus the live view's counters), notes the creation
+ * site in __init__ (a walk to the first user frame) and overrides cancel(). Nothing else happens
+ * per task: the findings come from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
  *     exception handler; loops.c hands us every context (asc_tasks_on_exception_context) and we
  *     add the creation site the subclass kept.
@@ -22,6 +23,7 @@
  * The factory, and its chaining with a program's own factory (whose tasks get every finding that
  * does not need the subclass), are in task_factory.c; tasks.h is what the two files share. */
 #include "agent/tasks.h"
+#include "attach/layouts.h"
 
 #include <frameobject.h>
 #include <stdint.h>
@@ -54,6 +56,53 @@ asc_task_stats *asc_tasks_stats(PyObject *task)
     return x ? &x->stats : NULL;
 }
 
+/* ---- the pool of records (asc_task_extra) ---------------------------------------------------
+ * Fixed-size records carved from chunks and handed out and taken back through a free list of
+ * indices, with the GIL (tasks are created and destroyed with it): a few instructions each way,
+ * where malloc/free would cost ~40 ns a task. Chunks are kept for the life of the process (in
+ * asc_t.chunks, so that leak checkers see them reachable) and their records reused, as pymalloc
+ * keeps its arenas. */
+static uint32_t asc_pool_free; /* the first free record's index; 0: none */
+
+/* A fresh, zeroed record for task, and its index through *index; NULL when out of memory. */
+static asc_task_extra *asc_record_new(PyObject *task, uint32_t *index)
+{
+    if (asc_pool_free == 0) {
+        uint32_t n = asc_t.nrecords;
+        if (n > UINT32_MAX - ASC_POOL_CHUNK)
+            return NULL;
+        size_t c = n >> ASC_POOL_SHIFT;
+        asc_task_extra **chunks = realloc(asc_t.chunks, (c + 1) * sizeof *chunks);
+        if (chunks == NULL)
+            return NULL;
+        asc_t.chunks = chunks;
+        asc_task_extra *chunk = calloc(ASC_POOL_CHUNK, sizeof *chunk);
+        if (chunk == NULL)
+            return NULL;
+        chunks[c] = chunk;
+        asc_t.nrecords = n + ASC_POOL_CHUNK;
+        /* Index 0 (the first chunk's first record) stays unused: it means "none". */
+        for (uint32_t i = n == 0 ? 1 : n; i < n + ASC_POOL_CHUNK; i++) {
+            chunk[i - n].next_free = i + 1 < n + ASC_POOL_CHUNK ? i + 1 : 0;
+        }
+        asc_pool_free = n == 0 ? 1 : n;
+    }
+    uint32_t i = asc_pool_free;
+    asc_task_extra *x = &asc_t.chunks[i >> ASC_POOL_SHIFT][i & (ASC_POOL_CHUNK - 1)];
+    asc_pool_free = x->next_free;
+    memset(x, 0, sizeof *x);
+    x->owner = task;
+    *index = i;
+    return x;
+}
+
+static void asc_record_free(asc_task_extra *x, uint32_t index)
+{
+    x->owner = NULL;
+    x->next_free = asc_pool_free;
+    asc_pool_free = index;
+}
+
 /* ---- the subclass --------------------------------------------------------------------------- */
 /* The base's dealloc runs the finalizer, which may report the task to the exception handler
  * (and so to us): it must still see our fields. So we run the finalizer first ourselves (the
@@ -76,16 +125,54 @@ static void asc_task_dealloc(PyObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     int decref_type = (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
                       !(asc_t.base->tp_flags & Py_TPFLAGS_HEAPTYPE);
-    asc_task_extra *x = (asc_task_extra *)((char *)self + asc_t.extra_offset);
-    /* Untracked while we clear, as subtype_dealloc does, so a collection cannot see the object
-     * at refcount 0; the base dealloc expects it tracked again. */
-    PyObject_GC_UnTrack(self);
-    asc_codeloc_clear(&x->created);
-    Py_CLEAR(x->cancel_state);
-    PyObject_GC_Track(self);
+    asc_task_extra *x = asc_extra(self);
+    if (x) {
+        /* Untracked while we clear, as subtype_dealloc does, so a collection cannot see the
+         * object at refcount 0; the base dealloc expects it tracked again. */
+        PyObject_GC_UnTrack(self);
+        uint32_t *slot = (uint32_t *)((char *)self + asc_t.extra_offset);
+        uint32_t index = *slot;
+        *slot = 0;
+        asc_codeloc_clear(&x->created);
+        Py_CLEAR(x->cancel_state);
+        asc_record_free(x, index);
+        PyObject_GC_Track(self);
+    }
     asc_t.base_dealloc(self);
     if (decref_type)
         Py_DECREF(tp);
+}
+
+/* Task.__init__ of the subclass: the base's, then where the task was created (the innermost user
+ * frame: create_task, ensure_future and a task factory add only asyncio's frames or none) and
+ * its creation time and spawner for the live view. Tasks come here from asyncio's
+ * BaseEventLoop.create_task, which calls asyncio.tasks.Task (our subclass, task_factory.c), and
+ * from our task factory on other loops. */
+static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    if (asc_t.base->tp_init(self, args, kwds) < 0)
+        return -1;
+    asc_task_extra *x = asc_extra(self);
+    if (x == NULL) {
+        uint32_t *slot = (uint32_t *)((char *)self + asc_t.extra_offset);
+        if (*slot != 0)
+            return 0; /* something else wrote where the index goes: leave the task alone */
+        x = asc_record_new(self, slot);
+        if (x == NULL)
+            return 0; /* no memory: a task like any other, without what we keep */
+    }
+    asc_codeloc_clear(&x->created); /* __init__ called again */
+    asc_capture_creation_site(&x->created);
+    PyObject *loop = kwds ? PyDict_GetItemWithError(kwds, asc_t.loop_str) : NULL; /* borrowed */
+    if (loop) {
+        asc_steps_task_created(self, loop);
+    } else if (!PyErr_Occurred()) { /* Task(coro) without loop=: the loop it took */
+        loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
+        if (loop) asc_steps_task_created(self, loop);
+        Py_XDECREF(loop);
+    }
+    PyErr_Clear();
+    return 0;
 }
 
 static int asc_report_swallowed(PyObject *task, asc_task_extra *x, const char *how);
@@ -187,9 +274,9 @@ static int asc_cancel_from_asyncio_scope(void)
 static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    asc_task_extra *x = (asc_task_extra *)((char *)self + asc_t.extra_offset);
+    asc_task_extra *x = asc_extra(self); /* NULL: a task without our fields */
     /* A second cancel() of a task that swallowed the first and kept running. */
-    if (asc_cfg.enabled && (x->flags & ASC_TF_CANCEL_WATCHED))
+    if (x && asc_cfg.enabled && (x->flags & ASC_TF_CANCEL_WATCHED))
         asc_check_kept_running(self, x);
 
     /* Call the base cancel with self prepended. cancel() takes one argument (msg), so 8 slots
@@ -204,7 +291,7 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
     for (Py_ssize_t i = 0; i < nargs + nkw; i++)
         stack[1 + i] = args[i];
     PyObject *r = PyObject_Vectorcall(asc_t.base_cancel, stack, 1 + nargs, kwnames);
-    if (r != Py_True || !asc_cfg.enabled || (x->flags & ASC_TF_CANCEL_WATCHED) ||
+    if (r != Py_True || x == NULL || !asc_cfg.enabled || (x->flags & ASC_TF_CANCEL_WATCHED) ||
         asc_cancel_from_asyncio_scope())
         return r;
 
@@ -590,16 +677,29 @@ int asc_tasks_init(PyObject *module)
         return -1;
     }
     asc_t.base = (PyTypeObject *)base; /* owned for the life of the process */
+    /* Where a task keeps its record's index: four bytes of padding in the C Task when the
+     * generated layout names them and describes this Task (same size), else after the base. */
+    const asc_layout *L = asc_layout_find(PY_VERSION_HEX);
+    Py_ssize_t added = 8;
     asc_t.extra_offset = asc_t.base->tp_basicsize;
+    if (L && L->task_spare4 >= 0 && L->sizeof_task == asc_t.base->tp_basicsize &&
+        strcmp(asc_t.base->tp_name, "_asyncio.Task") == 0) {
+        asc_t.extra_offset = L->task_spare4;
+        added = 0;
+    }
     asc_t.base_dealloc = asc_t.base->tp_dealloc;
     asc_t.base_cancel = PyObject_GetAttrString(base, "cancel");
     asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
     asc_t.base_set_name = PyObject_GetAttrString(base, "set_name");
-    if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL)
+    asc_t.loop_str = PyUnicode_InternFromString("loop");
+    asc_t.loop_attr_str = PyUnicode_InternFromString("_loop");
+    if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL || asc_t.loop_str == NULL ||
+        asc_t.loop_attr_str == NULL)
         return -1;
 
     PyType_Slot slots[] = {
         {Py_tp_dealloc, (void *)asc_task_dealloc},
+        {Py_tp_init, (void *)asc_task_init},
         {Py_tp_methods, asc_task_methods},
         {0, NULL},
     };
@@ -608,7 +708,7 @@ int asc_tasks_init(PyObject *module)
      * aioscope. Py_TPFLAGS_HAVE_GC is inherited from the base with its traverse and clear. */
     PyType_Spec spec = {
         .name = "_asyncio.Task",
-        .basicsize = (int)(asc_t.base->tp_basicsize + (Py_ssize_t)sizeof(asc_task_extra)),
+        .basicsize = (int)(asc_t.base->tp_basicsize + added),
         .itemsize = 0,
         .flags = Py_TPFLAGS_DEFAULT,
         .slots = slots,

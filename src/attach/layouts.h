@@ -108,6 +108,8 @@ typedef struct asc_layout {
     int32_t future_callbacks;
     int32_t future_dict;
     int32_t futureiter_future;
+    int32_t task_spare4;  /* 4 bytes of alignment padding in TaskObj (the agent's, tasks.c) */
+    int32_t sizeof_task;  /* sizeof(TaskObj): the agent uses task_spare4 only when it matches */
     int32_t op_yield_from;
     int32_t op_resume;
     int32_t op_resume_quick;
