@@ -19,7 +19,7 @@
  *   steps.c     busy time and steps of each task, for the live view
  *   livesnap.c, livethreads.c, livepy.c, control.c  the live view: snapshots, the control socket
  *   trace.c     --trace (trace_locks.c: lock spans; trace.h)
- *   method_hook.c  the class-level method descriptor steps.c and trace.c hook methods with
+ *   method_hook.c  the class-level method descriptor trace.c hooks _run_once with
  *
  * The agent is a process-wide singleton (it hooks process-wide things: warnings, the running-loop
  * setter, at-exit), so its state is one static struct rather than per-module state;

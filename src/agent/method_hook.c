@@ -1,6 +1,7 @@
 /* method_hook.c: a C callable put in a class's dict in place of one of its methods, calling the
- * original around a hook of ours. steps.c puts one over contextvars.Context.run (busy time),
- * trace.c one over BaseEventLoop._run_once (loop iterations, --trace only).
+ * original around a hook of ours. trace.c puts one over BaseEventLoop._run_once (loop
+ * iterations, --trace only). (A C method such as contextvars.Context.run needs none: steps.c
+ * puts a plain C method descriptor of its own there, which calls the original's C function.)
  *
  * It is flagged Py_TPFLAGS_METHOD_DESCRIPTOR, so `obj.method(...)` (and the interpreter's
  * specialised method-call forms) call it unbound with the instance first, as they call a function

@@ -6,17 +6,18 @@
  * TaskStepMethWrapper, and a task waiting on a future is woken by the future's done-callback
  * (TaskWakeupMethWrapper on 3.8/3.9, a builtin method named task_wakeup from 3.10). So at
  * install() the `run` method of contextvars.Context (a C method of a built-in type) is replaced
- * in the type's dict by a C method descriptor (method_hook.c) that calls the original.
- * When the callable it is asked to run is a step of one of our tasks it times that call (two
- * reads of the CPU's cycle counter: the step clock below) and adds it to the task's counters;
- * anything else goes straight through.
+ * in the type's dict by another C method descriptor of the same kind, whose function calls the
+ * original's C function directly. When the callable it is asked to run is a step of one of our
+ * tasks it times that call (two reads of the CPU's cycle counter: the step clock below) and adds
+ * it to the task's counters; anything else goes straight through.
  * Handle._run itself stays the Python function it is, so tracebacks, stacks and profilers see
- * exactly what they saw; no object is allocated per step: the cost is one C call layer per
- * Context.run, plus two clock reads per task step. (Wrapping the Python Handle._run instead
+ * exactly what they saw; no object is allocated per step: the cost is one C function call per
+ * Context.run, plus two clock reads per task step. (A descriptor of our own type, as before,
+ * cost a bound-method object and a vectorcall layer per callback. Wrapping the Python Handle._run instead
  * costs several times more: a C layer between two Python functions stops the interpreter from
  * inlining the call, and every callback then enters the evaluation loop afresh.)
  *
- * The counters live in the task itself (asc_task_stats in the Task subclass of tasks.c); a task
+ * The counters live in the task's record (asc_task_stats, tasks.c); a task
  * created by the program's own task factory has none and shows as "not measured". The factory
  * notes a task's creation time and the task that was running on its loop then (its spawner)
  * through asc_steps_task_created.
@@ -167,15 +168,19 @@ static PyObject *asc_task_of_callback(PyObject *cb) {
 
 /* ---- the class-level Context.run ----------------------------------------------------------- */
 
+/* Context.run's own C function (METH_FASTCALL | METH_KEYWORDS), called directly by ours. */
+typedef PyObject *(*asc_fastcall_kw)(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
+static asc_fastcall_kw asc_context_run_orig;
+
 /* A task step, timed into the task's counters. The step may end the task and drop the last
  * other reference to it: the task is kept alive until the counters are updated. */
-static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t nargsf,
+static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, PyObject *task, asc_task_stats *st) {
     Py_INCREF(task);
     if (st->created_ns == 0) st->created_ns = asc_live_now_ns(); /* first seen at its first step */
     if (asc_clk.state == 1) {
         uint64_t k0 = asc_ticks();
-        PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
+        PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
         uint64_t k1 = asc_ticks();
         if (k1 > k0) st->busy_ns += (int64_t)((double)(k1 - k0) * asc_clk.ns_per_tick);
         st->steps++;
@@ -190,7 +195,7 @@ static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t narg
         return r;
     }
     int64_t t0 = asc_live_now_ns();
-    PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
+    PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
     int64_t t1 = asc_live_now_ns();
     st->busy_ns += t1 - t0;
     st->steps++;
@@ -205,17 +210,24 @@ static PyObject *asc_run_step(PyObject *orig, PyObject *const *args, size_t narg
     return r;
 }
 
-/* Context.run in its type's dict (method_hook.c). args: (context, callable, *its args). */
-static PyObject *asc_run_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
-                                    PyObject *kwnames) {
-    PyObject *orig = asc_method_hook_orig(self);
-    if (PyVectorcall_NARGS(nargsf) >= 2 && asc_cfg.enabled) {
-        PyObject *task = asc_task_of_callback(args[1]);
+/* Context.run(callable, *args) as a method of contextvars.Context: the same kind of method
+ * descriptor as the original, so the interpreter calls it as it called the original (no bound
+ * object and no layer between, where its specialisations apply), and ours calls the original's
+ * C function directly. */
+static PyObject *asc_context_run(PyObject *ctx, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames) {
+    if (nargs >= 1 && asc_cfg.enabled) {
+        PyObject *task = asc_task_of_callback(args[0]);
         asc_task_stats *st = task ? asc_tasks_stats(task) : NULL;
-        if (st) return asc_run_step(orig, args, nargsf, kwnames, task, st);
+        if (st) return asc_run_step(ctx, args, nargs, kwnames, task, st);
     }
-    return PyObject_Vectorcall(orig, args, nargsf, kwnames);
+    return asc_context_run_orig(ctx, args, nargs, kwnames);
 }
+
+static PyMethodDef asc_context_run_def = {
+    "run", (PyCFunction)(void (*)(void))asc_context_run, METH_FASTCALL | METH_KEYWORDS,
+    "run($self, callable, /, *args, **kwargs)\n--\n\n"
+    "Run callable(*args, **kwargs) in the context (aioscope times asyncio task steps here)."};
 
 /* ---- creation -------------------------------------------------------------------------------- */
 
@@ -260,7 +272,10 @@ int asc_steps_init(PyObject *module) {
     PyObject *dict = asc_type_dict(&PyContext_Type);
     PyObject *cur = dict ? PyDict_GetItemString(dict, "run") : NULL; /* borrowed */
     if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) return 0;
-    PyObject *run = asc_method_hook_new(cur, asc_run_vectorcall);
+    PyMethodDef *def = ((PyMethodDescrObject *)cur)->d_method;
+    if (def->ml_flags != (METH_FASTCALL | METH_KEYWORDS)) return 0;
+    asc_context_run_orig = (asc_fastcall_kw)(void (*)(void))def->ml_meth;
+    PyObject *run = PyDescr_NewMethod(&PyContext_Type, &asc_context_run_def);
     if (!run) return -1;
     /* A built-in type refuses setattr; its dict is written directly and the type told, which
      * drops every cached lookup of its attributes. */
