@@ -414,3 +414,14 @@ def test_install_without_the_cli(python):
                                  env=program_env("asyncio", {"PYTHONPATH": str(agent_dir)}))
     assert (code, out) == (0, "done\n"), err
     assert_text_report(Result(code, out, err), program)
+
+
+def test_tasks_look_the_same(python, loop, run_aioscope):
+    """The agent's Task subclass is invisible: same size (its record index sits in padding of
+    the C Task), type name, default names and asyncio.Task, whatever made the task."""
+    program = PROGRAMS / "program_task_shape.py"
+    plain = run_plain(python, program, loop=loop)
+    r = run_aioscope(python, program, loop=loop)
+    assert plain.returncode == 0, plain.stderr
+    assert_same_behaviour(plain, r)
+    assert r.findings == []
