@@ -4,7 +4,8 @@
  *   - a track per task, each step of the task a slice named by its coroutine's qualified name;
  *   - task creation (an instant on the new task's track and a flow arrow from the step of the
  *     task that created it to the new task's first step) and completion (an instant);
- *   - a track per event loop with each loop iteration (BaseEventLoop._run_once) as a slice;
+ *   - a track per event loop with each loop iteration as a slice (from one epoll poll to the
+ *     next, or one BaseEventLoop._run_once call on other selectors);
  *   - a "blocked" track per loop with each blocked period reported as a blocking-call finding,
  *     its stack and site in the slice's args;
  *   - every finding as an instant event with the finding's JSON in its args;
@@ -14,11 +15,12 @@
  * the hooks in steps.c and module.c test it and return. While tracing, the task steps come from
  * steps.c, which already times every step for the live view: recording one is a store into the
  * ring, and whether it ended the task is read from the C task's state field (the attach
- * library's layout table, as livesnap.c reads tasks). Loop iterations are timed by a C method
- * descriptor put in place of _run_once in the class that defines it (never in the loop's
- * instance __dict__, which would slow all of the loop's own attribute accesses); locks are
- * seen by trace_locks.c. uvloop has no Python-level _run_once and no Python-level steps, so
- * under uvloop the trace has findings, blocked periods and lock spans, but no per-step slices,
+ * library's layout table, as livesnap.c reads tasks). Loop iterations are timed at
+ * select.epoll.poll (a C method descriptor in the type's dict), or by one put in place of
+ * _run_once in the class that defines it (never in the loop's instance __dict__, which would
+ * slow all of the loop's own attribute accesses); locks are seen by trace_locks.c. uvloop has
+ * no Python-level _run_once, no Python-level selector and no Python-level steps, so under
+ * uvloop the trace has findings, blocked periods and lock spans, but no per-step slices,
  * creation arrows or iterations.
  *
  * Memory is bounded: events go into one ring of fixed-size records (ASC_TRACE_DEFAULT_LIMIT, or
@@ -94,7 +96,11 @@ static struct {
     struct {
         PyObject *loop;
         unsigned long thread;
+        PyObject *epoll;    /* owned: its selector's epoll object when timed at its polls */
+        int64_t iter_start; /* ns: the start of its current iteration (epoll), 0: none */
     } loops[ASC_TRACE_MAX_LOOPS];
+    PyTypeObject *epoll_type;           /* owned: select.epoll once its poll() is ours */
+    PyObject *orig_set_running_loop;    /* owned: asyncio.events._set_running_loop before ours */
     int nloops;
     PyObject *str_done, *str_cancelled, *str_get_name, *str_get_coro, *str_qualname, *str_run_once;
     PyTypeObject *done_type;  /* borrowed: the task type done_meth was looked up on */
@@ -440,13 +446,129 @@ static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
     return ASC_TRACK_LOOP0 + (uint32_t)i;
 }
 
-/* The loop whose iteration this thread is running (borrowed; NULL outside one): lets the lock
- * hooks find the running task in asyncio's table of current tasks directly. */
-static __thread PyObject *asc_iteration_loop;
+/* The loop running in this thread (borrowed; NULL when none), from asyncio's own notice
+ * (events._set_running_loop, below): lets the lock hooks find the running task in asyncio's
+ * table of current tasks directly, and closes a loop's last iteration when its run ends. */
+static __thread PyObject *asc_running_loop;
 
-/* _run_once, timed. The class's function (BaseEventLoop._run_once, or a subclass's own) is
- * replaced in that class's dict by a method descriptor (method_hook.c) whose call is this: no
- * bound method per iteration.
+/* Iterations of selector loops on epoll (asyncio's default on Linux), from one poll for I/O
+ * to the next. A loop polls once per iteration (BaseEventLoop._run_once calls
+ * selector.select(), which calls its select.epoll object's poll()), so a slice runs from the
+ * start of one iteration's wait for I/O to the next one's: the wait, the events and the ready
+ * callbacks it ran, and the next iteration's timer bookkeeping before its own poll. The last
+ * iteration of a run ends when asyncio says the loop stopped running. poll() is replaced in
+ * the type's dict by a method descriptor (method_hook.c) calling the C original: a C-to-C call
+ * per iteration. Timing _run_once itself (the fallback below) calls a Python function from C,
+ * which enters the interpreter afresh every iteration: about 600 more instructions per
+ * iteration and a second clock reading.
+ *
+ * The slot of the loop whose selector uses this epoll object, or -1. */
+static int asc_trace_epoll_slot(PyObject *ep) {
+    for (int i = 0; i < asc_tr.nloops; i++)
+        if (asc_tr.loops[i].epoll == ep) return i;
+    return -1;
+}
+
+/* An iteration of the loop in slot i starts now (0: none starts, the loop stopped); the one
+ * before ends. */
+static void asc_trace_iteration_mark(int i, int64_t now) {
+    int64_t t0 = asc_tr.loops[i].iter_start;
+    if (t0) asc_trace_put(ASC_EV_ITER, t0, now > t0 ? now - t0 : 0, ASC_TRACK_LOOP0 + (uint32_t)i,
+                          asc_tr.name_iteration, 0, 0, 0);
+    asc_tr.loops[i].iter_start = now;
+}
+
+/* select.epoll.poll(self, ...), in the type's dict. */
+static PyObject *asc_epoll_poll_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames) {
+    if (asc_trace_active && PyVectorcall_NARGS(nargsf) >= 1) {
+        int i = asc_trace_epoll_slot(args[0]);
+        if (i >= 0) asc_trace_iteration_mark(i, asc_trace_now());
+    }
+    return PyObject_Vectorcall(asc_method_hook_orig(self), args, nargsf, kwnames);
+}
+
+/* The dict of a type, borrowed: a static built-in type's dict lives in the interpreter's state
+ * from 3.12 (PyType_GetDict). */
+static PyObject *asc_trace_type_dict(PyTypeObject *tp) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *d = PyType_GetDict(tp);
+    Py_XDECREF(d); /* the type keeps it alive */
+    return d;
+#else
+    return tp->tp_dict;
+#endif
+}
+
+/* The loop's selector's epoll object (new reference) when the loop is a selector loop on
+ * select.epoll whose poll() is (now) ours; NULL otherwise, without an exception. */
+static PyObject *asc_trace_loop_epoll(PyObject *loop) {
+    PyObject *sel = PyObject_GetAttrString(loop, "_selector");
+    PyObject *ep = sel ? PyObject_GetAttrString(sel, "_selector") : NULL;
+    Py_XDECREF(sel);
+    PyErr_Clear();
+    PyTypeObject *tp = ep ? Py_TYPE(ep) : NULL;
+    if (!tp || strcmp(tp->tp_name, "select.epoll") != 0) goto no;
+    if (asc_tr.epoll_type == tp) return ep;
+    if (asc_tr.epoll_type) goto no; /* another epoll type? not ours to guess */
+    /* poll, a method descriptor; the dict of a built-in type is written directly (setattr is
+     * refused on most of them) and the type told, which drops every cached lookup. */
+    PyObject *dict = asc_trace_type_dict(tp);
+    PyObject *cur = dict ? PyDict_GetItemString(dict, "poll") : NULL; /* borrowed */
+    if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) goto no;
+    PyObject *hook = asc_method_hook_new(cur, asc_epoll_poll_call);
+    int rc = hook ? PyDict_SetItemString(dict, "poll", hook) : -1;
+    Py_XDECREF(hook);
+    if (rc < 0) goto no;
+    PyType_Modified(tp);
+    Py_INCREF(tp);
+    asc_tr.epoll_type = tp;
+    return ep;
+no:
+    Py_XDECREF(ep);
+    PyErr_Clear();
+    return NULL;
+}
+
+/* events._set_running_loop(loop), asyncio's notice that a loop starts (loop) or stops (None)
+ * running in this thread: after the original, the running loop is noted, and a loop that
+ * stops ends its last iteration. */
+static PyObject *asc_set_running_loop_call(PyObject *unused, PyObject *loop) {
+    PyObject *r = PyObject_Vectorcall(asc_tr.orig_set_running_loop, &loop, 1, NULL);
+    if (!r || !asc_trace_active) return r;
+    if (loop == Py_None) {
+        for (int i = 0; asc_running_loop && i < asc_tr.nloops; i++)
+            if (asc_tr.loops[i].loop == asc_running_loop && asc_tr.loops[i].iter_start) {
+                asc_trace_iteration_mark(i, asc_trace_now());
+                asc_tr.loops[i].iter_start = 0;
+            }
+        asc_running_loop = NULL;
+    } else {
+        asc_running_loop = loop;
+    }
+    return r;
+}
+
+static PyMethodDef asc_set_running_loop_def = {"_set_running_loop", asc_set_running_loop_call, METH_O,
+                                               "asyncio's _set_running_loop, noted by aioscope --trace."};
+
+/* Replaces asyncio.events._set_running_loop (which base_events looks up at every call) by ours. */
+static void asc_trace_hook_running_loop(void) {
+    PyObject *events = PyImport_ImportModule("asyncio.events");
+    PyObject *orig = events ? PyObject_GetAttrString(events, "_set_running_loop") : NULL;
+    PyObject *hook = orig ? PyCFunction_New(&asc_set_running_loop_def, NULL) : NULL;
+    if (hook && PyObject_SetAttrString(events, "_set_running_loop", hook) == 0)
+        asc_tr.orig_set_running_loop = orig; /* the reference moves */
+    else
+        Py_XDECREF(orig);
+    Py_XDECREF(hook);
+    Py_XDECREF(events);
+    PyErr_Clear(); /* without it: lock spans ask current_task(), iterations end at the next poll */
+}
+
+/* _run_once, timed: for loops not on epoll. The class's function (BaseEventLoop._run_once, or a
+ * subclass's own) is replaced in that class's dict by a method descriptor (method_hook.c) whose
+ * call is this: no bound method per iteration.
  *
  * Why the class and not the loop: an attribute put in the loop's instance __dict__ (the first
  * version did that) materialises the dict of an object whose attributes CPython 3.11+ otherwise
@@ -460,14 +582,13 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
     if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !asc_trace_active)
         return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* the function's own answer */
     PyObject *loop = args[0];
+    uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
+    if (asc_tr.loops[track - ASC_TRACK_LOOP0].epoll) /* timed at its polls (a class shared with */
+        return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* a loop on another selector) */
     Py_INCREF(loop); /* identity only below, but kept alive across the call */
-    PyObject *outer = asc_iteration_loop; /* none: a loop cannot run inside another one's run */
-    asc_iteration_loop = loop;
     int64_t t0 = asc_trace_now();
     PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
-    asc_iteration_loop = outer;
     if (asc_trace_active) {
-        uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
         int64_t t1 = asc_trace_now();
         asc_trace_put(ASC_EV_ITER, t0, t1 > t0 ? t1 - t0 : 0, track, asc_tr.name_iteration, 0, 0, 0);
     }
@@ -475,11 +596,22 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
     return r;
 }
 
-/* A loop starts: its track, and its class's _run_once timed (once per class). Loops whose
- * _run_once is not a Python function defined in a class (uvloop) are not timed. */
+/* A loop starts (its first run): its track, and its iterations timed: at its epoll object's
+ * polls, or else by its class's _run_once (once per class). Loops whose _run_once is not a
+ * Python function defined in a class (uvloop) are not timed. */
 int asc_trace_on_loop_start(PyObject *loop) {
     if (!asc_trace_active) return 0;
-    (void)asc_trace_loop_track(loop, PyThread_get_thread_ident());
+    uint32_t track = asc_trace_loop_track(loop, PyThread_get_thread_ident());
+    PyObject *ep = asc_trace_loop_epoll(loop);
+    if (ep) {
+        int i = (int)(track - ASC_TRACK_LOOP0);
+        /* An epoll object another loop had (a slot reused past ASC_TRACE_MAX_LOOPS) goes. */
+        for (int j = 0; j < asc_tr.nloops; j++)
+            if (j != i && asc_tr.loops[j].epoll == ep) Py_CLEAR(asc_tr.loops[j].epoll);
+        Py_XSETREF(asc_tr.loops[i].epoll, ep); /* owned: its address is never another's */
+        asc_tr.loops[i].iter_start = 0;
+        return 0;
+    }
     /* The class in the loop's MRO that defines _run_once. */
     PyObject *mro = Py_TYPE(loop)->tp_mro;
     PyObject *owner = NULL, *cur = NULL; /* borrowed */
@@ -535,10 +667,10 @@ void asc_trace_finding(const aioscope_finding *f) {
 /* The track of the task running now on the calling thread's loop (0: none traced). */
 uint32_t asc_trace_current_track(void) {
     PyObject *t;
-    /* Inside an iteration of a loop of ours, asyncio.current_task() is current_tasks[loop]: read
+    /* While a loop runs in this thread, asyncio.current_task() is current_tasks[loop]: read
      * directly, that is a dict lookup instead of a call that first finds the running loop. */
-    if (asc_iteration_loop && asc_tr.current_tasks) {
-        t = PyDict_GetItemWithError(asc_tr.current_tasks, asc_iteration_loop); /* borrowed */
+    if (asc_running_loop && asc_tr.current_tasks) {
+        t = PyDict_GetItemWithError(asc_tr.current_tasks, asc_running_loop); /* borrowed */
         Py_XINCREF(t);
     } else {
         t = asc_tr.current_task ? PyObject_Vectorcall(asc_tr.current_task, NULL, 0, NULL) : NULL;
@@ -878,6 +1010,7 @@ int asc_trace_init(PyObject *module) {
     PyErr_Clear(); /* without it: current_task() at every lock wait */
     if (asc_trace_locks_init(asc_tr.name_lock_wait, asc_tr.name_lock_hold) < 0)
         PyErr_Clear(); /* no lock spans; the rest still works */
+    asc_trace_hook_running_loop();
     asc_trace_hook_sigterm();
     asc_trace_active = 1;
     return 0;

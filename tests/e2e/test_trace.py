@@ -240,6 +240,8 @@ async def hold(lock):
         await asyncio.sleep(0)
 
 async def main():
+    import select
+    print("epoll_poll", type(vars(select.epoll)["poll"]).__name__)
     print("class_run_once", type(vars(asyncio.BaseEventLoop)["_run_once"]).__name__)
     print("instance_run_once", "_run_once" in vars(asyncio.get_running_loop()))
     print("lock_setattr", "__setattr__" in vars(asyncio.Lock))
@@ -262,6 +264,7 @@ def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     r = run_aioscope(python, probe)
     assert r.returncode == 0, r.stderr
     assert "class_run_once function" in r.stdout and "instance_run_once False" in r.stdout
+    assert "epoll_poll method_descriptor" in r.stdout
     assert "lock_setattr False" in r.stdout and "waiters deque" in r.stdout
     r, data = run_traced(run_aioscope, python, TRACE_PROGRAMS / "untouched.py", tmp_path)
     # Lock's methods stay the Python functions they are: the lock spans come from its
@@ -271,8 +274,58 @@ def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     assert "lock ok" in r.stdout
     r, data = run_traced(run_aioscope, python, probe, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "class_run_once MethodHook" in r.stdout and "instance_run_once False" in r.stdout
+    # An epoll loop (the default here) is timed at its polls: _run_once stays the function.
+    assert "epoll_poll MethodHook" in r.stdout
+    assert "class_run_once function" in r.stdout and "instance_run_once False" in r.stdout
     assert "lock_setattr True" in r.stdout and "waiters LockWaiters" in r.stdout
+
+
+# Loop iterations on both kinds of selector loop: epoll (timed at its polls) and poll (timed by
+# _run_once), each run twice with the program busy in between: that gap belongs to no
+# iteration, and every step lies inside an iteration of its loop.
+ITERATIONS = """
+import asyncio, selectors, sys, time
+sys.path.insert(0, %r)
+import _e2e
+
+async def work():
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+async def main():
+    await work()
+
+for sel in (selectors.EpollSelector, selectors.PollSelector):
+    loop = asyncio.SelectorEventLoop(sel())
+    loop.run_until_complete(work())
+    time.sleep(0.2)  # not the loop's: no iteration may cover it
+    loop.run_until_complete(work())
+    loop.close()
+_e2e.run(main)
+print("iterations done")
+""" % str(PROGRAMS)
+
+
+def test_loop_iterations_per_selector(run_aioscope, python, tmp_path):
+    program = tmp_path / "iterations.py"
+    program.write_text(ITERATIONS)
+    result, data = run_traced(run_aioscope, python, program, tmp_path)
+    assert result.returncode == 0 and "iterations done" in result.stdout, result.stderr[-3000:]
+    events = check_structure(data)
+    iters = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X" and e["cat"] == "loop":
+            iters[e["tid"]].append(e)
+    assert len(iters) >= 2, iters.keys()  # the epoll loop and the poll loop at least
+    for tid, slices in iters.items():
+        slices.sort(key=lambda e: e["ts"])
+        assert len(slices) >= 20, (tid, len(slices))
+        assert max(e["dur"] for e in slices) < 150000, (tid, max(slices, key=lambda e: e["dur"]))
+        for a, b in zip(slices, slices[1:]):
+            assert a["ts"] + a["dur"] <= b["ts"] + 0.01, (a, b)
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for v in iters.values() for e in v)
+    for st in (e for e in events if e["ph"] == "X" and e["cat"] == "step"):
+        assert any(a - 0.01 <= st["ts"] and st["ts"] + st["dur"] <= b + 0.01 for a, b in spans), st
 
 
 # Lock spans the previous version got wrong or never saw: a waiter whose future was given the
