@@ -46,9 +46,9 @@ int64_t asc_live_now_ns(void) {
  * counter (x86-64's TSC, AArch64's virtual counter) when the kernel itself keeps time with it
  * (clocksource "tsc": invariant and synchronised across CPUs) or on AArch64 (architected, fixed
  * frequency), and converted to nanoseconds by a scale measured against CLOCK_MONOTONIC over the
- * first ASC_CALIBRATE_NS of steps (timed with clock_gettime meanwhile). A task's created_ns is
- * read with clock_gettime; under --trace a step's start and end are the counter's readings turned
- * into CLOCK_MONOTONIC time from an anchor renewed every millisecond (asc_ticks_ns). */
+ * first ASC_CALIBRATE_NS of steps (timed with clock_gettime meanwhile). A task's created_ns and,
+ * under --trace, a step's start and end are the counter's readings turned into CLOCK_MONOTONIC
+ * time from an anchor renewed every millisecond (asc_ticks_ns). */
 #define ASC_CALIBRATE_NS 50000000LL
 
 #if defined(__x86_64__)
@@ -234,7 +234,9 @@ static PyMethodDef asc_context_run_def = {
 void asc_steps_task_created(PyObject *task, PyObject *loop) {
     asc_task_stats *st = asc_tasks_stats(task);
     if (!st || (asc_cfg.dev_off & ASC_OFF_STEPS)) return;
-    st->created_ns = asc_live_now_ns();
+    /* The cycle counter once calibrated: a burst of task creations reads clock_gettime only
+     * once a millisecond (asc_ticks_ns's anchor). */
+    st->created_ns = asc_clk.state == 1 ? asc_ticks_ns(asc_ticks()) : asc_live_now_ns();
     PyObject *cur = NULL;
     if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
         cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
