@@ -16,7 +16,7 @@
  *   leaks.c     `resource-leak`
  *   frames.c    the program's own frames: classifying files, sites, stacks, cheap creation sites
  *   deadlock.c  `deadlock` and `stuck-task` (deadlock_report.c writes them; deadlock.h)
- *   steps.c     busy time and steps of each task, for the live view
+ *   steps.c     busy time and steps of each task, for the live view (clock.c: the fast clock)
  *   livesnap.c, livethreads.c, livepy.c, control.c  the live view: snapshots, the control socket
  *   trace.c     --trace (trace_locks.c: lock spans; trace.h)
  *   method_hook.c  the class-level method descriptor trace.c hooks _run_once with

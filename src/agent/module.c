@@ -19,6 +19,7 @@
  * from SIGINT included) and after sys.exit(). Fork: the child keeps a working agent (watchdog.c
  * re-creates the watchdog thread there) and starts with an empty report of its own. */
 #include "agent/agent.h"
+#include "agent/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -396,6 +397,7 @@ static PyObject *asc_install(PyObject *module, PyObject *args, PyObject *kwargs)
     /* The parts' hooks go in only now: importing _agent must not change anything. enabled is set
      * first because the hooks check it. */
     asc_cfg.enabled = 1;
+    asc_clock_init(); /* clock.c: the step clock, before anything is timed */
     if (asc_frames_init(module) < 0 || asc_loops_init(module) < 0 || asc_tasks_init(module) < 0 ||
         asc_coros_init(module) < 0 || asc_leaks_init(module) < 0 || asc_steps_init(module) < 0 ||
         asc_livepy_init(module) < 0 || asc_deadlock_init(module) < 0)

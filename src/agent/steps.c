@@ -8,7 +8,7 @@
  * install() the `run` method of contextvars.Context (a C method of a built-in type) is replaced
  * in the type's dict by another C method descriptor of the same kind, whose function calls the
  * original's C function directly. When the callable it is asked to run is a step of one of our
- * tasks it times that call (two reads of the CPU's cycle counter: the step clock below) and adds
+ * tasks it times that call (two reads of clock.c's fast clock: the CPU's cycle counter) and adds
  * it to the task's counters; anything else goes straight through.
  * Handle._run itself stays the Python function it is, so tracebacks, stacks and profilers see
  * exactly what they saw; no object is allocated per step: the cost is one C function call per
@@ -25,6 +25,7 @@
  * Not covered: uvloop (C handles), pure-Python tasks (asyncio.tasks._PyTask), and the first
  * step of 3.12's eager tasks (run inside Task.__init__). */
 #include "agent/agent.h"
+#include "agent/clock.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -41,80 +42,9 @@ int64_t asc_live_now_ns(void) {
 }
 
 /* ---- the step clock ---------------------------------------------------------------------------
- * Two clock reads per task step are most of what timing steps costs: clock_gettime through the
- * vDSO takes ~18 ns here, the CPU's cycle counter ~9 ns. So a step's duration is read from the
- * counter (x86-64's TSC, AArch64's virtual counter) when the kernel itself keeps time with it
- * (clocksource "tsc": invariant and synchronised across CPUs) or on AArch64 (architected, fixed
- * frequency), and converted to nanoseconds by a scale measured against CLOCK_MONOTONIC over the
- * first ASC_CALIBRATE_NS of steps (timed with clock_gettime meanwhile). A task's created_ns and,
- * under --trace, a step's start and end are the counter's readings turned into CLOCK_MONOTONIC
- * time from an anchor renewed every millisecond (asc_ticks_ns). */
-#define ASC_CALIBRATE_NS 50000000LL
-
-#if defined(__x86_64__)
-#include <x86intrin.h>
-static inline uint64_t asc_ticks(void) { return __rdtsc(); }
-#elif defined(__aarch64__)
-static inline uint64_t asc_ticks(void) {
-    uint64_t v;
-    __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
-    return v;
-}
-#else
-static inline uint64_t asc_ticks(void) { return 0; }
-#endif
-
-static struct {
-    int state;         /* 0: calibrating with clock_gettime; 1: ticks; -1: clock_gettime only */
-    int64_t ns0;       /* calibration start */
-    uint64_t ticks0;
-    double ns_per_tick;
-} asc_clk;
-
-static void asc_clock_init(void) {
-    asc_clk.state = -1;
-#if defined(__x86_64__)
-    char buf[32] = "";
-    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
-    if (f) {
-        if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
-        fclose(f);
-    }
-    if (strcmp(buf, "tsc\n") != 0) return;
-#elif !defined(__aarch64__)
-    return;
-#endif
-    asc_clk.ns0 = asc_live_now_ns();
-    asc_clk.ticks0 = asc_ticks();
-    asc_clk.state = 0;
-}
-
-/* The end of calibration, at a step that ends at now_ns (clock_gettime). */
-static void asc_clock_calibrate(int64_t now_ns) {
-    uint64_t t = asc_ticks();
-    if (t <= asc_clk.ticks0) {
-        asc_clk.state = -1;
-        return;
-    }
-    asc_clk.ns_per_tick = (double)(now_ns - asc_clk.ns0) / (double)(t - asc_clk.ticks0);
-    asc_clk.state = asc_clk.ns_per_tick > 0.0 && asc_clk.ns_per_tick < 100.0 ? 1 : -1;
-    asc_clk.ns0 = now_ns; /* from now on the anchor of asc_ticks_ns */
-    asc_clk.ticks0 = t;
-}
-
-/* A counter reading as CLOCK_MONOTONIC nanoseconds (for --trace, whose other events come from
- * clock_gettime): from an anchor taken again once it is a millisecond old, so the two clocks
- * cannot drift apart by more than the rounding of one conversion. */
-#define ASC_REANCHOR_NS 1000000LL
-static int64_t asc_ticks_ns(uint64_t k) {
-    double d = (double)(int64_t)(k - asc_clk.ticks0) * asc_clk.ns_per_tick;
-    if (d < 0.0 || d > (double)ASC_REANCHOR_NS) {
-        asc_clk.ns0 = asc_live_now_ns();
-        asc_clk.ticks0 = asc_ticks();
-        d = (double)(int64_t)(k - asc_clk.ticks0) * asc_clk.ns_per_tick;
-    }
-    return asc_clk.ns0 + (int64_t)d;
-}
+ * Two clock reads per task step are most of what timing steps costs: they are clock.c's
+ * (the CPU's cycle counter converted to CLOCK_MONOTONIC where the kernel keeps time with it,
+ * ~8 ns a read, else clock_gettime, ~18 ns). */
 
 static struct {
     PyTypeObject *step_wrapper_type;   /* _asyncio's TaskStepMethWrapper, once seen */
@@ -177,33 +107,16 @@ static asc_fastcall_kw asc_context_run_orig;
 static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, PyObject *task, asc_task_stats *st) {
     Py_INCREF(task);
-    if (st->created_ns == 0) st->created_ns = asc_live_now_ns(); /* first seen at its first step */
-    if (asc_clk.state == 1) {
-        uint64_t k0 = asc_ticks();
-        PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
-        uint64_t k1 = asc_ticks();
-        if (k1 > k0) st->busy_ns += (int64_t)((double)(k1 - k0) * asc_clk.ns_per_tick);
-        st->steps++;
-        if (asc_trace_active) { /* --trace (trace.c) */
-            int64_t t0 = asc_ticks_ns(k0), t1 = asc_ticks_ns(k1);
-            PyObject *et, *ev, *etb;
-            PyErr_Fetch(&et, &ev, &etb);
-            asc_trace_step(task, st, t0, t1 > t0 ? t1 : t0);
-            PyErr_Restore(et, ev, etb);
-        }
-        Py_DECREF(task);
-        return r;
-    }
-    int64_t t0 = asc_live_now_ns();
+    int64_t t0 = asc_clock_now();
+    if (st->created_ns == 0) st->created_ns = t0; /* first seen at its first step */
     PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
-    int64_t t1 = asc_live_now_ns();
-    st->busy_ns += t1 - t0;
+    int64_t t1 = asc_clock_now();
+    if (t1 > t0) st->busy_ns += t1 - t0;
     st->steps++;
-    if (asc_clk.state == 0 && t1 - asc_clk.ns0 >= ASC_CALIBRATE_NS) asc_clock_calibrate(t1);
     if (asc_trace_active) { /* --trace (trace.c) */
         PyObject *et, *ev, *etb;
         PyErr_Fetch(&et, &ev, &etb);
-        asc_trace_step(task, st, t0, t1);
+        asc_trace_step(task, st, t0, t1 > t0 ? t1 : t0);
         PyErr_Restore(et, ev, etb);
     }
     Py_DECREF(task);
@@ -234,9 +147,7 @@ static PyMethodDef asc_context_run_def = {
 void asc_steps_task_created(PyObject *task, PyObject *loop) {
     asc_task_stats *st = asc_tasks_stats(task);
     if (!st || (asc_cfg.dev_off & ASC_OFF_STEPS)) return;
-    /* The cycle counter once calibrated: a burst of task creations reads clock_gettime only
-     * once a millisecond (asc_ticks_ns's anchor). */
-    st->created_ns = asc_clk.state == 1 ? asc_ticks_ns(asc_ticks()) : asc_live_now_ns();
+    st->created_ns = asc_clock_now();
     PyObject *cur = NULL;
     if (asc_st.current_tasks && PyDict_CheckExact(asc_st.current_tasks)) {
         cur = PyDict_GetItemWithError(asc_st.current_tasks, loop); /* borrowed */
@@ -262,7 +173,6 @@ static PyObject *asc_type_dict(PyTypeObject *tp) {
 
 int asc_steps_init(PyObject *module) {
     (void)module;
-    asc_clock_init();
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
     if (!tasks) return -1;
     asc_st.current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
