@@ -163,14 +163,22 @@ static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     asc_codeloc_clear(&x->created); /* __init__ called again */
     asc_capture_creation_site(&x->created);
-    PyObject *loop = kwds ? PyDict_GetItemWithError(kwds, asc_t.loop_str) : NULL; /* borrowed */
-    if (loop) {
-        asc_steps_task_created(self, loop);
-    } else if (!PyErr_Occurred()) { /* Task(coro) without loop=: the loop it took */
-        loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
-        if (loop) asc_steps_task_created(self, loop);
+    /* The loop the task took: its field in place where the layout is known, else _loop. */
+    if (asc_t.loop_offset >= 0 && !asc_t.loop_checked) { /* the first task: the layout agrees? */
+        PyObject *loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
+        if (loop != *(PyObject **)((char *)self + asc_t.loop_offset)) asc_t.loop_offset = -1;
         Py_XDECREF(loop);
+        PyErr_Clear();
+        asc_t.loop_checked = 1;
     }
+    if (asc_t.loop_offset >= 0) {
+        PyObject *loop = *(PyObject **)((char *)self + asc_t.loop_offset);
+        if (loop) asc_steps_task_created(self, loop);
+        return 0;
+    }
+    PyObject *loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
+    if (loop) asc_steps_task_created(self, loop);
+    Py_XDECREF(loop);
     PyErr_Clear();
     return 0;
 }
@@ -687,14 +695,13 @@ int asc_tasks_init(PyObject *module)
         asc_t.extra_offset = L->task_spare4;
         added = 0;
     }
+    asc_t.loop_offset = added == 0 && L->task_loop >= 0 ? L->task_loop : -1;
     asc_t.base_dealloc = asc_t.base->tp_dealloc;
     asc_t.base_cancel = PyObject_GetAttrString(base, "cancel");
     asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
     asc_t.base_set_name = PyObject_GetAttrString(base, "set_name");
-    asc_t.loop_str = PyUnicode_InternFromString("loop");
     asc_t.loop_attr_str = PyUnicode_InternFromString("_loop");
-    if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL || asc_t.loop_str == NULL ||
-        asc_t.loop_attr_str == NULL)
+    if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL || asc_t.loop_attr_str == NULL)
         return -1;
 
     PyType_Slot slots[] = {

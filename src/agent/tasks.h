@@ -53,7 +53,9 @@ typedef struct {
     PyObject *create_task_code; /* asyncio's BaseEventLoop.create_task.__code__ (owned) */
     PyObject *name_str;         /* "name", interned (owned) */
     Py_ssize_t name_index;      /* the index of `name` in create_task's locals */
-    PyObject *loop_str, *loop_attr_str; /* "loop", "_loop", interned (owned) */
+    PyObject *loop_attr_str;    /* "_loop", interned (owned) */
+    Py_ssize_t loop_offset;     /* a C task's loop field (the layout's task_loop), or -1 */
+    int loop_checked;           /* loop_offset was compared with _loop on a first task */
     PyObject *create_task_str, *set_factory_str; /* "create_task", "set_task_factory" (owned) */
     PyObject *base_create_task; /* asyncio's BaseEventLoop.create_task, a function (owned) */
     int task_replaced;          /* asyncio.tasks.Task is our subclass */
