@@ -73,11 +73,16 @@ static struct {
     asc_hold holds[ASC_HOLD_SLOTS]; /* open addressing, linear probing, backward-shift delete */
     asc_wait *waits;                /* owned; the same scheme, nwaits_cap slots */
     size_t nwaits, nwaits_cap;
-    /* The last wait that ended with its future not cancelled, until its task sets _locked
-     * (acquired) or its step ends (not): pending.fut NULL when none. end is when it ended. */
-    asc_wait pending;
-    int64_t pending_end;
+    int npending; /* threads with a pending wait (below): most steps need not look */
 } asc_tl;
+
+/* The last wait that ended in this thread with its future not cancelled, until its task sets
+ * _locked (acquired) or its step ends (not): fut NULL when none; end is when it ended. Per
+ * thread: loops in two threads may switch between a wait's end and its _locked store. */
+static __thread struct {
+    asc_wait w;
+    int64_t end;
+} asc_pending;
 
 /* Objects are 16-byte aligned: the low bits carry nothing. */
 static size_t asc_ptr_hash(const void *p, size_t mask) {
@@ -189,9 +194,10 @@ static void asc_wait_record(const asc_wait *w, int64_t end, int acquired) {
  * lock, or raised before storing _locked. Called at the end of every traced step (trace.c), at
  * the next wait's end or hold's start, and before the file is written. */
 void asc_trace_locks_flush(void) {
-    if (!asc_tl.pending.fut) return;
-    asc_wait_record(&asc_tl.pending, asc_tl.pending_end, 0);
-    asc_tl.pending.fut = NULL;
+    if (!asc_tl.npending || !asc_pending.w.fut) return;
+    asc_wait_record(&asc_pending.w, asc_pending.end, 0);
+    asc_pending.w.fut = NULL;
+    asc_tl.npending--;
 }
 
 /* ---- LockWaiters: the lock's _waiters deque, watched ---------------------------------------- */
@@ -225,8 +231,9 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
         return r;
     }
     if (asc_trace_future_cancelled(fut) == 0) {
-        asc_tl.pending = w;
-        asc_tl.pending_end = now;
+        asc_pending.w = w; /* none pending here: flushed above */
+        asc_pending.end = now;
+        asc_tl.npending++;
     } else {
         asc_wait_record(&w, now, 0);
     }
@@ -269,10 +276,11 @@ static inline int asc_is_name(PyObject *name, PyObject *s) {
  * False: the hold, if one is open, ends now. */
 static void asc_lock_set_locked(PyObject *lock, PyObject *value) {
     if (value == Py_True) {
-        if (asc_tl.pending.fut && asc_tl.pending.lock == lock) {
-            asc_wait_record(&asc_tl.pending, asc_tl.pending_end, 1);
-            asc_hold_put(lock, asc_tl.pending.track, asc_tl.pending_end);
-            asc_tl.pending.fut = NULL;
+        if (asc_tl.npending && asc_pending.w.fut && asc_pending.w.lock == lock) {
+            asc_wait_record(&asc_pending.w, asc_pending.end, 1);
+            asc_hold_put(lock, asc_pending.w.track, asc_pending.end);
+            asc_pending.w.fut = NULL;
+            asc_tl.npending--;
             return;
         }
         asc_trace_locks_flush();
