@@ -124,87 +124,6 @@ static struct {
     int dumped;
 } asc_tr;
 
-/* ---- the trace's clock ---------------------------------------------------------------------
- * Loop iterations and lock spans read the time about seven times per contended lock round trip.
- * clock_gettime(CLOCK_MONOTONIC) through the vDSO takes ~17 ns here, the CPU's cycle counter
- * ~8 ns: so when the kernel itself keeps time with the counter (x86-64 clocksource "tsc", or
- * AArch64's architected counter) the time is the counter's reading converted to CLOCK_MONOTONIC
- * nanoseconds from an anchor (a pair of readings) renewed once it is a millisecond old, at a
- * rate measured over everything since the first pair (so it only gets more exact). Until the
- * first ASC_CLOCK_BASELINE_NS have gone by, and without a usable counter, it is clock_gettime.
- * steps.c times steps with the same scheme (its own anchor): both stay within a microsecond
- * of CLOCK_MONOTONIC. */
-#define ASC_CLOCK_BASELINE_NS 10000000LL
-#define ASC_CLOCK_REANCHOR_NS 1000000.0
-
-#if defined(__x86_64__)
-#include <x86intrin.h>
-static inline uint64_t asc_trace_ticks(void) { return __rdtsc(); }
-#elif defined(__aarch64__)
-static inline uint64_t asc_trace_ticks(void) {
-    uint64_t v;
-    __asm__ volatile("mrs %0, cntvct_el0" : "=r"(v));
-    return v;
-}
-#else
-static inline uint64_t asc_trace_ticks(void) { return 0; }
-#endif
-
-static struct {
-    int usable;          /* the counter may be used (asc_trace_clock_init) */
-    int64_t ns0;         /* the first pair of readings: the rate's baseline */
-    uint64_t k0;
-    int64_t ns_a;        /* the anchor: the last pair read */
-    uint64_t k_a;
-    double ns_per_tick;  /* 0 until measured */
-    uint64_t span;       /* ticks after the anchor that a conversion is trusted for */
-} asc_tc;
-
-static void asc_trace_clock_init(void) {
-#if defined(__x86_64__)
-    char buf[32] = "";
-    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
-    if (f) {
-        if (!fgets(buf, sizeof buf, f)) buf[0] = '\0';
-        fclose(f);
-    }
-    if (strcmp(buf, "tsc\n") != 0) return;
-#elif !defined(__aarch64__)
-    return;
-#endif
-    asc_tc.ns0 = asc_tc.ns_a = asc_live_now_ns();
-    asc_tc.k0 = asc_tc.k_a = asc_trace_ticks();
-    asc_tc.usable = 1;
-}
-
-/* clock_gettime, and a new anchor (and rate) when the counter is usable. */
-static int64_t asc_trace_clock_anchor(void) {
-    int64_t ns = asc_live_now_ns();
-    if (!asc_tc.usable) return ns;
-    uint64_t k = asc_trace_ticks();
-    if (k > asc_tc.k0 && ns - asc_tc.ns0 >= ASC_CLOCK_BASELINE_NS) {
-        double r = (double)(ns - asc_tc.ns0) / (double)(k - asc_tc.k0);
-        if (!(r > 0.0 && r < 100.0)) { /* not a clock we understand: clock_gettime from now on */
-            asc_tc.usable = 0;
-            asc_tc.ns_per_tick = 0.0;
-            return ns;
-        }
-        asc_tc.ns_per_tick = r;
-        asc_tc.span = (uint64_t)(ASC_CLOCK_REANCHOR_NS / r);
-    }
-    asc_tc.ns_a = ns;
-    asc_tc.k_a = k;
-    return ns;
-}
-
-int64_t asc_trace_now(void) {
-    if (asc_tc.ns_per_tick > 0.0) {
-        uint64_t d = asc_trace_ticks() - asc_tc.k_a; /* a counter behind the anchor: huge, renews */
-        if (d < asc_tc.span) return asc_tc.ns_a + (int64_t)((double)d * asc_tc.ns_per_tick);
-    }
-    return asc_trace_clock_anchor();
-}
-
 /* ---- the ring ------------------------------------------------------------------------------- */
 
 /* Appends one record and returns it (its text NULL). Every step writes one or two of these, so
@@ -405,7 +324,7 @@ void asc_trace_task_created(PyObject *task, asc_task_stats *st, PyObject *spawne
     if (sp && !sp->trace_track) asc_trace_adopt(spawner, sp);
     uint32_t from = sp ? sp->trace_track : 0;
     if (from) st->trace_flags |= ASC_TF_FLOW;
-    asc_trace_put(ASC_EV_TASK_NEW, asc_trace_now(), 0, st->trace_track, st->trace_name,
+    asc_trace_put(ASC_EV_TASK_NEW, asc_clock_now(), 0, st->trace_track, st->trace_name,
                   st->trace_label, from, 0);
 }
 
@@ -483,7 +402,7 @@ static PyObject *asc_epoll_poll_call(PyObject *self, PyObject *const *args, size
                                      PyObject *kwnames) {
     if (asc_trace_active && PyVectorcall_NARGS(nargsf) >= 1) {
         int i = asc_trace_epoll_slot(args[0]);
-        if (i >= 0) asc_trace_iteration_mark(i, asc_trace_now());
+        if (i >= 0) asc_trace_iteration_mark(i, asc_clock_now());
     }
     return PyObject_Vectorcall(asc_method_hook_orig(self), args, nargsf, kwnames);
 }
@@ -539,7 +458,7 @@ static PyObject *asc_set_running_loop_call(PyObject *unused, PyObject *loop) {
     if (loop == Py_None) {
         for (int i = 0; asc_running_loop && i < asc_tr.nloops; i++)
             if (asc_tr.loops[i].loop == asc_running_loop && asc_tr.loops[i].iter_start) {
-                asc_trace_iteration_mark(i, asc_trace_now());
+                asc_trace_iteration_mark(i, asc_clock_now());
                 asc_tr.loops[i].iter_start = 0;
             }
         asc_running_loop = NULL;
@@ -586,10 +505,10 @@ static PyObject *asc_run_once_call(PyObject *self, PyObject *const *args, size_t
     if (asc_tr.loops[track - ASC_TRACK_LOOP0].epoll) /* timed at its polls (a class shared with */
         return PyObject_Vectorcall(orig, args, nargsf, kwnames); /* a loop on another selector) */
     Py_INCREF(loop); /* identity only below, but kept alive across the call */
-    int64_t t0 = asc_trace_now();
+    int64_t t0 = asc_clock_now();
     PyObject *r = PyObject_Vectorcall(orig, args, nargsf, kwnames);
     if (asc_trace_active) {
-        int64_t t1 = asc_trace_now();
+        int64_t t1 = asc_clock_now();
         asc_trace_put(ASC_EV_ITER, t0, t1 > t0 ? t1 - t0 : 0, track, asc_tr.name_iteration, 0, 0, 0);
     }
     Py_DECREF(loop);
@@ -961,7 +880,6 @@ int asc_trace_init(PyObject *module) {
         return -1;
     }
     asc_tr.limit = limit;
-    asc_trace_clock_init();
     asc_tr.t0 = asc_live_now_ns();
     asc_tr.pid = (long)getpid();
     asc_tr.next_task_track = ASC_TRACK_TASK0;

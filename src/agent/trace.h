@@ -5,6 +5,7 @@
 #define AIOSCOPE_AGENT_TRACE_H
 
 #include "agent/agent.h"
+#include "agent/clock.h" /* asc_clock_now(): the time of iterations and lock spans */
 
 #include <stdint.h>
 
@@ -40,8 +41,6 @@ enum {
 /* Append one record to the ring (the oldest goes when it is full). */
 void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
                    uint32_t label, uint64_t aux, uint8_t flags);
-/* CLOCK_MONOTONIC nanoseconds, from the CPU's cycle counter where it can be (trace.c). */
-int64_t asc_trace_now(void);
 /* The track of the task running now on the calling thread's loop (0: none traced). */
 uint32_t asc_trace_current_track(void);
 /* 1 when a future was cancelled, 0 when not, -1 when unknown (read from a C future's state

@@ -211,7 +211,7 @@ static PyObject *asc_waiters_append(PyObject *self, PyObject *fut) {
     PyObject *args[2] = {self, fut};
     PyObject *r = PyObject_Vectorcall(asc_tl.deque_append, args, 2, NULL);
     if (!r || !asc_trace_active) return r;
-    asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_trace_now()};
+    asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_clock_now()};
     w.track = asc_trace_current_track();
     asc_wait_put(&w);
     return r;
@@ -224,7 +224,7 @@ static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
     PyObject *r = PyObject_Vectorcall(asc_tl.deque_remove, args, 2, NULL);
     asc_wait w;
     if (!asc_trace_active || !asc_wait_take(fut, &w)) return r;
-    int64_t now = asc_trace_now();
+    int64_t now = asc_clock_now();
     asc_trace_locks_flush();
     if (!r) { /* remove() failed: its error stays as it was; the wait is over all the same */
         asc_wait_record(&w, now, 0);
@@ -284,12 +284,12 @@ static void asc_lock_set_locked(PyObject *lock, PyObject *value) {
             return;
         }
         asc_trace_locks_flush();
-        asc_hold_put(lock, asc_trace_current_track(), asc_trace_now());
+        asc_hold_put(lock, asc_trace_current_track(), asc_clock_now());
     } else if (value == Py_False) {
         uint32_t track;
         int64_t start;
         if (asc_hold_take(lock, &track, &start)) {
-            int64_t now = asc_trace_now();
+            int64_t now = asc_clock_now();
             asc_trace_put(ASC_EV_LOCK_HOLD, start, now > start ? now - start : 0, track, asc_tl.name_hold,
                           0, (uint64_t)(uintptr_t)lock, 0);
         }
