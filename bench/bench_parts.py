@@ -11,8 +11,13 @@ Task subclass: creation sites, swallowed-cancel, and with it steps), deadlock (t
 stamp (the poll stamp of loops with long steps), beat (the heartbeat: blocking-call, and with it
 the deadlock check and the stamp), watchdog (the watchdog thread; the beat stays). Runs alternate
 in order from round to round; the table gives the median CPU time of the workload (timed inside
-the process, the agent's threads included) as a ratio to the plain run's. The machine is shared:
-differences under ~2 % need more --rounds.
+the process, the agent's threads included) as a ratio to the plain run's. The machine is
+shared: differences under ~2 % need more --rounds.
+
+--idle-thread adds the plain run with one idle thread started first: once a process has a second
+thread, glibc takes its thread-safe paths (cancellation points around every blocking system
+call, locking in malloc), which costs a percent or two whatever the thread does. The agent's
+watchdog thread makes every `aioscope run` such a process: that part of the cost is the floor.
 """
 import argparse
 import json
@@ -37,11 +42,17 @@ def interpreter(spec):
     return str(found[-1] / "bin" / "python3")
 
 
+IDLE_THREAD = "plain + idle thread"
+
+
 def run_once(python, workload, aioscope, off, size):
     cmd = [python, str(WORKLOADS / (workload + ".py"))] + (["--size", str(size)] if size else [])
     env = dict(os.environ)
     env.pop("AIOSCOPE_DEV_OFF", None)
-    if off is not None:
+    env.pop("BENCH_IDLE_THREAD", None)
+    if off == IDLE_THREAD:
+        env["BENCH_IDLE_THREAD"] = "1"
+    elif off is not None:
         cmd = [aioscope, "run", "--quiet", "--"] + cmd
         if off:
             env["AIOSCOPE_DEV_OFF"] = off
@@ -64,6 +75,9 @@ def main():
     ap.add_argument("--off", action="append", default=[],
                     help="parts to switch off in one configuration, comma-separated; repeatable "
                          "(default: each of steps, factory, deadlock, beat alone)")
+    ap.add_argument("--idle-thread", action="store_true",
+                    help="also run the workload plain with one idle thread started first: the "
+                         "part of the cost that is the agent's threads merely existing")
     ap.add_argument("--aioscope", default=os.environ.get("AIOSCOPE_BIN", str(REPO / "build" / "aioscope")))
     args = ap.parse_args()
     if not (WORKLOADS / (args.workload + ".py")).exists():
@@ -71,7 +85,8 @@ def main():
     if not os.access(args.aioscope, os.X_OK):
         sys.exit("bench_parts: %s is not built (tools/build.sh)" % args.aioscope)
     python = interpreter(args.python)
-    configs = [None, ""] + (args.off or ["steps", "factory", "deadlock", "beat"])
+    configs = [None] + ([IDLE_THREAD] if args.idle_thread else []) + [""] + \
+        (args.off or ["steps", "factory", "deadlock", "beat"])
     times = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in (configs if r % 2 == 0 else configs[::-1]):
@@ -81,7 +96,8 @@ def main():
     print("%s, %s, median of %d rounds, CPU time" % (python, args.workload, args.rounds))
     print("%-40s %9s %8s" % ("configuration", "seconds", "ratio"))
     for c in configs:
-        name = "plain" if c is None else "aioscope, all on" if c == "" else "aioscope, off: " + c
+        name = "plain" if c is None else c if c == IDLE_THREAD else \
+            "aioscope, all on" if c == "" else "aioscope, off: " + c
         med = statistics.median(times[c])
         print("%-40s %9.3f %7.3fx" % (name, med, med / plain))
 

@@ -14,6 +14,10 @@ import time
 
 
 def main(name, workload, default_size):
+    if os.environ.get("BENCH_IDLE_THREAD"):
+        # bench_parts.py --idle-thread: a second thread that only waits, as the agent's do.
+        import threading
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--size", type=int, default=default_size)
