@@ -169,6 +169,17 @@ PyObject *asc_method_hook_new(PyObject *orig, vectorcallfunc call);
 PyObject *asc_method_hook_orig(PyObject *self); /* borrowed */
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t asc_live_now_ns(void);
+/* The dict of a type, borrowed: from 3.12 a static built-in type's dict lives in the
+ * interpreter's state, which PyType_GetDict returns. (steps.c and trace.c write hooks there.) */
+static inline PyObject *asc_type_dict(PyTypeObject *tp) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *d = PyType_GetDict(tp);
+    Py_XDECREF(d); /* the type keeps it alive */
+    return d;
+#else
+    return tp->tp_dict;
+#endif
+}
 /* steps.c: puts the step-measuring Context.run in place (install()); notes a task of ours just
  * created on loop (task_factory.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);

@@ -177,18 +177,6 @@ void asc_steps_task_created(PyObject *task, PyObject *loop) {
 
 /* ---- init ------------------------------------------------------------------------------------ */
 
-/* The dict of a type, borrowed: from 3.12 a static built-in type's dict lives in the
- * interpreter's state, which PyType_GetDict returns. */
-static PyObject *asc_type_dict(PyTypeObject *tp) {
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *d = PyType_GetDict(tp);
-    Py_XDECREF(d); /* the type keeps it alive */
-    return d;
-#else
-    return tp->tp_dict;
-#endif
-}
-
 int asc_steps_init(PyObject *module) {
     (void)module;
     PyObject *tasks = PyImport_ImportModule("asyncio.tasks");

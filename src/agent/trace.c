@@ -407,18 +407,6 @@ static PyObject *asc_epoll_poll_call(PyObject *self, PyObject *const *args, size
     return PyObject_Vectorcall(asc_method_hook_orig(self), args, nargsf, kwnames);
 }
 
-/* The dict of a type, borrowed: a static built-in type's dict lives in the interpreter's state
- * from 3.12 (PyType_GetDict). */
-static PyObject *asc_trace_type_dict(PyTypeObject *tp) {
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *d = PyType_GetDict(tp);
-    Py_XDECREF(d); /* the type keeps it alive */
-    return d;
-#else
-    return tp->tp_dict;
-#endif
-}
-
 /* The loop's selector's epoll object (new reference) when the loop is a selector loop on
  * select.epoll whose poll() is (now) ours; NULL otherwise, without an exception. */
 static PyObject *asc_trace_loop_epoll(PyObject *loop) {
@@ -432,7 +420,7 @@ static PyObject *asc_trace_loop_epoll(PyObject *loop) {
     if (asc_tr.epoll_type) goto no; /* another epoll type? not ours to guess */
     /* poll, a method descriptor; the dict of a built-in type is written directly (setattr is
      * refused on most of them) and the type told, which drops every cached lookup. */
-    PyObject *dict = asc_trace_type_dict(tp);
+    PyObject *dict = asc_type_dict(tp);
     PyObject *cur = dict ? PyDict_GetItemString(dict, "poll") : NULL; /* borrowed */
     if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) goto no;
     PyObject *hook = asc_method_hook_new(cur, asc_epoll_poll_call);
