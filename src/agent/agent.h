@@ -143,6 +143,10 @@ void asc_loops_after_fork_child(void);
 int asc_loops_before_fork(void);
 void asc_loops_after_fork_parent(int stopped);
 
+/* blocking.c: the file descriptor of loop's heartbeat (a timerfd it polls), or -1: the deadlock
+ * check does not count it as something that can wake the loop. */
+int asc_loops_beat_fd(PyObject *loop);
+
 /* At exit and when asyncio.run()'s main coroutine returns: `pending-at-exit`. */
 int asc_tasks_report_pending(PyObject *loop);
 

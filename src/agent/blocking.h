@@ -54,7 +54,9 @@ typedef struct {
     int used;
     uint64_t gen;      /* bumped at every start: beats armed by an earlier start do nothing */
     PyObject *loop;    /* borrowed: a running loop is kept alive by whoever runs it */
-    PyObject *handle;  /* owned: the armed TimerHandle */
+    PyObject *handle;  /* owned: the armed TimerHandle (a loop without add_reader) */
+    int beat_fd;       /* the beat's timerfd, registered with loop.add_reader; -1: none */
+    int64_t beat_fd_period; /* its interval (ns) */
     int64_t task_due;  /* the period the task below was seen in (0: none) */
     long long task_id;
     char *task_name;   /* owned */
@@ -108,6 +110,7 @@ typedef struct {
     PyObject *selector_loop_type;    /* owned: asyncio.selector_events.BaseSelectorEventLoop */
     PyObject *base_selector_type;    /* owned: selectors.BaseSelector */
     PyObject *str_call_later;        /* owned, interned */
+    PyObject *str_add_reader, *str_remove_reader; /* owned, interned */
     PyObject *str_cancel;
     PyObject *period_s;              /* owned float: the period for call_later */
     PyObject *slow_period_s;         /* owned float: the same for poll-stamped loops */

@@ -61,7 +61,8 @@ static int asc_dl_all_inert(PyObject *loop, const char *attr, int is_timer) {
     return ok;
 }
 
-/* 1 when no file descriptor but the loop's self-pipe is registered, and no signal handler. */
+/* 1 when no file descriptor but the loop's self-pipe (and the agent's heartbeat) is registered,
+ * and no signal handler. */
 static int asc_dl_no_fds(PyObject *loop) {
     PyObject *handlers = asc_dl_attr(loop, "_signal_handlers");
     Py_ssize_t nh = handlers && PyDict_Check(handlers) ? PyDict_Size(handlers) : 0;
@@ -77,10 +78,11 @@ static int asc_dl_no_fds(PyObject *loop) {
     Py_XDECREF(sfd);
     PyObject *keys = map ? PyMapping_Keys(map) : NULL; /* the registered fds */
     Py_XDECREF(map);
+    long beat_fd = asc_loops_beat_fd(loop); /* the agent's heartbeat wakes nothing */
     int ok = keys != NULL;
     for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(keys); i++) {
         long fd = PyLong_AsLong(PyList_GET_ITEM(keys, i));
-        if (fd != self_fd) ok = 0;
+        if (fd != self_fd && fd != beat_fd) ok = 0;
     }
     Py_XDECREF(keys);
     PyErr_Clear();

@@ -214,13 +214,15 @@ int asc_loops_init(PyObject *module) {
     weakref = events ? PyImport_ImportModule("weakref") : NULL;
     if (!weakref) goto done;
     asc_lp.str_call_later = PyUnicode_InternFromString("call_later");
+    asc_lp.str_add_reader = PyUnicode_InternFromString("add_reader");
+    asc_lp.str_remove_reader = PyUnicode_InternFromString("remove_reader");
     asc_lp.str_cancel = PyUnicode_InternFromString("cancel");
     asc_lp.seen_loops = PyObject_CallMethod(weakref, "WeakSet", NULL);
     asc_lp.current_task = PyObject_GetAttrString(asyncio, "current_task");
     asc_lp.get_running_loop = PyObject_GetAttrString(events, "_get_running_loop");
     asc_lp.orig_set_running_loop = PyObject_GetAttrString(events, "_set_running_loop");
     hook = PyObject_GetAttrString(module, "_set_running_loop");
-    if (!asc_lp.str_call_later || !asc_lp.str_cancel || !asc_lp.seen_loops ||
+    if (!asc_lp.str_call_later || !asc_lp.str_add_reader || !asc_lp.str_remove_reader || !asc_lp.str_cancel || !asc_lp.seen_loops ||
         !asc_lp.current_task || !asc_lp.get_running_loop || !asc_lp.orig_set_running_loop || !hook || !asc_lp.period_s || !asc_lp.slow_period_s)
         goto done;
     /* asyncio.events._set_running_loop: BaseEventLoop.run_forever calls it through the module.
