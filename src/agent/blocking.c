@@ -1,8 +1,9 @@
 /* blocking.c: `blocking-call`, the heartbeat of a running loop and the finding of a blocked period.
  *
- * blocking-call. A running loop has a heartbeat: a TimerHandle (loop.call_later) whose callback is
- * an instance of asc_heartbeat_type. Each beat stores the time the next beat is due in the loop's
- * slot (an atomic) and re-arms itself. One watchdog pthread (not a Python thread: it never takes
+ * blocking-call. A running loop has a heartbeat: a timerfd registered with loop.add_reader (or,
+ * on a loop without add_reader, a TimerHandle from loop.call_later) whose callback is an instance
+ * of asc_heartbeat_type; it runs when the loop gets back to polling after the timer expired. Each
+ * beat stores the time the next beat is due in the loop's slot (an atomic) and re-arms itself. One watchdog pthread (not a Python thread: it never takes
  * the GIL) wakes every few milliseconds; when a running loop's beat is overdue by more than the
  * threshold, the loop thread is stuck in one callback *now*, and the watchdog reads that thread's
  * Python stack right away with the attach library, through process_vm_readv on our own memory,
@@ -11,8 +12,9 @@
  * could not read the stack, to read it with the C API. When the late beat finally runs, it turns
  * what was captured into one finding for that blocked period; the core report merges per site.
  *
- * A loop whose run_forever returned is disarmed (its pending beat cancelled), so a stopped loop
- * is never reported and a restarted one starts a fresh period. The beat is a timer, not a task:
+ * A loop whose run_forever returned is disarmed (its timerfd unregistered and closed, or its
+ * pending beat cancelled), so a stopped loop is never reported and a restarted one starts a
+ * fresh period. The beat is not a task:
  * it does not keep run_until_complete running, and asc_loops_is_heartbeat tells it apart from the
  * program's callbacks.
  *
