@@ -3,8 +3,9 @@
  *
  * Tasks are instances of a C subclass of _asyncio.Task: asyncio's loops make them because
  * asyncio.tasks.Task is replaced by the subclass, other loops (uvloop) through a task factory
- * (task_factory.c). The subclass adds a few fields after the base object (asc_task_extra: the
- * creation site and the cancellation state, plus the live view's counters), notes the creation
+ * (task_factory.c). The subclass adds no bytes to the task: what it keeps (asc_task_extra: the
+ * creation site, the cancellation state, the live view's counters) is a record in the pool
+ * below, whose index the task holds in padding of the C Task (tasks.h). It notes the creation
  * site in __init__ (a walk to the first user frame) and overrides cancel(). Nothing else happens
  * per task: the findings come from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
