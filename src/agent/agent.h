@@ -30,6 +30,30 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <frameobject.h> /* before 3.11 Python.h lacks PyFrame_GetBack (3.8: the frame's fields) */
+
+/* The C API the agent uses that 3.8 does not have under these names (3.9 added them): one set of
+ * stand-ins here, so that the code everywhere else is version-free. */
+#if PY_VERSION_HEX < 0x03090000
+#define PyObject_Vectorcall _PyObject_Vectorcall
+#define Py_TPFLAGS_HAVE_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL /* provisional name in 3.8 */
+static inline PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
+    return PyObject_CallFunctionObjArgs(fn, arg, NULL);
+}
+static inline PyObject *PyObject_CallNoArgs(PyObject *fn) { return PyObject_CallFunctionObjArgs(fn, NULL); }
+static inline PyCodeObject *PyFrame_GetCode(PyFrameObject *f) { /* new reference */
+    Py_INCREF(f->f_code);
+    return f->f_code;
+}
+static inline PyFrameObject *PyFrame_GetBack(PyFrameObject *f) { /* new reference */
+    Py_XINCREF(f->f_back);
+    return f->f_back;
+}
+static inline PyFrameObject *PyThreadState_GetFrame(PyThreadState *ts) { /* new reference */
+    Py_XINCREF(ts->frame);
+    return ts->frame;
+}
+#endif
 
 #include "aioscope/report.h"
 

@@ -123,13 +123,6 @@ typedef struct {
 } asc_loops_state;
 extern asc_loops_state asc_lp;
 
-/* The C API moved between the supported versions; these keep the code below version-free. */
-#if PY_VERSION_HEX < 0x03090000
-static inline PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
-    return PyObject_CallFunctionObjArgs(fn, arg, NULL);
-}
-static inline PyObject *PyObject_CallNoArgs(PyObject *fn) { return PyObject_CallFunctionObjArgs(fn, NULL); }
-#endif
 /* The exception being handled, if any, put aside while the agent runs Python code in the middle of
  * the program's (PyErr_Fetch is deprecated from 3.12 on). */
 typedef struct {

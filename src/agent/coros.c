@@ -166,33 +166,13 @@ static int asc_frame_lasti(PyFrameObject *f)
 #endif
 }
 
-static PyCodeObject *asc_frame_code(PyFrameObject *f)
-{
-#if PY_VERSION_HEX >= 0x03090000
-    return PyFrame_GetCode(f);
-#else
-    Py_INCREF(f->f_code);
-    return f->f_code;
-#endif
-}
-
-static PyFrameObject *asc_frame_back(PyFrameObject *f)
-{
-#if PY_VERSION_HEX >= 0x03090000
-    return PyFrame_GetBack(f);
-#else
-    Py_XINCREF(f->f_back);
-    return f->f_back;
-#endif
-}
-
 /* Search the user frames of the current stack; on a match set *code_out (new ref) and *line. */
 static int asc_search_stack(PyObject *name, PyCodeObject **code_out, int *line)
 {
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
     for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
-        PyCodeObject *co = asc_frame_code(f);
+        PyCodeObject *co = PyFrame_GetCode(f);
         if (asc_is_user_file(co->co_filename)) {
             int l = asc_find_load_line(co, name, asc_frame_lasti(f));
             if (l > 0) {
@@ -203,7 +183,7 @@ static int asc_search_stack(PyObject *name, PyCodeObject **code_out, int *line)
             }
         }
         Py_DECREF(co);
-        PyFrameObject *back = asc_frame_back(f);
+        PyFrameObject *back = PyFrame_GetBack(f);
         Py_DECREF(f);
         f = back;
     }
@@ -297,12 +277,12 @@ static int asc_search_module(PyObject *name, PyObject *callee_names, PyCodeObjec
     PyFrameObject *f = PyEval_GetFrame();
     Py_XINCREF(f);
     for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
-        PyCodeObject *co = asc_frame_code(f);
+        PyCodeObject *co = PyFrame_GetCode(f);
         int user = asc_is_user_file(co->co_filename);
         Py_DECREF(co);
         if (user)
             break;
-        PyFrameObject *back = asc_frame_back(f);
+        PyFrameObject *back = PyFrame_GetBack(f);
         Py_DECREF(f);
         f = back;
     }
@@ -347,11 +327,11 @@ static int asc_search_current_line(PyObject *name, PyCodeObject **code_out, int 
     Py_XINCREF(f);
     PyCodeObject *co = NULL;
     for (int depth = 0; f && depth < ASC_MAX_FRAMES; depth++) {
-        co = asc_frame_code(f);
+        co = PyFrame_GetCode(f);
         if (asc_is_user_file(co->co_filename))
             break;
         Py_CLEAR(co);
-        PyFrameObject *back = asc_frame_back(f);
+        PyFrameObject *back = PyFrame_GetBack(f);
         Py_DECREF(f);
         f = back;
     }

@@ -80,18 +80,6 @@ typedef struct {
 } asc_dl_state;
 extern asc_dl_state asc_dl;
 
-/* The C API grew between the versions the agent builds for (3.8+); these keep the code below
- * version-free. */
-#if PY_VERSION_HEX < 0x03090000
-static inline PyObject *PyObject_CallOneArg(PyObject *fn, PyObject *arg) {
-    return PyObject_CallFunctionObjArgs(fn, arg, NULL);
-}
-static inline PyCodeObject *PyFrame_GetCode(PyFrameObject *f) {
-    Py_INCREF(f->f_code);
-    return f->f_code;
-}
-#endif
-
 /* deadlock.c: helpers shared with deadlock_report.c. */
 PyObject *asc_dl_attr(PyObject *o, const char *name);     /* new ref or NULL, never raises */
 PyObject *asc_dl_frame_of(PyObject *c);                   /* a coroutine's frame, new ref */

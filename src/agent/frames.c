@@ -23,14 +23,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#if PY_VERSION_HEX < 0x03090000
-/* PyFrame_GetCode() arrived in 3.9; before it the field is public. */
-static PyCodeObject *PyFrame_GetCode(PyFrameObject *f)
-{
-    Py_INCREF(f->f_code);
-    return f->f_code;
-}
-#endif
 
 /* A walk never follows more frames than this: deep recursion would otherwise make a task's
  * creation cost proportional to the stack depth. Past it, no site is recorded. */
@@ -265,12 +257,7 @@ static int asc_walk_public(asc_frame_visit visit, void *arg)
 #else
         r = visit((PyObject *)f->f_code, f->f_lasti, arg); /* 3.8, 3.9: bytes */
 #endif
-#if PY_VERSION_HEX >= 0x03090000
         PyFrameObject *back = PyFrame_GetBack(f);
-#else
-        PyFrameObject *back = f->f_back;
-        Py_XINCREF(back);
-#endif
         Py_DECREF(f);
         f = back;
     }

@@ -145,12 +145,7 @@ const char *asc_live_str(aioscope_snapshot *snap, PyObject *s, const char *dflt)
 
 /* file / function / line of a frame object. */
 void asc_live_frame_info(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out) {
-#if PY_VERSION_HEX >= 0x03090000
     PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame); /* new reference */
-#else
-    PyCodeObject *code = ((PyFrameObject *)frame)->f_code;
-    Py_INCREF(code);
-#endif
     out->file = asc_live_str(snap, code->co_filename, "?");
 #if PY_VERSION_HEX >= 0x030B0000
     out->function = asc_live_str(snap, code->co_qualname, "?");
@@ -268,12 +263,7 @@ static void asc_codes_end(void) {
  * code could hold a lock with `async with`. */
 static void asc_frame_info_cached(aioscope_snapshot *snap, PyObject *frame, aioscope_snap_frame *out,
                                   int *maybe_holds) {
-#if PY_VERSION_HEX >= 0x03090000
     PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame); /* new reference */
-#else
-    PyCodeObject *code = ((PyFrameObject *)frame)->f_code;
-    Py_INCREF(code);
-#endif
     asc_code_entry *e = asc_code_lookup(snap, (PyObject *)code);
     Py_DECREF(code); /* the frame, and the table, keep it */
     if (!e) {

@@ -20,16 +20,6 @@ static int asc_ends_with(const char *s, const char *suffix) {
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-static PyObject *asc_frame_back(PyObject *frame) {
-#if PY_VERSION_HEX >= 0x03090000
-    return (PyObject *)PyFrame_GetBack((PyFrameObject *)frame); /* new reference */
-#else
-    PyObject *b = (PyObject *)((PyFrameObject *)frame)->f_back;
-    Py_XINCREF(b);
-    return b;
-#endif
-}
-
 
 
 int asc_live_read_threads(aioscope_snapshot *snap) {
@@ -54,7 +44,7 @@ int asc_live_read_threads(aioscope_snapshot *snap) {
         Py_INCREF(f);
         while (f && k < ASC_MAX_THREAD_FRAMES) {
             asc_live_frame_info(snap, f, &tmp[k++]);
-            PyObject *back = asc_frame_back(f);
+            PyObject *back = (PyObject *)PyFrame_GetBack((PyFrameObject *)f);
             Py_DECREF(f);
             f = back;
         }

@@ -14,11 +14,6 @@
 
 #include <stddef.h>
 
-#if PY_VERSION_HEX < 0x03090000
-#define ASC_TPFLAGS_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL /* provisional name in 3.8 */
-#else
-#define ASC_TPFLAGS_VECTORCALL Py_TPFLAGS_HAVE_VECTORCALL
-#endif
 
 typedef struct {
     PyObject_HEAD
@@ -73,7 +68,7 @@ static PyTypeObject asc_method_hook_type = {
     .tp_traverse = asc_method_hook_traverse,
     .tp_clear = asc_method_hook_clear,
     .tp_descr_get = asc_method_hook_descr_get,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | ASC_TPFLAGS_VECTORCALL |
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
                 Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_vectorcall_offset = offsetof(asc_method_hook, vectorcall),
 };

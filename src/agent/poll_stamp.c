@@ -22,10 +22,6 @@ typedef struct {
     vectorcallfunc vectorcall;
 } asc_poll_hook;
 
-#if PY_VERSION_HEX < 0x03090000
-#define PyObject_Vectorcall _PyObject_Vectorcall
-#define Py_TPFLAGS_HAVE_VECTORCALL _Py_TPFLAGS_HAVE_VECTORCALL
-#endif
 
 static PyObject *asc_poll_hook_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
                                           PyObject *kwnames) {

@@ -31,9 +31,6 @@
 #include <string.h>
 #include <time.h>
 
-#if PY_VERSION_HEX < 0x03090000
-#define PyObject_Vectorcall _PyObject_Vectorcall
-#endif
 
 int64_t asc_live_now_ns(void) {
     struct timespec ts;

@@ -83,12 +83,8 @@ static PyObject *asc_create_task_name(PyObject *kwnames)
     PyFrameObject *f = PyEval_GetFrame(); /* borrowed */
     if (f == NULL)
         return NULL;
-#if PY_VERSION_HEX >= 0x03090000
     PyCodeObject *code = PyFrame_GetCode(f);
     Py_DECREF(code); /* only compared: the frame keeps it alive */
-#else
-    PyCodeObject *code = f->f_code;
-#endif
     if ((PyObject *)code != asc_t.create_task_code)
         return NULL;
     PyObject *name = NULL;

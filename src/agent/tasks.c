@@ -258,12 +258,7 @@ static int asc_cancel_from_asyncio_scope(void)
     PyFrameObject *f = PyEval_GetFrame(); /* borrowed; cancel() is the rare path */
     if (f == NULL)
         return 0;
-#if PY_VERSION_HEX >= 0x03090000
     PyCodeObject *code = PyFrame_GetCode(f);
-#else
-    PyCodeObject *code = f->f_code;
-    Py_INCREF(code);
-#endif
     const char *file = PyUnicode_Check(code->co_filename) ? PyUnicode_AsUTF8(code->co_filename) : NULL;
     int scope = 0;
     if (file) {

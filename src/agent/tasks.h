@@ -6,10 +6,6 @@
 
 #include "agent/agent.h"
 
-#if PY_VERSION_HEX < 0x03090000
-#define PyObject_Vectorcall _PyObject_Vectorcall
-#endif
-
 /* What the agent keeps per task of the subclass: a record in tasks.c's pool, not in the task
  * object. The collector walks task objects, and CPython's allocator rounds sizes up to 16
  * bytes: 80 more bytes per task made a program creating 100 000 tasks 4 % slower (3.13), and

@@ -46,9 +46,6 @@
 #include "aioscope/json.h"
 #include "attach/layouts.h"
 
-#if PY_VERSION_HEX < 0x03090000
-#define PyObject_Vectorcall _PyObject_Vectorcall
-#endif
 
 /* Events kept by default: 48 bytes each, so 24 MB of ring and a file of roughly 50-80 MB,
  * which Perfetto opens comfortably; --trace-limit changes it. */

@@ -38,9 +38,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if PY_VERSION_HEX < 0x03090000
-#define PyObject_Vectorcall _PyObject_Vectorcall
-#endif
 
 /* Locks held at the same time that can have a hold span; a power of two (the index mask). */
 #define ASC_HOLD_SLOTS 1024

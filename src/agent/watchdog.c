@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #if PY_VERSION_HEX < 0x030B0000
-#include <frameobject.h> /* before 3.11 Python.h lacks PyFrame_GetBack (3.8: the frame's fields) */
 #endif
 
 /* The watchdog's measure (under the mutex) of how long the slot's loop has gone without getting
@@ -60,19 +59,9 @@ static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
  * library cannot read this interpreter. Innermost first, like aioscope_thread_stack. */
 static size_t asc_stack_with_gil(PyThreadState *ts, aioscope_frame *out, size_t max) {
     size_t n = 0;
-#if PY_VERSION_HEX >= 0x03090000
     PyFrameObject *f = PyThreadState_GetFrame(ts); /* new reference */
-#else
-    PyFrameObject *f = ts->frame;
-    Py_XINCREF(f);
-#endif
     while (f && n < max) {
-#if PY_VERSION_HEX >= 0x03090000
         PyCodeObject *code = PyFrame_GetCode(f); /* new reference */
-#else
-        PyCodeObject *code = f->f_code;
-        Py_INCREF(code);
-#endif
         const char *file = PyUnicode_AsUTF8(code->co_filename);
         const char *func = PyUnicode_AsUTF8(code->co_name);
         PyErr_Clear();
@@ -81,12 +70,7 @@ static size_t asc_stack_with_gil(PyThreadState *ts, aioscope_frame *out, size_t 
         snprintf(fr->function, sizeof fr->function, "%s", func ? func : "?");
         fr->line = PyFrame_GetLineNumber(f);
         Py_DECREF(code);
-#if PY_VERSION_HEX >= 0x03090000
         PyFrameObject *back = PyFrame_GetBack(f); /* new reference */
-#else
-        PyFrameObject *back = f->f_back;
-        Py_XINCREF(back);
-#endif
         Py_DECREF(f);
         f = back;
     }
