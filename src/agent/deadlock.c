@@ -71,6 +71,11 @@
 #define ASC_DL_COST_FACTOR 50
 /* A loop with more pending tasks than this is not checked: the snapshot would cost too much. */
 #define ASC_DL_MAX_TASKS 10000
+/* Nor is any loop while the process has more live tasks than this (asyncio's registries, all
+ * loops together, counted without walking them): finding out that a loop has too many waiting
+ * tasks would itself cost a walk over every task, ~5 ms per 100 000 tasks at each check, a
+ * percent or two of a program that spawns that many (bench/workloads/spawn_gather.py). */
+#define ASC_DL_MAX_LIVE 50000
 /* Tasks whose wait is read and classified (their await chain walked) per check at most; the
  * classification is kept while the task stays on the same waiter, so a loop with many long
  * waits pays for each once, spread over checks. */
@@ -493,6 +498,7 @@ static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
 
 typedef struct {
     PyObject *loop, *list;
+    int too_many; /* more than ASC_DL_MAX_TASKS wait: the walk stopped */
 } asc_dl_collecting;
 
 /* A task field at a layout offset (borrowed; NULL when empty). */
@@ -520,6 +526,10 @@ static int asc_dl_direct(PyObject *task) {
 
 static int asc_dl_collect_one(PyObject *task, void *arg) {
     asc_dl_collecting *c = arg;
+    if (PyList_GET_SIZE(c->list) > ASC_DL_MAX_TASKS) {
+        c->too_many = 1; /* stops the walk (no error set): this loop is not checked now */
+        return -1;
+    }
     /* In place for C tasks: the attributes cost ~100 ns a task, most of a check of a program
      * with 100 000 tasks. */
     if (asc_dl_direct(task)) {
@@ -540,14 +550,38 @@ static int asc_dl_collect_one(PyObject *task, void *arg) {
  * tasks) that belong to loop and wait on a future. Runnable and finished tasks (no _fut_waiter)
  * are left out here: they are free, and a busy program has many. Iterating the registry in C,
  * through the WeakSet's .data, reads no Python code: asyncio.all_tasks (a set comprehension
- * calling a Python helper per task) cost ~300 ns a task. */
+ * calling a Python helper per task) cost ~300 ns a task. Returns 1 when more than
+ * ASC_DL_MAX_TASKS wait (the walk stops there), 0, or -1 with an error set. */
 static int asc_dl_collect(PyObject *registry, PyObject *loop, PyObject *list) {
-    asc_dl_collecting c = {loop, list};
-    return asc_registry_each(registry, asc_dl_collect_one, &c);
+    asc_dl_collecting c = {loop, list, 0};
+    int rc = asc_registry_each(registry, asc_dl_collect_one, &c);
+    return c.too_many ? 1 : rc;
 }
 
-/* The tasks of loop that wait on a future, as a new list; NULL (an error set) on failure. */
+/* The tasks alive in the process by asyncio's registries (WeakSets through their .data, and
+ * 3.12's set of eager tasks), counted without walking them; -1 when one cannot be counted. */
+static Py_ssize_t asc_dl_live_count(void) {
+    Py_ssize_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        PyObject *reg = asc_dl.registries[i];
+        if (!reg) continue;
+        PyObject *data = PyAnySet_Check(reg) ? (Py_INCREF(reg), reg)
+                                             : PyObject_GetAttrString(reg, "data");
+        Py_ssize_t n = data && PyAnySet_Check(data) ? PySet_GET_SIZE(data) : -1;
+        Py_XDECREF(data);
+        if (n < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+        total += n;
+    }
+    return total;
+}
+
+/* The tasks of loop that wait on a future, as a new list; NULL when there are too many to
+ * check (no error set) or on failure (an error set). */
 static PyObject *asc_dl_waiting_tasks(PyObject *loop) {
+    if (asc_dl_live_count() > ASC_DL_MAX_LIVE) return NULL;
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
     int found = 0;
@@ -555,7 +589,7 @@ static PyObject *asc_dl_waiting_tasks(PyObject *loop) {
         PyObject *reg = asc_dl.registries[i];
         if (!reg) continue;
         found = 1;
-        if (asc_dl_collect(reg, loop, list) < 0) {
+        if (asc_dl_collect(reg, loop, list) != 0) {
             Py_DECREF(list);
             return NULL;
         }
@@ -565,7 +599,7 @@ static PyObject *asc_dl_waiting_tasks(PyObject *loop) {
     Py_DECREF(list);
     PyObject *all = PyObject_CallOneArg(asc_dl.all_tasks, loop);
     list = all ? PyList_New(0) : NULL;
-    if (list && asc_dl_collect(all, loop, list) < 0) Py_CLEAR(list);
+    if (list && asc_dl_collect(all, loop, list) != 0) Py_CLEAR(list);
     Py_XDECREF(all);
     return list;
 }
