@@ -26,6 +26,7 @@
  * step of 3.12's eager tasks (run inside Task.__init__). */
 #include "agent/agent.h"
 #include "agent/clock.h"
+#include "agent/trace.h" /* asc_trace_step_begin/end */
 
 #include <stdio.h>
 #include <string.h>
@@ -105,35 +106,36 @@ static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t n
                               PyObject *kwnames, PyObject *task, asc_task_stats *st) {
     Py_INCREF(task);
     double ns_per_tick = asc_clock.ns_per_tick;
+    /* --trace (trace.c): the lock hooks take the running task and its step's start from here. */
+    int traced = asc_trace_active;
+    asc_trace_running outer;
     if (ns_per_tick > 0.0) { /* two counter readings; CLOCK_MONOTONIC only where needed */
         uint64_t k0 = asc_ticks();
+        int64_t t0 = 0;
+        if (traced) {
+            t0 = asc_clock_of(k0);
+            asc_trace_step_begin(&outer, task, st, t0);
+        }
         PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
         uint64_t k1 = asc_ticks();
         if (k1 > k0) st->busy_ns += (int64_t)((double)(k1 - k0) * ns_per_tick);
         st->steps++;
         if (st->created_ns == 0) st->created_ns = asc_clock_of(k0); /* first seen at its first step */
-        if (asc_trace_active) { /* --trace (trace.c) */
-            int64_t t0 = asc_clock_of(k0), t1 = asc_clock_of(k1);
-            PyObject *et, *ev, *etb;
-            PyErr_Fetch(&et, &ev, &etb);
-            asc_trace_step(task, st, t0, t1 > t0 ? t1 : t0);
-            PyErr_Restore(et, ev, etb);
+        if (traced) {
+            int64_t t1 = asc_clock_of(k1);
+            asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
         }
         Py_DECREF(task);
         return r;
     }
     int64_t t0 = asc_clock_now();
     if (st->created_ns == 0) st->created_ns = t0;
+    if (traced) asc_trace_step_begin(&outer, task, st, t0);
     PyObject *r = asc_context_run_orig(ctx, args, nargs, kwnames);
     int64_t t1 = asc_clock_now();
     if (t1 > t0) st->busy_ns += t1 - t0;
     st->steps++;
-    if (asc_trace_active) {
-        PyObject *et, *ev, *etb;
-        PyErr_Fetch(&et, &ev, &etb);
-        asc_trace_step(task, st, t0, t1 > t0 ? t1 : t0);
-        PyErr_Restore(et, ev, etb);
-    }
+    if (traced) asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
     Py_DECREF(task);
     return r;
 }

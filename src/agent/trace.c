@@ -118,6 +118,8 @@ static struct {
     uint32_t last_qual_index;
     PyObject *current_task;   /* owned: asyncio.current_task */
     PyObject *current_tasks;  /* owned: the {loop: task} dict current_task() reads, or NULL */
+    PyObject *eager_tasks;    /* owned: 3.12+'s set of tasks running their eager first step */
+    int step_known;           /* the running task may be taken from steps.c (no eager step unseen) */
     int dumped;
 } asc_tr;
 
@@ -325,8 +327,14 @@ void asc_trace_task_created(PyObject *task, asc_task_stats *st, PyObject *spawne
                   st->trace_label, from, 0);
 }
 
+/* Records a step of one of our tasks (steps.c). The common case (a C task seen before) calls
+ * nothing of Python's, so the caller's error state is only set aside around the rest: a new
+ * task's adoption and name, or done() asked of another task type. */
 void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) {
     if (!asc_trace_active || !st) return;
+    int slow = !st->trace_track || !(st->trace_flags & ASC_TF_NAMED) || !asc_trace_c_task(task);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (slow) PyErr_Fetch(&et, &ev, &etb);
     if (!st->trace_track) asc_trace_adopt(task, st); /* created before the trace could see it */
     if (!(st->trace_flags & ASC_TF_NAMED)) {
         st->trace_flags |= ASC_TF_NAMED;
@@ -343,6 +351,27 @@ void asc_trace_step(PyObject *task, asc_task_stats *st, int64_t t0, int64_t t1) 
         asc_trace_put(ASC_EV_TASK_DONE, t1, 0, st->trace_track, st->trace_name, st->trace_label, 0,
                       state == 1 ? 1 : 0);
     asc_trace_locks_flush(); /* a lock wait that ended in this step without the lock */
+    if (slow) PyErr_Restore(et, ev, etb);
+}
+
+/* What the calling thread runs now: the loop asyncio says runs in it (events._set_running_loop,
+ * below; borrowed, NULL when none), and the step of one of our tasks that steps.c is timing
+ * (asc_trace_step_begin; task borrowed, kept alive by steps.c for the step). One thread-local
+ * struct, so that a hook finds all of it with one look-up of the thread's block. */
+static __thread struct {
+    PyObject *loop;
+    asc_trace_running step;
+} asc_th;
+
+void asc_trace_step_begin(asc_trace_running *outer, PyObject *task, asc_task_stats *st, int64_t t0) {
+    *outer = asc_th.step;
+    asc_th.step = (asc_trace_running){.task = task, .st = st, .t0 = t0};
+}
+
+void asc_trace_step_end(const asc_trace_running *outer, PyObject *task, asc_task_stats *st, int64_t t0,
+                        int64_t t1) {
+    asc_th.step = *outer;
+    asc_trace_step(task, st, t0, t1);
 }
 
 /* ---- loops ---------------------------------------------------------------------------------- */
@@ -362,19 +391,14 @@ static uint32_t asc_trace_loop_track(PyObject *loop, unsigned long thread) {
     return ASC_TRACK_LOOP0 + (uint32_t)i;
 }
 
-/* The loop running in this thread (borrowed; NULL when none), from asyncio's own notice
- * (events._set_running_loop, below): lets the lock hooks find the running task in asyncio's
- * table of current tasks directly, and closes a loop's last iteration when its run ends. */
-static __thread PyObject *asc_running_loop;
-
 /* Iterations of selector loops on epoll (asyncio's default on Linux), from one poll for I/O
  * to the next. A loop polls once per iteration (BaseEventLoop._run_once calls
  * selector.select(), which calls its select.epoll object's poll()), so a slice runs from the
  * start of one iteration's wait for I/O to the next one's: the wait, the events and the ready
  * callbacks it ran, and the next iteration's timer bookkeeping before its own poll. The last
  * iteration of a run ends when asyncio says the loop stopped running. poll() is replaced in
- * the type's dict by a method descriptor (method_hook.c) calling the C original: a C-to-C call
- * per iteration. Timing _run_once itself (the fallback below) calls a Python function from C,
+ * the type's dict by a C method descriptor calling the original's C function (asc_epoll_poll):
+ * a C-to-C call per iteration. Timing _run_once itself (the fallback below) calls a Python function from C,
  * which enters the interpreter afresh every iteration: about 600 more instructions per
  * iteration and a second clock reading.
  *
@@ -394,14 +418,21 @@ static void asc_trace_iteration_mark(int i, int64_t now) {
     asc_tr.loops[i].iter_start = now;
 }
 
-/* select.epoll.poll(self, ...), in the type's dict. */
-static PyObject *asc_epoll_poll_call(PyObject *self, PyObject *const *args, size_t nargsf,
-                                     PyObject *kwnames) {
-    if (asc_trace_active && PyVectorcall_NARGS(nargsf) >= 1) {
-        int i = asc_trace_epoll_slot(args[0]);
+/* select.epoll.poll(self, ...), in the type's dict: a method descriptor of the original's kind
+ * (METH_FASTCALL | METH_KEYWORDS, its PyMethodDef copied, so name, signature and doc are the
+ * original's) whose function calls the original's C function directly, as steps.c does for
+ * Context.run: a C call less per poll than calling the original descriptor (--trace, 3.11,
+ * callgrind: about 80 instructions per poll). */
+typedef PyObject *(*asc_fastcall_kw)(PyObject *, PyObject *const *, Py_ssize_t, PyObject *);
+static asc_fastcall_kw asc_epoll_poll_orig;
+static PyMethodDef asc_epoll_poll_def;
+
+static PyObject *asc_epoll_poll(PyObject *ep, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    if (asc_trace_active) {
+        int i = asc_trace_epoll_slot(ep);
         if (i >= 0) asc_trace_iteration_mark(i, asc_clock_now());
     }
-    return PyObject_Vectorcall(asc_method_hook_orig(self), args, nargsf, kwnames);
+    return asc_epoll_poll_orig(ep, args, nargs, kwnames);
 }
 
 /* The loop's selector's epoll object (new reference) when the loop is a selector loop on
@@ -415,12 +446,18 @@ static PyObject *asc_trace_loop_epoll(PyObject *loop) {
     if (!tp || strcmp(tp->tp_name, "select.epoll") != 0) goto no;
     if (asc_tr.epoll_type == tp) return ep;
     if (asc_tr.epoll_type) goto no; /* another epoll type? not ours to guess */
-    /* poll, a method descriptor; the dict of a built-in type is written directly (setattr is
-     * refused on most of them) and the type told, which drops every cached lookup. */
+    /* poll, a method descriptor taking METH_FASTCALL | METH_KEYWORDS (3.8-3.13); the dict of a
+     * built-in type is written directly (setattr is refused on most of them) and the type told,
+     * which drops every cached lookup. */
     PyObject *dict = asc_type_dict(tp);
     PyObject *cur = dict ? PyDict_GetItemString(dict, "poll") : NULL; /* borrowed */
     if (!cur || Py_TYPE(cur) != &PyMethodDescr_Type) goto no;
-    PyObject *hook = asc_method_hook_new(cur, asc_epoll_poll_call);
+    const PyMethodDef *def = ((PyMethodDescrObject *)cur)->d_method;
+    if (def->ml_flags != (METH_FASTCALL | METH_KEYWORDS)) goto no;
+    asc_epoll_poll_orig = (asc_fastcall_kw)(void (*)(void))def->ml_meth;
+    asc_epoll_poll_def = *def;
+    asc_epoll_poll_def.ml_meth = (PyCFunction)(void (*)(void))asc_epoll_poll;
+    PyObject *hook = PyDescr_NewMethod(tp, &asc_epoll_poll_def);
     int rc = hook ? PyDict_SetItemString(dict, "poll", hook) : -1;
     Py_XDECREF(hook);
     if (rc < 0) goto no;
@@ -441,14 +478,14 @@ static PyObject *asc_set_running_loop_call(PyObject *unused, PyObject *loop) {
     PyObject *r = PyObject_Vectorcall(asc_tr.orig_set_running_loop, &loop, 1, NULL);
     if (!r || !asc_trace_active) return r;
     if (loop == Py_None) {
-        for (int i = 0; asc_running_loop && i < asc_tr.nloops; i++)
-            if (asc_tr.loops[i].loop == asc_running_loop && asc_tr.loops[i].iter_start) {
+        for (int i = 0; asc_th.loop && i < asc_tr.nloops; i++)
+            if (asc_tr.loops[i].loop == asc_th.loop && asc_tr.loops[i].iter_start) {
                 asc_trace_iteration_mark(i, asc_clock_now());
                 asc_tr.loops[i].iter_start = 0;
             }
-        asc_running_loop = NULL;
+        asc_th.loop = NULL;
     } else {
-        asc_running_loop = loop;
+        asc_th.loop = loop;
     }
     return r;
 }
@@ -568,27 +605,50 @@ void asc_trace_finding(const aioscope_finding *f) {
 
 /* ---- asyncio.Lock: wait and hold ------------------------------------------------------------ */
 
-/* The track of the task running now on the calling thread's loop (0: none traced). */
-uint32_t asc_trace_current_track(void) {
+/* The task running now on the calling thread's loop (borrowed; NULL when none). */
+static PyObject *asc_trace_current_task(asc_task_stats **st) {
+    /* Inside a step of one of our tasks (steps.c said so), the running task is the one stepped:
+     * asyncio enters it as current inside the step and leaves it at the step's end, and a loop
+     * nested in the step (nest_asyncio) runs its steps through steps.c too, which restores the
+     * outer one after each. The one exception is the first step of a 3.12+ eager task, run inside
+     * create_task() without a Context.run of its own: while one runs, asyncio's set of eager
+     * tasks is not empty, and the running task is looked up. */
+    if (asc_th.step.st && asc_tr.step_known && (!asc_tr.eager_tasks || PySet_GET_SIZE(asc_tr.eager_tasks) == 0)) {
+        *st = asc_th.step.st;
+        return asc_th.step.task;
+    }
     PyObject *t;
     /* While a loop runs in this thread, asyncio.current_task() is current_tasks[loop]: read
      * directly, that is a dict lookup instead of a call that first finds the running loop. */
-    if (asc_running_loop && asc_tr.current_tasks) {
-        t = PyDict_GetItemWithError(asc_tr.current_tasks, asc_running_loop); /* borrowed */
-        Py_XINCREF(t);
+    if (asc_th.loop && asc_tr.current_tasks) {
+        t = PyDict_GetItemWithError(asc_tr.current_tasks, asc_th.loop); /* borrowed */
     } else {
         t = asc_tr.current_task ? PyObject_Vectorcall(asc_tr.current_task, NULL, 0, NULL) : NULL;
+        Py_XDECREF(t); /* asyncio keeps the running task in its table: borrowed from there */
     }
-    asc_task_stats *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
-    if (st && !st->trace_track) asc_trace_adopt(t, st);
-    if (st && !(st->trace_flags & ASC_TF_NAMED)) { /* running: its name is final */
-        st->trace_flags |= ASC_TF_NAMED;
-        asc_trace_read_name(t, st);
-    }
-    uint32_t track = st ? st->trace_track : 0;
-    Py_XDECREF(t);
     if (PyErr_Occurred()) PyErr_Clear();
-    return track;
+    *st = t && t != Py_None ? asc_tasks_stats(t) : NULL;
+    return *st ? t : NULL;
+}
+
+/* The track of the task running now on the calling thread's loop (0: none traced); *step_t0 (when
+ * not NULL) the start of its current step when steps.c is timing one of this task, else 0. */
+uint32_t asc_trace_current_track(int64_t *step_t0) {
+    asc_task_stats *st;
+    PyObject *t = asc_trace_current_task(&st);
+    if (step_t0) *step_t0 = st && st == asc_th.step.st ? asc_th.step.t0 : 0;
+    if (!st) return 0;
+    if (!st->trace_track || !(st->trace_flags & ASC_TF_NAMED)) {
+        Py_INCREF(t);
+        if (!st->trace_track) asc_trace_adopt(t, st);
+        if (!(st->trace_flags & ASC_TF_NAMED)) { /* running: its name is final */
+            st->trace_flags |= ASC_TF_NAMED;
+            asc_trace_read_name(t, st);
+        }
+        Py_DECREF(t);
+        if (PyErr_Occurred()) PyErr_Clear();
+    }
+    return st->trace_track;
 }
 
 /* ---- writing the file ----------------------------------------------------------------------- */
@@ -909,6 +969,13 @@ int asc_trace_init(PyObject *module) {
     PyObject *cur_tasks = tasks_mod ? PyObject_GetAttrString(tasks_mod, "_current_tasks") : NULL;
     if (cur_tasks && PyDict_CheckExact(cur_tasks)) asc_tr.current_tasks = cur_tasks;
     else Py_XDECREF(cur_tasks);
+    /* 3.12+: asyncio.tasks._eager_tasks (_asyncio's own set), not empty exactly while an eager
+     * task runs its first step inside create_task(). Not a set where one is expected: the
+     * running task is looked up at every lock hook (asc_trace_current_task). */
+    PyObject *eager = tasks_mod ? PyObject_GetAttrString(tasks_mod, "_eager_tasks") : NULL;
+    if (eager && PyAnySet_CheckExact(eager)) asc_tr.eager_tasks = eager;
+    else Py_XDECREF(eager);
+    asc_tr.step_known = PY_VERSION_HEX < 0x030C0000 || asc_tr.eager_tasks != NULL; /* no eager tasks before 3.12 */
     Py_XDECREF(tasks_mod);
     PyErr_Clear(); /* without it: current_task() at every lock wait */
     if (asc_trace_locks_init(asc_tr.name_lock_wait, asc_tr.name_lock_hold) < 0)

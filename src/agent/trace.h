@@ -41,8 +41,23 @@ enum {
 /* Append one record to the ring (the oldest goes when it is full). */
 void asc_trace_put(uint8_t type, int64_t ts, int64_t dur, uint32_t track, uint32_t name,
                    uint32_t label, uint64_t aux, uint8_t flags);
-/* The track of the task running now on the calling thread's loop (0: none traced). */
-uint32_t asc_trace_current_track(void);
+/* The track of the task running now on the calling thread's loop (0: none traced); through
+ * step_t0 (when not NULL) the start of that task's current step when steps.c is timing it, else 0. */
+uint32_t asc_trace_current_track(int64_t *step_t0);
+
+/* A step of one of our tasks that steps.c is timing while tracing, as the lock hooks see it: the
+ * task stepped (borrowed: steps.c holds it for the step), its record and the step's start. */
+typedef struct {
+    PyObject *task;
+    asc_task_stats *st;
+    int64_t t0;
+} asc_trace_running;
+/* steps.c, around such a step: begin notes it as the calling thread's running step (the one it
+ * nests in, if any, saved into *outer); end gives *outer back and records the step
+ * (asc_trace_step). The error state is kept as the step left it. */
+void asc_trace_step_begin(asc_trace_running *outer, PyObject *task, asc_task_stats *st, int64_t t0);
+void asc_trace_step_end(const asc_trace_running *outer, PyObject *task, asc_task_stats *st, int64_t t0,
+                        int64_t t1);
 /* 1 when a future was cancelled, 0 when not, -1 when unknown (read from a C future's state
  * when the layout table describes this interpreter, else by calling cancelled()). */
 int asc_trace_future_cancelled(PyObject *fut);

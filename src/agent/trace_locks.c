@@ -61,7 +61,7 @@ static struct {
     PyObject *str_locked, *str_waiters;     /* owned, interned */
     PyTypeObject *deque_type;               /* owned: collections.deque */
     PyTypeObject *waiters_type;             /* owned: LockWaiters, our subclass of deque */
-    PyObject *deque_append, *deque_remove;  /* owned: deque's own methods (method descriptors) */
+    PyCFunction deque_append, deque_remove; /* deque's own METH_O C functions, called directly */
     Py_ssize_t lock_offset;                 /* where LockWaiters keeps its lock's address */
     uint32_t name_wait, name_hold;
     /* The __setattr__ and __delattr__ slot wrappers put in Lock's dict: object's, with our
@@ -205,23 +205,27 @@ static const void **asc_waiters_lock(PyObject *self) {
 
 /* _waiters.append(fut): the current task starts waiting for the lock. */
 static PyObject *asc_waiters_append(PyObject *self, PyObject *fut) {
-    PyObject *args[2] = {self, fut};
-    PyObject *r = PyObject_Vectorcall(asc_tl.deque_append, args, 2, NULL);
+    PyObject *r = asc_tl.deque_append(self, fut);
     if (!r || !asc_trace_active) return r;
     asc_wait w = {.fut = fut, .lock = *asc_waiters_lock(self), .start = asc_clock_now()};
-    w.track = asc_trace_current_track();
+    w.track = asc_trace_current_track(NULL);
     asc_wait_put(&w);
     return r;
 }
 
 /* _waiters.remove(fut): the wait is over. Cancelled future: not acquired. Otherwise the lock is
- * the waiter's if its task goes on to store _locked = True in this step (asc_lock_set_locked). */
+ * the waiter's if its task goes on to store _locked = True in this step (asc_lock_set_locked).
+ *
+ * The wait ends when its task wakes up: `await fut` in acquire() resumes only at the start of a
+ * step, and the remove() in its `finally` is the first thing that step runs. So when steps.c is
+ * timing that step of the waiting task, the wait ends at the step's start, read by steps.c
+ * already, with no clock reading here. */
 static PyObject *asc_waiters_remove(PyObject *self, PyObject *fut) {
-    PyObject *args[2] = {self, fut};
-    PyObject *r = PyObject_Vectorcall(asc_tl.deque_remove, args, 2, NULL);
+    PyObject *r = asc_tl.deque_remove(self, fut);
     asc_wait w;
     if (!asc_trace_active || !asc_wait_take(fut, &w)) return r;
-    int64_t now = asc_clock_now();
+    int64_t now;
+    if (asc_trace_current_track(&now) != w.track || now < w.start) now = asc_clock_now();
     asc_trace_locks_flush();
     if (!r) { /* remove() failed: its error stays as it was; the wait is over all the same */
         asc_wait_record(&w, now, 0);
@@ -281,7 +285,7 @@ static void asc_lock_set_locked(PyObject *lock, PyObject *value) {
             return;
         }
         asc_trace_locks_flush();
-        asc_hold_put(lock, asc_trace_current_track(), asc_clock_now());
+        asc_hold_put(lock, asc_trace_current_track(NULL), asc_clock_now());
     } else if (value == Py_False) {
         uint32_t track;
         int64_t start;
@@ -372,13 +376,24 @@ static PyObject *asc_import_type(const char *module, const char *name) {
     return type;
 }
 
+/* deque's C function for one of its METH_O methods (append, remove), which LockWaiters' own
+ * methods call directly rather than through the method descriptor; NULL (an exception set or
+ * not) when the method is not such a descriptor. */
+static PyCFunction asc_deque_method(PyObject *deque, const char *name) {
+    PyObject *dict = asc_type_dict((PyTypeObject *)deque);
+    PyObject *m = dict ? PyDict_GetItemString(dict, name) : NULL; /* borrowed */
+    if (!m || Py_TYPE(m) != &PyMethodDescr_Type) return NULL;
+    PyMethodDef *def = ((PyMethodDescrObject *)m)->d_method;
+    return def->ml_flags == METH_O ? def->ml_meth : NULL;
+}
+
 /* LockWaiters: collections.deque plus, after the base's fields, the address of its lock. */
 static int asc_waiters_type_init(void) {
     PyObject *deque = asc_import_type("collections", "deque");
     if (!deque) return -1;
     asc_tl.deque_type = (PyTypeObject *)deque;
-    asc_tl.deque_append = PyObject_GetAttrString(deque, "append");
-    asc_tl.deque_remove = PyObject_GetAttrString(deque, "remove");
+    asc_tl.deque_append = asc_deque_method(deque, "append");
+    asc_tl.deque_remove = asc_deque_method(deque, "remove");
     if (!asc_tl.deque_append || !asc_tl.deque_remove) return -1;
     if (asc_tl.deque_type->tp_itemsize != 0) return -1; /* no room after the fields then */
     asc_tl.lock_offset = asc_tl.deque_type->tp_basicsize;

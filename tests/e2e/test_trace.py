@@ -151,6 +151,15 @@ def test_lock_wait_and_hold_spans(run_aioscope, python, tmp_path):
     for w in waits:
         h = [h for h in holds if h["tid"] == w["tid"]]
         assert len(h) == 1 and abs(w["ts"] + w["dur"] - h[0]["ts"]) < 1.0, (w, h)
+    # The task runs when it takes the lock and when it releases it: a hold starts and ends
+    # inside (or at an edge of) one of the task's steps, on the track just below its locks.
+    steps = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X" and e["cat"] == "step":
+            steps[e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
+    for h in holds:
+        for t in (h["ts"], h["ts"] + h["dur"]):
+            assert any(a - 0.01 <= t <= b + 0.01 for a, b in steps[h["tid"] - 1]), (h, t)
 
 
 @pytest.mark.parametrize("name", ["buggy_blocking_merged.py", "buggy_blocking_sleep.py"])
@@ -274,8 +283,10 @@ def test_nothing_installed_without_trace(run_aioscope, python, tmp_path):
     assert "lock ok" in r.stdout
     r, data = run_traced(run_aioscope, python, probe, tmp_path)
     assert r.returncode == 0, r.stderr
-    # An epoll loop (the default here) is timed at its polls: _run_once stays the function.
-    assert "epoll_poll MethodHook" in r.stdout
+    # An epoll loop (the default here) is timed at its polls: _run_once stays the function, and
+    # poll is a method descriptor like the original (ours, calling its C function), so that the
+    # iterations test_loop_iterations_per_selector sees on epoll loops come from there.
+    assert "epoll_poll method_descriptor" in r.stdout
     assert "class_run_once function" in r.stdout and "instance_run_once False" in r.stdout
     assert "lock_setattr True" in r.stdout and "waiters LockWaiters" in r.stdout
 
@@ -403,3 +414,44 @@ def test_uvloop_trace_is_valid(run_aioscope, python, tmp_path, loop):
                               tmp_path, loop=loop)
     events = check_structure(data)
     assert [e for e in events if e["ph"] == "X" and e["cat"] == "blocked"]
+
+
+# 3.12+'s eager tasks run their first step inside create_task(), within the creating task's
+# step: a lock taken or waited for there is the eager task's (which, made by the program's own
+# task factory, has no track), never the creating task's.
+EAGER = """
+import asyncio, sys
+sys.path.insert(0, %r)
+import _e2e
+
+async def child(lock, free):
+    async with free:       # taken in the eager first step
+        await asyncio.sleep(0.002)
+    async with lock:       # waited for, while main holds it
+        pass
+
+async def main():
+    lock, free = asyncio.Lock(), asyncio.Lock()
+    asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+    async with lock:
+        t = asyncio.create_task(child(lock, free))
+        await asyncio.sleep(0.01)
+    await t
+    print("eager done")
+
+_e2e.run(main)
+""" % str(PROGRAMS)
+
+
+def test_lock_spans_of_eager_tasks(run_aioscope, python, tmp_path):
+    if python.version[:2] < (3, 12):
+        pytest.skip("eager tasks are 3.12+")
+    program = tmp_path / "eager.py"
+    program.write_text(EAGER)
+    result, data = run_traced(run_aioscope, python, program, tmp_path)
+    assert result.returncode == 0 and "eager done" in result.stdout, result.stderr[-3000:]
+    events = check_structure(data)
+    names = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+    locks = [(names[e["tid"]], e["name"]) for e in events if e["ph"] == "X" and e["cat"] == "lock"]
+    # main's own hold of `lock`, ~10 ms, and nothing of the child's.
+    assert locks == [("Task-1 (main) locks", "lock held")], locks
