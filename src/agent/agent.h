@@ -208,6 +208,23 @@ static inline PyObject *asc_type_dict(PyTypeObject *tp) {
     return tp->tp_dict;
 #endif
 }
+/* The object a weak reference points to (a new reference), or NULL without an error when it is
+ * gone. PyWeakref_GetObject is deprecated from 3.13, where PyWeakref_GetRef replaces it. */
+static inline PyObject *asc_weakref_target(PyObject *wref) {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(wref, &obj) < 0) PyErr_Clear();
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(wref); /* borrowed */
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(obj);
+    return obj;
+#endif
+}
 /* steps.c: puts the step-measuring Context.run in place (install()); notes a task of ours just
  * created on loop (task_factory.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);

@@ -447,15 +447,9 @@ static void asc_dl_node(asc_dl_snap *s, int i) {
 
 /* The object a weak reference points to (borrowed), or NULL when it died. */
 static PyObject *asc_dl_weak_target(PyObject *ref) {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *o = NULL;
-    if (PyWeakref_GetRef(ref, &o) < 0) PyErr_Clear();
+    PyObject *o = asc_weakref_target(ref);
     Py_XDECREF(o); /* borrowed: the caller only compares it with a live object */
     return o;
-#else
-    PyObject *o = PyWeakref_GetObject(ref);
-    return o == Py_None ? NULL : o;
-#endif
 }
 
 /* What the per-loop `seen` cache keeps of a task's primitive (a new reference): a weak reference
@@ -483,16 +477,7 @@ static int asc_dl_prim_get(PyObject *stored, PyObject **out) {
         *out = stored;
         return 1;
     }
-#if PY_VERSION_HEX >= 0x030D0000
-    if (PyWeakref_GetRef(stored, out) < 0) PyErr_Clear();
-#else
-    PyObject *o = PyWeakref_GetObject(stored);
-    if (o && o != Py_None) {
-        Py_INCREF(o);
-        *out = o;
-    }
-    PyErr_Clear();
-#endif
+    *out = asc_weakref_target(stored);
     return *out != NULL;
 }
 

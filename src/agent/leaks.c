@@ -26,7 +26,14 @@
  * loops, StreamWriter and socket.socket. That runs on connection setup only. Objects with an
  * instance __dict__ keep it as an attribute (it survives until __del__, also in a collected
  * cycle); sockets have __slots__, so theirs go in a table keyed by id() and emptied by a weak
- * reference callback. uvloop's transports are C objects with neither: where they were opened is
+ * reference callback. Event loops get no attribute either: every method of the loop reads its
+ * attributes, and each more key in a loop's instance dict costs the loop's own attribute reads
+ * (3.11 queue ping-pong: three more keys, 0.5 % more instructions). Theirs go in a table keyed
+ * by id(), with a weak reference but no callback: a loop collected in a cycle has its weak
+ * references cleared before its __del__ warns, so the entry must outlive them. Each loop's
+ * __init__ overwrites the entry at its address, which makes an entry whose reference is dead
+ * the site of the loop being finalized there; entries of loops long gone are swept when the
+ * table grows. uvloop's transports are C objects with neither: where they were opened is
  * unknown (the site is then where the collection happened). */
 #include "agent/agent.h"
 
@@ -41,6 +48,8 @@ static struct {
     PyObject *socket_type;     /* socket.socket */
     PyObject *socket_sites;    /* dict: id(sock) -> (weakref, code, lasti) */
     PyObject *loop_type;       /* asyncio.base_events.BaseEventLoop */
+    PyObject *loop_sites;      /* dict: id(loop) -> (weakref without callback, (code, lasti)) */
+    Py_ssize_t loop_sweep_at;  /* sweep dead entries when loop_sites grows past this */
 } asc_lk;
 
 /* ---- recording where resources are opened ----------------------------------------------------- */
@@ -66,9 +75,61 @@ static PyObject *asc_forget_socket(PyObject *key, PyObject *wref)
 static PyMethodDef asc_forget_socket_def = {"_aioscope_forget_socket", asc_forget_socket, METH_O,
                                             "aioscope: a socket is gone."};
 
+/* Drop the entries of loops that are gone (their weak reference is dead). */
+static void asc_sweep_loop_sites(void)
+{
+    PyObject *dead = PyList_New(0);
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (dead && PyDict_Next(asc_lk.loop_sites, &pos, &k, &v)) {
+        PyObject *target = asc_weakref_target(PyTuple_GET_ITEM(v, 0));
+        Py_XDECREF(target);
+        if (target == NULL && PyList_Append(dead, k) < 0)
+            break;
+    }
+    for (Py_ssize_t i = 0; dead && i < PyList_GET_SIZE(dead); i++)
+        (void)PyDict_DelItem(asc_lk.loop_sites, PyList_GET_ITEM(dead, i));
+    Py_XDECREF(dead);
+    PyErr_Clear();
+    asc_lk.loop_sweep_at = 2 * PyDict_GET_SIZE(asc_lk.loop_sites) + 64;
+}
+
+static void asc_remember_loop_site(PyObject *loop, PyObject *site)
+{
+    PyObject *key = PyLong_FromVoidPtr(loop);
+    if (key == NULL)
+        return;
+    if (site == NULL || site == Py_None) {
+        /* No site: nor may a stale entry at this address speak for this loop. */
+        if (PyDict_DelItem(asc_lk.loop_sites, key) < 0)
+            PyErr_Clear();
+        Py_DECREF(key);
+        return;
+    }
+    PyObject *wref = PyWeakref_NewRef(loop, NULL);
+    PyObject *entry = wref ? PyTuple_Pack(2, wref, site) : NULL;
+    if (entry && PyDict_SetItem(asc_lk.loop_sites, key, entry) == 0 &&
+        PyDict_GET_SIZE(asc_lk.loop_sites) > asc_lk.loop_sweep_at)
+        asc_sweep_loop_sites();
+    Py_XDECREF(entry);
+    Py_XDECREF(wref);
+    Py_DECREF(key);
+}
+
+static int asc_is_loop(PyObject *obj)
+{
+    return asc_lk.loop_type && asc_lk.loop_sites && PyObject_IsInstance(obj, asc_lk.loop_type) == 1;
+}
+
 static void asc_remember_site(PyObject *self)
 {
     PyObject *site = asc_site_tuple();
+    if (asc_is_loop(self)) {
+        asc_remember_loop_site(self, site);
+        Py_XDECREF(site);
+        PyErr_Clear();
+        return;
+    }
     if (site == NULL || site == Py_None) {
         Py_XDECREF(site);
         PyErr_Clear();
@@ -98,9 +159,19 @@ static PyObject *asc_recalled_site(PyObject *obj)
     if (obj == NULL || obj == Py_None)
         return NULL;
     PyObject *site = NULL;
-    if (PyObject_IsInstance(obj, asc_lk.socket_type) == 1) {
+    int loop = asc_is_loop(obj);
+    if (loop || PyObject_IsInstance(obj, asc_lk.socket_type) == 1) {
         PyObject *key = PyLong_FromVoidPtr(obj);
-        PyObject *entry = key ? PyDict_GetItemWithError(asc_lk.socket_sites, key) : NULL; /* borrowed */
+        PyObject *table = loop ? asc_lk.loop_sites : asc_lk.socket_sites;
+        PyObject *entry = key ? PyDict_GetItemWithError(table, key) : NULL; /* borrowed */
+        if (entry && loop) {
+            /* Ours when it still refers to obj, or when its reference is dead: obj is being
+             * finalized (collected in a cycle) and its __init__ wrote this entry last. */
+            PyObject *target = asc_weakref_target(PyTuple_GET_ITEM(entry, 0));
+            Py_XDECREF(target); /* compared only */
+            if (target != obj && target != NULL)
+                entry = NULL;
+        }
         if (entry) {
             site = PyTuple_GET_ITEM(entry, 1);
             Py_INCREF(site);
@@ -420,6 +491,8 @@ int asc_leaks_init(PyObject *module)
     if (asc_lk.loop_type == NULL)
         return -1;
     asc_lk.socket_sites = PyDict_New();
+    asc_lk.loop_sites = PyDict_New();
+    asc_lk.loop_sweep_at = 64;
     asc_lk.orig_show = PyObject_GetAttrString(asc_lk.warnings, "_showwarnmsg");
     if (!asc_lk.socket_type || !asc_lk.sock_fileno || !asc_lk.socket_sites || !asc_lk.orig_show)
         return -1;

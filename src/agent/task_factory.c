@@ -142,26 +142,6 @@ static PyMethodDef asc_factory_def = {
     "_aioscope_task_factory", (PyCFunction)(void (*)(void))asc_task_factory,
     METH_FASTCALL | METH_KEYWORDS, "aioscope's task factory: tasks that remember where they were created."};
 
-/* The object a weak reference points to (new reference), or NULL without an error when it is
- * gone. PyWeakref_GetObject is deprecated from 3.13, where PyWeakref_GetRef replaces it. */
-static PyObject *asc_weakref_target(PyObject *wref)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *obj = NULL;
-    if (PyWeakref_GetRef(wref, &obj) < 0)
-        PyErr_Clear();
-    return obj;
-#else
-    PyObject *obj = PyWeakref_GetObject(wref); /* borrowed */
-    if (obj == NULL || obj == Py_None) {
-        PyErr_Clear();
-        return NULL;
-    }
-    Py_INCREF(obj);
-    return obj;
-#endif
-}
-
 /* A program's task factory, chained: its tasks are not our subclass, so the creation site goes
  * into an attribute of the task (Task instances take attributes). The site is captured before
  * the program's factory runs, whose own frame would otherwise be the innermost user frame.
@@ -218,34 +198,56 @@ static PyObject *asc_factory_for(PyObject *loop, PyObject *requested)
     return PyCFunction_New(&asc_chain_factory_def, requested);
 }
 
-/* loop.set_task_factory(f) as the program sees it: its factory is chained (None puts ours
- * back). self is a weak reference to the loop, so the wrapper does not keep the loop alive. */
-static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
+/* ---- set_task_factory / get_task_factory as the program sees them ----------------------------
+ * On the loop's class when it is a Python class (asyncio's loops, uvloop.Loop): a key more in
+ * every loop's instance dict would cost each of the loop's own attribute reads (3.11 queue
+ * ping-pong: 0.5 % more instructions for three keys). On the instance otherwise. */
+
+static PyObject *asc_cls_set_task_factory(PyObject *orig, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *asc_cls_get_task_factory(PyObject *orig, PyObject *const *args, Py_ssize_t nargs);
+static PyMethodDef asc_cls_set_def = {"set_task_factory", (PyCFunction)(void (*)(void))asc_cls_set_task_factory,
+                                      METH_FASTCALL, "Set the loop's task factory (aioscope chains it)."};
+static PyMethodDef asc_cls_get_def = {"get_task_factory", (PyCFunction)(void (*)(void))asc_cls_get_task_factory,
+                                      METH_FASTCALL, "The loop's task factory, as the program set it."};
+
+static int asc_is_cls_wrapper(PyObject *f)
 {
-    PyObject *loop = asc_weakref_target(wref);
-    if (loop == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "event loop is gone");
-        return NULL;
+    return f && PyCFunction_Check(f) &&
+           (((PyCFunctionObject *)f)->m_ml == &asc_cls_set_def || ((PyCFunctionObject *)f)->m_ml == &asc_cls_get_def);
+}
+
+/* The loop class's own set_task_factory or get_task_factory (name), past our class-level
+ * wrapper; a new reference. */
+static PyObject *asc_factory_method(PyObject *loop, const char *name)
+{
+    PyObject *m = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), name);
+    if (asc_is_cls_wrapper(m)) { /* an instancemethod read from the class gives its function */
+        PyObject *orig = ((PyCFunctionObject *)m)->m_self;
+        Py_INCREF(orig);
+        Py_DECREF(m);
+        return orig;
     }
-    PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
+    return m;
+}
+
+/* loop.set_task_factory(f) as the program sees it: its factory is chained (None puts ours
+ * back). */
+static PyObject *asc_set_task_factory_of(PyObject *loop, PyObject *factory)
+{
+    PyObject *meth = asc_factory_method(loop, "set_task_factory");
     PyObject *f = meth ? asc_factory_for(loop, factory) : NULL;
     PyObject *r = f ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
     Py_XDECREF(f);
     Py_XDECREF(meth);
-    Py_DECREF(loop);
     return r;
 }
 
 /* loop.get_task_factory() as the program sees it: its own factory, or None. */
-static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
+static PyObject *asc_get_task_factory_of(PyObject *loop)
 {
-    PyObject *loop = asc_weakref_target(wref);
-    if (loop == NULL)
-        Py_RETURN_NONE;
-    PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "get_task_factory");
+    PyObject *meth = asc_factory_method(loop, "get_task_factory");
     PyObject *f = meth ? PyObject_CallFunctionObjArgs(meth, loop, NULL) : NULL;
     Py_XDECREF(meth);
-    Py_DECREF(loop);
     if (f == asc_t.factory) {
         Py_DECREF(f);
         Py_RETURN_NONE;
@@ -259,6 +261,46 @@ static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
     return f;
 }
 
+/* The class-level wrappers: orig is the class's own method, args[0] the loop. A call of another
+ * shape goes to the original, which raises what it would. */
+static PyObject *asc_cls_set_task_factory(PyObject *orig, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+    return asc_set_task_factory_of(args[0], args[1]);
+}
+
+static PyObject *asc_cls_get_task_factory(PyObject *orig, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1)
+        return PyObject_Vectorcall(orig, args, (size_t)nargs, NULL);
+    return asc_get_task_factory_of(args[0]);
+}
+
+/* The per-instance wrappers: self is a weak reference to the loop, so that the wrapper does not
+ * keep the loop alive. */
+static PyObject *asc_loop_set_task_factory(PyObject *wref, PyObject *factory)
+{
+    PyObject *loop = asc_weakref_target(wref);
+    if (loop == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "event loop is gone");
+        return NULL;
+    }
+    PyObject *r = asc_set_task_factory_of(loop, factory);
+    Py_DECREF(loop);
+    return r;
+}
+
+static PyObject *asc_loop_get_task_factory(PyObject *wref, PyObject *unused)
+{
+    PyObject *loop = asc_weakref_target(wref);
+    if (loop == NULL)
+        Py_RETURN_NONE;
+    PyObject *r = asc_get_task_factory_of(loop);
+    Py_DECREF(loop);
+    return r;
+}
+
 static PyMethodDef asc_set_factory_def = {"set_task_factory", asc_loop_set_task_factory, METH_O,
                                           "Set the loop's task factory (aioscope chains it)."};
 static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_factory, METH_NOARGS,
@@ -266,12 +308,63 @@ static PyMethodDef asc_get_factory_def = {"get_task_factory", asc_loop_get_task_
 
 static int asc_install_factory(PyObject *loop);
 
-/* 1 when the loop's set_task_factory is our wrapper (asc_install_factory ran on it). */
+/* 1 when the loop's set_task_factory is one of our wrappers (asc_install_factory ran on it or
+ * on another loop of its class). */
 static int asc_is_wrapped(PyObject *loop)
 {
     PyObject *set = PyObject_GetAttr(loop, asc_t.set_factory_str);
-    int wrapped = set && PyCFunction_Check(set) && ((PyCFunctionObject *)set)->m_ml == &asc_set_factory_def;
+    int wrapped = set && ((PyCFunction_Check(set) && ((PyCFunctionObject *)set)->m_ml == &asc_set_factory_def) ||
+                          (PyMethod_Check(set) && asc_is_cls_wrapper(PyMethod_GET_FUNCTION(set))));
     Py_XDECREF(set);
+    PyErr_Clear();
+    return wrapped;
+}
+
+/* Put the class-level wrappers on tp, a Python class; 1 when it has them (now or before). */
+static int asc_wrap_loop_class(PyTypeObject *tp)
+{
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE))
+        return 0;
+#ifdef Py_TPFLAGS_IMMUTABLETYPE
+    if (tp->tp_flags & Py_TPFLAGS_IMMUTABLETYPE)
+        return 0;
+#endif
+    static const char *const names[2] = {"set_task_factory", "get_task_factory"};
+    PyMethodDef *defs[2] = {&asc_cls_set_def, &asc_cls_get_def};
+    PyObject *meths[2] = {NULL, NULL};
+    int ok = 1;
+    for (int i = 0; i < 2 && ok; i++) {
+        PyObject *orig = PyObject_GetAttrString((PyObject *)tp, names[i]);
+        PyObject *fn = orig && !asc_is_cls_wrapper(orig) ? PyCFunction_New(defs[i], orig) : NULL;
+        meths[i] = fn ? PyInstanceMethod_New(fn) : NULL;
+        if (orig && asc_is_cls_wrapper(orig) && i == 0) { /* a base class has them already */
+            Py_DECREF(orig);
+            PyErr_Clear();
+            return 1;
+        }
+        ok = meths[i] != NULL;
+        Py_XDECREF(fn);
+        Py_XDECREF(orig);
+    }
+    for (int i = 0; i < 2 && ok; i++)
+        ok = PyObject_SetAttrString((PyObject *)tp, names[i], meths[i]) == 0;
+    Py_XDECREF(meths[0]);
+    Py_XDECREF(meths[1]);
+    PyErr_Clear();
+    return ok;
+}
+
+/* Put the per-instance wrappers on loop; 1 when done. */
+static int asc_wrap_loop_instance(PyObject *loop)
+{
+    PyObject *wref = PyWeakref_NewRef(loop, NULL);
+    PyObject *set = wref ? PyCFunction_New(&asc_set_factory_def, wref) : NULL;
+    PyObject *get = wref ? PyCFunction_New(&asc_get_factory_def, wref) : NULL;
+    int wrapped = set && get && PyObject_SetAttrString(loop, "set_task_factory", set) == 0 &&
+                  PyObject_SetAttrString(loop, "get_task_factory", get) == 0;
+    Py_XDECREF(set);
+    Py_XDECREF(get);
+    Py_XDECREF(wref);
     PyErr_Clear();
     return wrapped;
 }
@@ -333,36 +426,31 @@ static int asc_install_factory(PyObject *loop)
 {
     if (asc_cfg.dev_off & ASC_OFF_FACTORY)
         return 0;
-    PyObject *current = PyObject_CallMethod(loop, "get_task_factory", NULL);
+    /* The factory the loop really has (past our wrappers). */
+    PyObject *get = asc_factory_method(loop, "get_task_factory");
+    PyObject *current = get ? PyObject_CallOneArg(get, loop) : NULL;
+    Py_XDECREF(get);
     if (current == NULL) {
         PyErr_Clear();
         return 0;
     }
-    if (current == asc_t.factory || asc_is_chain(current) || asc_is_wrapped(loop)) {
+    if (current == asc_t.factory || asc_is_chain(current)) {
         Py_DECREF(current);
         return 0; /* this loop has ours already (it ran before) */
     }
-    /* Per-instance wrappers of set/get_task_factory, so that the program keeps seeing (and
-     * setting) its own factory. A loop that takes no instance attributes keeps its factory
-     * unchanged when it has one; without one it gets ours, which a later set_task_factory() of
-     * the program then replaces. */
-    PyObject *wref = PyWeakref_NewRef(loop, NULL);
-    PyObject *set = wref ? PyCFunction_New(&asc_set_factory_def, wref) : NULL;
-    PyObject *get = wref ? PyCFunction_New(&asc_get_factory_def, wref) : NULL;
-    int wrapped = set && get && PyObject_SetAttrString(loop, "set_task_factory", set) == 0 &&
-                  PyObject_SetAttrString(loop, "get_task_factory", get) == 0;
-    PyErr_Clear();
+    /* Wrappers of set/get_task_factory, so that the program keeps seeing (and setting) its own
+     * factory. A loop that takes neither keeps its factory unchanged when it has one; without
+     * one it gets ours, which a later set_task_factory() of the program then replaces. */
+    int wrapped = asc_is_wrapped(loop) || asc_wrap_loop_class(Py_TYPE(loop)) ||
+                  asc_wrap_loop_instance(loop);
     if (wrapped || current == Py_None) {
         PyObject *f = asc_factory_for(loop, current);
-        PyObject *meth = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "set_task_factory");
+        PyObject *meth = asc_factory_method(loop, "set_task_factory");
         PyObject *r = f && meth ? PyObject_CallFunctionObjArgs(meth, loop, f, NULL) : NULL;
         Py_XDECREF(r);
         Py_XDECREF(meth);
         Py_XDECREF(f);
     }
-    Py_XDECREF(set);
-    Py_XDECREF(get);
-    Py_XDECREF(wref);
     Py_DECREF(current);
     PyErr_Clear();
     return 0;

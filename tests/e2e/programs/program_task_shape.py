@@ -1,6 +1,7 @@
 """What a program can see of its tasks must not change under aioscope: their size, type name,
 default names, asyncio.Task itself, and isinstance against it, for tasks from create_task,
-ensure_future, a direct Task(...) and a program's own task factory."""
+ensure_future, a direct Task(...) and a program's own task factory. Nor the loop's instance
+attributes (a key more there slows every attribute read of the loop's own methods)."""
 import asyncio
 import sys
 
@@ -24,6 +25,8 @@ async def main():
               isinstance(t, asyncio.Task), asyncio.isfuture(t))
     print("asyncio.Task", asyncio.Task.__module__, asyncio.Task.__name__,
           asyncio.Task.__basicsize__, loop.get_task_factory())
+    if hasattr(loop, "__dict__"):
+        print("loop attributes", sorted(vars(loop)))
     await asyncio.gather(*tasks)
 
 
