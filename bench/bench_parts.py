@@ -7,7 +7,8 @@ part on, and with one part (or several) switched off through AIOSCOPE_DEV_OFF, s
         --off steps --off factory --off deadlock --off beat --off steps,factory,deadlock,beat
 
 Parts (src/agent/agent.h, ASC_OFF_*): steps (busy time and steps for ps, steps.c), factory (the
-Task subclass: creation sites, swallowed-cancel, and with it steps), deadlock (the periodic check),
+tasks' records: creation sites, swallowed-cancel, and with them steps), inplace (a Task subclass
+instead of the C Task patched in place), deadlock (the periodic check),
 stamp (the poll stamp of loops with long steps), beat (the heartbeat: blocking-call, and with it
 the deadlock check and the stamp), watchdog (the watchdog thread; the beat stays). Runs alternate
 in order from round to round; the table gives the median CPU time of the workload (timed inside

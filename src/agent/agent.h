@@ -68,11 +68,12 @@ typedef struct {
  * what each costs in bench/. Never set by the CLI. */
 enum {
     ASC_OFF_STEPS = 1,    /* steps.c: busy time and steps */
-    ASC_OFF_FACTORY = 2,  /* task_factory.c: the task subclass (creation sites, swallowed-cancel) */
+    ASC_OFF_FACTORY = 2,  /* tasks.c, task_factory.c: tasks' records (creation sites, swallowed-cancel) */
     ASC_OFF_DEADLOCK = 4, /* deadlock.c: the periodic check */
     ASC_OFF_STAMP = 8,    /* poll_stamp.c: the poll stamp */
     ASC_OFF_BEAT = 16,    /* blocking.c: the heartbeat (and with it blocking-call) */
     ASC_OFF_WATCHDOG = 32, /* watchdog.c: the watchdog thread (the beat stays) */
+    ASC_OFF_INPLACE = 64, /* tasks.c: the C Task patched in place; off: the subclass instead */
 };
 extern asc_config asc_cfg;
 

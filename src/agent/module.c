@@ -344,6 +344,7 @@ static int asc_env_parts(const char *name) {
     static const struct { const char *name; int bit; } parts[] = {
         {"steps", ASC_OFF_STEPS},       {"factory", ASC_OFF_FACTORY}, {"deadlock", ASC_OFF_DEADLOCK},
         {"stamp", ASC_OFF_STAMP},       {"beat", ASC_OFF_BEAT},         {"watchdog", ASC_OFF_WATCHDOG},
+        {"inplace", ASC_OFF_INPLACE},
     };
     const char *s = getenv(name);
     int bits = 0;

@@ -1,18 +1,20 @@
-/* task_factory.c: how loops come to make tasks of tasks.c's Task subclass, and the chaining with a
- * program's own task factory.
+/* task_factory.c: the chaining with a program's own task factory, and, where tasks.c makes a Task
+ * subclass (no layout for the C Task patched in place), how loops come to make its tasks.
  *
- * asyncio's BaseEventLoop.create_task, without a factory, calls asyncio.tasks.Task: at init that
- * name is given our subclass, so asyncio's loops (and every subclass that keeps their
- * create_task) make our tasks with no factory at all. Other loops (uvloop's create_task calls
- * asyncio.Task, bound when uvloop is imported; a loop class with its own create_task) get our
- * task factory; it names a task as create_task would without a factory, so that default task
- * numbers stay as in a plain run (asc_create_task_name).
+ * With the C Task patched in place (tasks.c) every loop's tasks are ours and no factory is
+ * needed. With the subclass: asyncio's BaseEventLoop.create_task, without a factory, calls
+ * asyncio.tasks.Task, and at init that name is given the subclass, so asyncio's loops (and every
+ * subclass that keeps their create_task) make our tasks with no factory at all; other loops
+ * (uvloop's create_task calls asyncio.Task, bound when uvloop is imported; a loop class with its
+ * own create_task) get our task factory; it names a task as create_task would without a factory,
+ * so that default task numbers stay as in a plain run (asc_create_task_name).
  * A program's own task factory is respected: loop.set_task_factory/get_task_factory are
- * wrapped per loop instance so that the program sees its own factory (or None); its factory is
- * chained, and its tasks get every finding that does not need the subclass (their creation
- * site is kept in a task attribute). The wrappers (and our factory where needed) go on a loop
- * when it is created (asyncio's loops through leaks.c's BaseEventLoop.__init__ hook, uvloop's
- * from the second loop on) or at the latest when it starts running (loops.c). */
+ * wrapped (on the loop's class, or the instance) so that the program sees its own factory (or
+ * None); its factory is chained: its tasks get the creation site of the create_task call, and
+ * tasks that are not ours keep it in a task attribute. The wrappers (and our factory where
+ * needed) go on a loop when it is created (asyncio's loops through leaks.c's
+ * BaseEventLoop.__init__ hook, uvloop's from the second loop on) or at the latest when it starts
+ * running (loops.c). */
 #include "agent/tasks.h"
 
 #include <frameobject.h>
@@ -152,7 +154,15 @@ static PyObject *asc_chain_factory(PyObject *user, PyObject *const *args, Py_ssi
     asc_codeloc site;
     asc_capture_creation_site(&site);
     PyObject *task = PyObject_Vectorcall(user, args, (size_t)nargs, kwnames);
-    if (task && site.code && asc_extra(task) == NULL) {
+    asc_task_extra *x = task ? asc_extra(task) : NULL;
+    if (x && site.code) {
+        /* One of our tasks, made inside the program's factory: its __init__ saw the factory's
+         * frame; the task was created where create_task was called. */
+        asc_codeloc_clear(&x->created);
+        x->created = site;
+        return task;
+    }
+    if (task && site.code && x == NULL) {
         PyObject *t = Py_BuildValue("(Oi)", site.code, site.lasti);
         if (t == NULL || PyObject_SetAttrString(task, ASC_CREATED_ATTR, t) < 0)
             PyErr_Clear();
@@ -177,6 +187,8 @@ static int asc_is_chain(PyObject *f)
  * create_task) get our factory. */
 static int asc_loop_makes_our_tasks(PyObject *loop)
 {
+    if (asc_t.in_place)
+        return 1; /* every C Task is ours: any loop that makes them (uvloop's too) */
     if (!asc_t.task_replaced || asc_t.base_create_task == NULL)
         return 0;
     PyObject *meth = _PyType_Lookup(Py_TYPE(loop), asc_t.create_task_str); /* borrowed */
@@ -506,7 +518,7 @@ int asc_task_factory_init(void)
      * (a factory costs a Python-level call with keywords and a set_name per task: ~2 % of a
      * task-spawning program). Only the tasks module's name is replaced: asyncio.Task stays the
      * C Task, which every task still is an instance of. */
-    if (!(asc_cfg.dev_off & ASC_OFF_FACTORY)) {
+    if (!(asc_cfg.dev_off & ASC_OFF_FACTORY) && !asc_t.in_place) {
         PyObject *tasks_mod = PyImport_ImportModule("asyncio.tasks");
         PyObject *cur = tasks_mod ? PyObject_GetAttrString(tasks_mod, "Task") : NULL;
         if (cur == (PyObject *)asc_t.base &&

@@ -1,13 +1,15 @@
 /* Task-level findings: `lost-exception`, `destroyed-pending`, `swallowed-cancel`,
- * `pending-at-exit`, and the Task subclass that keeps what they need.
+ * `pending-at-exit`, and the hooks on asyncio's C Task that keep what they need.
  *
- * Tasks are instances of a C subclass of _asyncio.Task: asyncio's loops make them because
- * asyncio.tasks.Task is replaced by the subclass, other loops (uvloop) through a task factory
- * (task_factory.c). The subclass adds no bytes to the task: what it keeps (asc_task_extra: the
- * creation site, the cancellation state, the live view's counters) is a record in the pool
- * below, whose index the task holds in padding of the C Task (tasks.h). It notes the creation
- * site in __init__ (a walk to the first user frame) and overrides cancel(). Nothing else happens
- * per task: the findings come from the rare paths.
+ * The C Task (_asyncio.Task) is patched in place (asc_patch_task_type): its __init__, dealloc and
+ * cancel() are ours, calling its own, so every task any loop makes (asyncio's, uvloop's, a
+ * program's own factory's) is ours and stays exactly an asyncio.Task. What we keep per task
+ * (asc_task_extra: the creation site, the cancellation state, the live view's counters) is a
+ * record in the pool below, whose index the task holds in padding of the C Task (tasks.h). Where
+ * no layout names that padding, a C subclass 8 bytes larger is made instead, asyncio's loops
+ * make it because asyncio.tasks.Task is replaced by it, other loops through a task factory
+ * (task_factory.c). __init__ notes the creation site (a walk to the first user frame); nothing
+ * else happens per task: the findings come from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
  *     exception handler; loops.c hands us every context (asc_tasks_on_exception_context) and we
  *     add the creation site the subclass kept.
@@ -124,7 +126,9 @@ static void asc_task_dealloc(PyObject *self)
     if (PyObject_CallFinalizerFromDealloc(self) < 0)
         return; /* resurrected */
     PyTypeObject *tp = Py_TYPE(self);
-    int decref_type = (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
+    /* Patched in place, this is the C Task's own dealloc, which drops no type reference below
+     * 3.12 (subtype_dealloc does, for a program's subclasses). */
+    int decref_type = !asc_t.in_place && (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) &&
                       !(asc_t.base->tp_flags & Py_TPFLAGS_HEAPTYPE);
     asc_task_extra *x = asc_extra(self);
     if (x) {
@@ -151,7 +155,7 @@ static void asc_task_dealloc(PyObject *self)
  * from our task factory on other loops. */
 static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    if (asc_t.base->tp_init(self, args, kwds) < 0)
+    if (asc_t.base_init(self, args, kwds) < 0)
         return -1;
     asc_task_extra *x = asc_extra(self);
     if (x == NULL) {
@@ -665,6 +669,76 @@ static PyObject *asc_uv_cancel_all_tasks(PyObject *unused, PyObject *loop)
 PyMethodDef asc_uv_cancel_all_def = {"_cancel_all_tasks", asc_uv_cancel_all_tasks, METH_O,
                                             "uvloop._cancel_all_tasks, seen by aioscope first."};
 
+/* The subclass, where the C Task cannot be patched in place (no layout gives a place for the
+ * record's index: the subclass adds `added` bytes for it). */
+static int asc_make_subclass(Py_ssize_t added)
+{
+    PyObject *base = (PyObject *)asc_t.base;
+    PyType_Slot slots[] = {
+        {Py_tp_dealloc, (void *)asc_task_dealloc},
+        {Py_tp_init, (void *)asc_task_init},
+        {Py_tp_methods, asc_task_methods},
+        {0, NULL},
+    };
+    /* Named _asyncio.Task so that the program sees the same repr, type name and
+     * "Task exception was never retrieved" message (built from the type's name) as without
+     * aioscope. Py_TPFLAGS_HAVE_GC is inherited from the base with its traverse and clear. */
+    PyType_Spec spec = {
+        .name = "_asyncio.Task",
+        .basicsize = (int)(asc_t.base->tp_basicsize + added),
+        .itemsize = 0,
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = slots,
+    };
+    PyObject *bases = PyTuple_Pack(1, base);
+    asc_t.type = bases ? (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases) : NULL;
+    Py_XDECREF(bases);
+    return asc_t.type ? 0 : -1;
+}
+
+/* The C Task patched in place: its tp_init and tp_dealloc become ours (calling its own), its
+ * __init__ slot wrapper (what a program's subclass reaches through super().__init__) calls ours,
+ * and its dict's cancel is ours. Tasks then stay exactly asyncio.Task: a subclass, as before,
+ * made every Python-level method call on a task (done(), result(), cancelled(): gather's done
+ * callback makes several per task) miss the interpreter's specialisation for C methods, which
+ * checks the exact type, and cost spawn + gather of 100 000 tasks ~3 % on 3.12 and 3.13.
+ * Nothing caches these slots: type_call reads tp_init at every call (unless the type has a
+ * tp_vectorcall, then we do not patch), and a subclass made later inherits ours. 0 when done. */
+static int asc_patch_task_type(void)
+{
+    PyTypeObject *tp = asc_t.base;
+#if PY_VERSION_HEX >= 0x03090000
+    if (tp->tp_vectorcall != NULL)
+        return -1;
+#endif
+    PyObject *dict = asc_type_dict(tp);
+    PyObject *init = dict ? PyDict_GetItemString(dict, "__init__") : NULL; /* borrowed */
+    PyMethodDef *cancel_def = NULL;
+    for (PyMethodDef *m = asc_task_methods; m->ml_name; m++)
+        if (strcmp(m->ml_name, "cancel") == 0)
+            cancel_def = m;
+    if (init == NULL || Py_TYPE(init) != &PyWrapperDescr_Type ||
+        ((PyWrapperDescrObject *)init)->d_wrapped != (void *)asc_t.base_init || cancel_def == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    /* The original's docstring (and so its __text_signature__), for help() and inspect. */
+    if (Py_TYPE(asc_t.base_cancel) == &PyMethodDescr_Type)
+        cancel_def->ml_doc = ((PyMethodDescrObject *)asc_t.base_cancel)->d_method->ml_doc;
+    PyObject *cancel = PyDescr_NewMethod(tp, cancel_def);
+    if (cancel == NULL || PyDict_SetItemString(dict, "cancel", cancel) < 0) {
+        Py_XDECREF(cancel);
+        PyErr_Clear();
+        return -1;
+    }
+    Py_DECREF(cancel);
+    ((PyWrapperDescrObject *)init)->d_wrapped = (void *)asc_task_init;
+    tp->tp_init = asc_task_init;
+    tp->tp_dealloc = asc_task_dealloc;
+    PyType_Modified(tp);
+    return 0;
+}
+
 /* ---- init ---------------------------------------------------------------------------------------- */
 int asc_tasks_init(PyObject *module)
 {
@@ -693,6 +767,7 @@ int asc_tasks_init(PyObject *module)
     }
     asc_t.loop_offset = added == 0 && L->task_loop >= 0 ? L->task_loop : -1;
     asc_t.base_dealloc = asc_t.base->tp_dealloc;
+    asc_t.base_init = asc_t.base->tp_init;
     asc_t.base_cancel = PyObject_GetAttrString(base, "cancel");
     asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
     asc_t.base_set_name = PyObject_GetAttrString(base, "set_name");
@@ -700,27 +775,14 @@ int asc_tasks_init(PyObject *module)
     if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL || asc_t.loop_attr_str == NULL)
         return -1;
 
-    PyType_Slot slots[] = {
-        {Py_tp_dealloc, (void *)asc_task_dealloc},
-        {Py_tp_init, (void *)asc_task_init},
-        {Py_tp_methods, asc_task_methods},
-        {0, NULL},
-    };
-    /* Named _asyncio.Task so that the program sees the same repr, type name and
-     * "Task exception was never retrieved" message (built from the type's name) as without
-     * aioscope. Py_TPFLAGS_HAVE_GC is inherited from the base with its traverse and clear. */
-    PyType_Spec spec = {
-        .name = "_asyncio.Task",
-        .basicsize = (int)(asc_t.base->tp_basicsize + added),
-        .itemsize = 0,
-        .flags = Py_TPFLAGS_DEFAULT,
-        .slots = slots,
-    };
-    PyObject *bases = PyTuple_Pack(1, base);
-    asc_t.type = bases ? (PyTypeObject *)PyType_FromSpecWithBases(&spec, bases) : NULL;
-    Py_XDECREF(bases);
-    if (asc_t.type == NULL)
-        return -1;
+    if (added == 0 && !(asc_cfg.dev_off & (ASC_OFF_FACTORY | ASC_OFF_INPLACE)) && asc_patch_task_type() == 0) {
+        Py_INCREF(base);
+        asc_t.type = asc_t.base;
+        asc_t.in_place = 1;
+    } else {
+        if (asc_make_subclass(added) < 0)
+            return -1;
+    }
 
     if (asc_task_factory_init() < 0)
         return -1;

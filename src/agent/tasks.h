@@ -1,12 +1,13 @@
-/* tasks.h: what tasks.c (the Task subclass and the task-level findings) and task_factory.c (the
- * task factory that makes the subclass's tasks, chained with a program's own factory) share.
+/* tasks.h: what tasks.c (the hooks on the C Task, or the Task subclass, and the task-level
+ * findings) and task_factory.c (the chaining with a program's own task factory, and the factory
+ * that makes the subclass's tasks where there is a subclass) share.
  * Private to the agent. */
 #ifndef AIOSCOPE_AGENT_TASKS_H
 #define AIOSCOPE_AGENT_TASKS_H
 
 #include "agent/agent.h"
 
-/* What the agent keeps per task of the subclass: a record in tasks.c's pool, not in the task
+/* What the agent keeps per task: a record in tasks.c's pool, not in the task
  * object. The collector walks task objects, and CPython's allocator rounds sizes up to 16
  * bytes: 80 more bytes per task made a program creating 100 000 tasks 4 % slower (3.13), and
  * even 8 more bytes (176 -> 192 per task) made the collector 6 % slower. So a task holds only
@@ -33,7 +34,10 @@ typedef struct {
 /* What both look up once at init (asc_tasks_init), with the GIL. */
 typedef struct {
     PyTypeObject *base;       /* _asyncio.Task (borrowed from the module, kept alive by it) */
-    PyTypeObject *type;       /* our subclass (owned) */
+    PyTypeObject *type;       /* the type whose tasks have records (owned): base itself when it
+                               * is patched in place (in_place), else our subclass */
+    int in_place;             /* base's tp_init, tp_dealloc and cancel are ours (tasks.c) */
+    initproc base_init;       /* base's own tp_init */
     Py_ssize_t extra_offset;  /* where a task keeps its record's index (a uint32_t): padding in
                                * the base Task, or 4 of 8 bytes the subclass adds without a layout */
     asc_task_extra **chunks;  /* the pool's chunks (tasks.c) */
@@ -54,12 +58,12 @@ typedef struct {
     int loop_checked;           /* loop_offset was compared with _loop on a first task */
     PyObject *create_task_str, *set_factory_str; /* "create_task", "set_task_factory" (owned) */
     PyObject *base_create_task; /* asyncio's BaseEventLoop.create_task, a function (owned) */
-    int task_replaced;          /* asyncio.tasks.Task is our subclass */
+    int task_replaced;          /* asyncio.tasks.Task is our subclass (not when in_place) */
 } asc_tasks_state;
 extern asc_tasks_state asc_t;
 
-/* The fields of a task of the subclass; NULL for any other object (and for a task of the
- * subclass whose __init__ never ran or found no memory for them). */
+/* The fields of a task of ours; NULL for any other object (and for a task whose __init__ did not
+ * come through ours, or found no memory for them). */
 static inline asc_task_extra *asc_extra(PyObject *task)
 {
     if (asc_t.type == NULL || !PyObject_TypeCheck(task, asc_t.type))
