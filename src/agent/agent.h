@@ -229,6 +229,12 @@ static inline PyObject *asc_weakref_target(PyObject *wref) {
 /* steps.c: puts the step-measuring Context.run in place (install()); notes a task of ours just
  * created on loop (task_factory.c's factory): its creation time and spawner. */
 int asc_steps_init(PyObject *module);
+/* 1 when task steps on asyncio's loops are observed (Context.run is ours). */
+int asc_steps_observed(void);
+/* tasks.c: how many cancelled tasks wait for asc_tasks_after_step to see them end, which steps.c
+ * calls after each step of a task while there are some. */
+extern int asc_tasks_nwatched;
+void asc_tasks_after_step(PyObject *task);
 void asc_steps_task_created(PyObject *task, PyObject *loop);
 /* control.c: starts the control socket's thread (install()); stops it (at exit); after fork in
  * the child, starts a fresh one for the child's pid. Never raise: the live view is optional. */

@@ -125,6 +125,7 @@ static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t n
             int64_t t1 = asc_clock_of(k1);
             asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
         }
+        if (asc_tasks_nwatched > 0) asc_tasks_after_step(task); /* a cancelled task's end */
         Py_DECREF(task);
         return r;
     }
@@ -136,6 +137,7 @@ static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t n
     if (t1 > t0) st->busy_ns += t1 - t0;
     st->steps++;
     if (traced) asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
+    if (asc_tasks_nwatched > 0) asc_tasks_after_step(task);
     Py_DECREF(task);
     return r;
 }
@@ -158,6 +160,10 @@ static PyMethodDef asc_context_run_def = {
     "run", (PyCFunction)(void (*)(void))asc_context_run, METH_FASTCALL | METH_KEYWORDS,
     "run($self, callable, /, *args, **kwargs)\n--\n\n"
     "Run callable(*args, **kwargs) in the context (aioscope times asyncio task steps here)."};
+
+int asc_steps_observed(void) {
+    return asc_context_run_orig != NULL && asc_cfg.enabled && !(asc_cfg.dev_off & ASC_OFF_STEPS);
+}
 
 /* ---- creation -------------------------------------------------------------------------------- */
 

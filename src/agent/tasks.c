@@ -33,12 +33,50 @@
 #include <string.h>
 
 enum {
-    ASC_TF_CANCEL_WATCHED = 1,    /* cancel() took effect; the done callback is in place */
+    ASC_TF_CANCEL_WATCHED = 1,    /* cancel() took effect; how the task ends is watched */
+    ASC_TF_END_BY_STEP = 8,       /* ... at the end of its steps (asc_tasks_after_step), not by a
+                                   * done callback */
     ASC_TF_REPORTED_SWALLOW = 2,  /* swallowed-cancel already reported */
     ASC_TF_REPORTED_PENDING = 4,  /* pending-at-exit already reported */
 };
 
 asc_tasks_state asc_t;
+int asc_tasks_nwatched; /* tasks with ASC_TF_END_BY_STEP: steps.c looks only when there are some */
+
+static PyObject *asc_on_cancel_done(PyObject *unused, PyObject *task);
+
+/* 1 when the end of task will be seen at the end of one of its steps: steps.c times the steps of
+ * asyncio's own loops (Context.run); uvloop runs its callbacks from C. */
+static int asc_end_seen_by_steps(PyObject *task)
+{
+    if (!asc_steps_observed() || asc_t.base_loop_type == NULL)
+        return 0;
+    PyObject *loop = PyObject_GetAttr(task, asc_t.loop_attr_str);
+    int r = loop ? PyObject_IsInstance(loop, asc_t.base_loop_type) == 1 : 0;
+    Py_XDECREF(loop);
+    PyErr_Clear();
+    return r;
+}
+
+void asc_tasks_after_step(PyObject *task)
+{
+    asc_task_extra *x = asc_extra(task);
+    if (x == NULL || !(x->flags & ASC_TF_END_BY_STEP))
+        return;
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *done = PyObject_CallMethod(task, "done", NULL);
+    int is_done = done ? PyObject_IsTrue(done) : -1;
+    Py_XDECREF(done);
+    if (is_done == 1) {
+        x->flags &= ~ASC_TF_END_BY_STEP;
+        asc_tasks_nwatched--;
+        PyObject *r = asc_on_cancel_done(NULL, task);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+    PyErr_Restore(et, ev, etb);
+}
 
 /* Unpack x->cancel_state into borrowed references (code NULL when unknown). */
 static void asc_cancel_state_get(asc_task_extra *x, asc_codeloc *site, PyObject **waiter)
@@ -138,6 +176,8 @@ static void asc_task_dealloc(PyObject *self)
         uint32_t *slot = (uint32_t *)((char *)self + asc_t.extra_offset);
         uint32_t index = *slot;
         *slot = 0;
+        if (x->flags & ASC_TF_END_BY_STEP)
+            asc_tasks_nwatched--;
         asc_codeloc_clear(&x->created);
         Py_CLEAR(x->cancel_state);
         asc_record_free(x, index);
@@ -319,8 +359,15 @@ static PyObject *asc_task_cancel(PyObject *self, PyObject *const *args, Py_ssize
                                               waiter ? waiter : Py_None));
     Py_XDECREF(waiter);
     asc_codeloc_clear(&site);
-    PyObject *ok = PyObject_CallMethod(self, "add_done_callback", "O", asc_t.on_cancel_done);
-    Py_XDECREF(ok);
+    /* How it ends: seen at the end of its last step where steps are observed, else by a done
+     * callback (which the task's repr then lists: asyncio's loops never show it). */
+    if (asc_end_seen_by_steps(self)) {
+        x->flags |= ASC_TF_END_BY_STEP;
+        asc_tasks_nwatched++;
+    } else {
+        PyObject *ok = PyObject_CallMethod(self, "add_done_callback", "O", asc_t.on_cancel_done);
+        Py_XDECREF(ok);
+    }
     PyErr_Clear(); /* the program's cancel() must behave as before, whatever happened here */
     return r;
 }
@@ -772,6 +819,10 @@ int asc_tasks_init(PyObject *module)
     asc_t.has_cancelling = PyObject_HasAttrString(base, "cancelling");
     asc_t.base_set_name = PyObject_GetAttrString(base, "set_name");
     asc_t.loop_attr_str = PyUnicode_InternFromString("_loop");
+    PyObject *base_events = PyImport_ImportModule("asyncio.base_events");
+    asc_t.base_loop_type = base_events ? PyObject_GetAttrString(base_events, "BaseEventLoop") : NULL;
+    Py_XDECREF(base_events);
+    PyErr_Clear(); /* without it, cancelled tasks are watched by a done callback */
     if (asc_t.base_cancel == NULL || asc_t.base_set_name == NULL || asc_t.loop_attr_str == NULL)
         return -1;
 

@@ -59,6 +59,7 @@ typedef struct {
     PyObject *create_task_str, *set_factory_str; /* "create_task", "set_task_factory" (owned) */
     PyObject *base_create_task; /* asyncio's BaseEventLoop.create_task, a function (owned) */
     int task_replaced;          /* asyncio.tasks.Task is our subclass (not when in_place) */
+    PyObject *base_loop_type;   /* asyncio.base_events.BaseEventLoop (owned), or NULL */
 } asc_tasks_state;
 extern asc_tasks_state asc_t;
 

@@ -27,7 +27,15 @@ async def main():
           asyncio.Task.__basicsize__, loop.get_task_factory())
     if hasattr(loop, "__dict__"):
         print("loop attributes", sorted(vars(loop)))
-    await asyncio.gather(*tasks)
+    # A cancelled task's repr lists its done callbacks: aioscope adds none on asyncio's loops
+    # (under uvloop it watches how the task ends with one).
+    victim = asyncio.create_task(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    victim.cancel()
+    if type(loop).__module__.startswith("asyncio"):
+        print(repr(victim).replace(hex(id(victim)), "ID"))
+    tasks.append(victim)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _e2e.run(main)
