@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Inputs larger than this are not fuzz inputs; libFuzzer's default -max_len is far below it. */
-#define MAX_INPUT (16u << 20)
+#define FUZZ_MAX_INPUT (16u << 20)
 
 static int run_file(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -21,12 +21,12 @@ static int run_file(const char *path) {
         perror(path);
         return -1;
     }
-    uint8_t *buf = malloc(MAX_INPUT);
+    uint8_t *buf = malloc(FUZZ_MAX_INPUT);
     if (!buf) {
         fclose(f);
         return -1;
     }
-    size_t n = fread(buf, 1, MAX_INPUT, f);
+    size_t n = fread(buf, 1, FUZZ_MAX_INPUT, f);
     fclose(f);
     /* An exact-size copy, so that the sanitizers see a read one past the input. */
     uint8_t *exact = malloc(n ? n : 1);
