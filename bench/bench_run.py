@@ -11,7 +11,12 @@ loop creation are not measured) and runs --reps times in one process, reporting 
 CPU time of the whole process (the default: the agent's threads count, a busy machine barely
 does) and in wall-clock time; the other clock's ratio is printed beside the judged one.
 For every interpreter the driver runs each workload plain and under `aioscope run` (every finding
-enabled, as by default) in alternating order, --rounds times, and compares medians; debug mode
+enabled, as by default) in alternating order, --rounds times. The judged ratio is the median of
+the rounds' paired ratios (each round's aioscope run over the plain run right beside it): the
+machine drifts by several per cent from minute to minute (a plain run's time moved 13 % between
+two runs of this command a quarter of an hour apart), which a pair shares and a median of all
+plain runs against a median of all aioscope runs does not; that ratio of medians is printed
+beside it ("medians"), with the spread of the pairs. Debug mode
 runs in the first round only (it is 10-20x slower), with one repetition, and is compared with the
 plain runs' first repetitions. Memory: bench/workloads/live_tasks.py keeps 100 000 tasks suspended
 at once and reports the growth of resident memory per task; the agent's share is the difference.
@@ -145,8 +150,11 @@ def summarize(version, results, timed):
         r = results[script]
         plain = statistics.median(r["plain"])
         agent = statistics.median(r["aioscope"])
+        pairs = [a / p for p, a in zip(r["plain"], r["aioscope"])]
         row = {"python": version, "workload": r["name"], "plain_s": plain, "aioscope_s": agent,
-               "ratio": agent / plain, "debug_s": None, "debug_ratio": None,
+               "ratio": statistics.median(pairs), "medians_ratio": agent / plain,
+               "pairs_min": min(pairs), "pairs_max": max(pairs),
+               "debug_s": None, "debug_ratio": None,
                "alt_ratio": statistics.median(r["aioscope_alt"]) / statistics.median(r["plain_alt"])}
         if r["debug"]:
             row["debug_s"] = statistics.median(r["debug"])
@@ -161,14 +169,17 @@ def verdict(ok):
 
 def print_table(rows, memories, clock, alt_clock, budget=RATIO_BUDGET, file=sys.stdout):
     print("%s time (the %s-time ratio beside it for comparison)" % (clock, alt_clock), file=file)
-    head = "%-8s %-18s %9s %11s %7s %9s %9s %10s  %s" % (
-        "python", "workload", "plain s", "aioscope s", "ratio", alt_clock + " ratio", "debug s",
-        "debug x", "<=%.2f" % budget)
+    print("ratio: the median of the rounds' paired ratios; medians: median aioscope / median plain;"
+          " pairs: the lowest and highest paired ratio", file=file)
+    head = "%-8s %-18s %9s %11s %7s %8s %13s %9s %9s %10s  %s" % (
+        "python", "workload", "plain s", "aioscope s", "ratio", "medians", "pairs",
+        alt_clock + " ratio", "debug s", "debug x", "<=%.2f" % budget)
     print(head, file=file)
     print("-" * len(head), file=file)
     for r in rows:
-        print("%-8s %-18s %9.3f %11.3f %7.3f %9.3f %9s %10s  %s" % (
-            r["python"], r["workload"], r["plain_s"], r["aioscope_s"], r["ratio"], r["alt_ratio"],
+        print("%-8s %-18s %9.3f %11.3f %7.3f %8.3f %13s %9.3f %9s %10s  %s" % (
+            r["python"], r["workload"], r["plain_s"], r["aioscope_s"], r["ratio"],
+            r["medians_ratio"], "%.2f-%.2f" % (r["pairs_min"], r["pairs_max"]), r["alt_ratio"],
             "%.3f" % r["debug_s"] if r["debug_s"] else "-",
             "%.1f" % r["debug_ratio"] if r["debug_ratio"] else "-",
             verdict(r["ratio"] <= budget)), file=file)
@@ -182,7 +193,8 @@ def print_table(rows, memories, clock, alt_clock, budget=RATIO_BUDGET, file=sys.
 
 
 def print_markdown(rows, memories, clock):
-    print("%s time, median of the runs, each the best of its repetitions:" % clock)
+    print("%s time, median of the runs, each the best of its repetitions; ratio: median of the "
+          "paired ratios:" % clock)
     print()
     print("| Python | workload | plain (s) | `aioscope run` (s) | ratio | asyncio debug mode |")
     print("|---|---|---:|---:|---:|---:|")
