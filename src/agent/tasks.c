@@ -12,7 +12,7 @@
  * else happens per task: the findings come from the rare paths.
  *   - lost-exception / destroyed-pending: the Task's own finalizer reports them to the loop's
  *     exception handler; loops.c hands us every context (asc_tasks_on_exception_context) and we
- *     add the creation site the subclass kept.
+ *     add the creation site we kept.
  *   - swallowed-cancel: cancel() records where the task was suspended and adds a done callback,
  *     so only cancelled tasks pay. The task must then end cancelled or by raising; ending
  *     normally with cancelling() > 0 (3.11+) means the CancelledError was caught and dropped.
@@ -23,8 +23,8 @@
  *   - pending-at-exit: asyncio.runners._cancel_all_tasks (called by asyncio.run and Runner
  *     right after the main coroutine returned, before they cancel the leftovers) is wrapped, and
  *     module.c calls asc_tasks_report_pending at exit for loops still alive.
- * The factory, and its chaining with a program's own factory (whose tasks get every finding that
- * does not need the subclass), are in task_factory.c; tasks.h is what the two files share. */
+ * The chaining with a program's own factory (and the factory the subclass needs) are in
+ * task_factory.c; tasks.h is what the two files share. */
 #include "agent/tasks.h"
 #include "attach/layouts.h"
 
@@ -144,7 +144,7 @@ static void asc_record_free(asc_task_extra *x, uint32_t index)
     asc_pool_free = index;
 }
 
-/* ---- the subclass --------------------------------------------------------------------------- */
+/* ---- __init__ and dealloc (of the C Task patched in place, or of the subclass) -------------- */
 /* The base's dealloc runs the finalizer, which may report the task to the exception handler
  * (and so to us): it must still see our fields. So we run the finalizer first ourselves (the
  * base then sees it done: PyObject_CallFinalizerFromDealloc runs tp_finalize once), clear our
@@ -188,11 +188,11 @@ static void asc_task_dealloc(PyObject *self)
         Py_DECREF(tp);
 }
 
-/* Task.__init__ of the subclass: the base's, then where the task was created (the innermost user
- * frame: create_task, ensure_future and a task factory add only asyncio's frames or none) and
- * its creation time and spawner for the live view. Tasks come here from asyncio's
- * BaseEventLoop.create_task, which calls asyncio.tasks.Task (our subclass, task_factory.c), and
- * from our task factory on other loops. */
+/* Task.__init__: the C Task's own, then where the task was created (the innermost user frame:
+ * create_task, ensure_future and a task factory add only asyncio's frames or none) and its
+ * creation time and spawner for the live view. Every C Task comes here when patched in place;
+ * with the subclass, tasks come from asyncio's BaseEventLoop.create_task, which calls
+ * asyncio.tasks.Task (the subclass, task_factory.c), and from our task factory on other loops. */
 static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
 {
     if (asc_t.base_init(self, args, kwds) < 0)
@@ -859,7 +859,7 @@ int asc_tasks_init(PyObject *module)
     return 0;
 }
 
-/* For deadlock.c: where a task was created (nothing when the task is not of our subclass). */
+/* For deadlock.c: where a task was created (nothing when the task is not ours). */
 int asc_tasks_created_at(PyObject *task, aioscope_location *out)
 {
     asc_task_extra *x = asc_extra(task);
