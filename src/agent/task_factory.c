@@ -144,10 +144,11 @@ static PyMethodDef asc_factory_def = {
     "_aioscope_task_factory", (PyCFunction)(void (*)(void))asc_task_factory,
     METH_FASTCALL | METH_KEYWORDS, "aioscope's task factory: tasks that remember where they were created."};
 
-/* A program's task factory, chained: its tasks are not our subclass, so the creation site goes
- * into an attribute of the task (Task instances take attributes). The site is captured before
- * the program's factory runs, whose own frame would otherwise be the innermost user frame.
- * self is the program's factory. Only programs with their own factory pay for this. */
+/* A program's task factory, chained: the creation site is captured before the program's factory
+ * runs, whose own frame would otherwise be the innermost user frame, and goes into the task's
+ * record when the task is ours (a C Task, patched in place), else into an attribute of the task
+ * (Task instances take attributes). self is the program's factory. Only programs with their own
+ * factory pay for this. */
 static PyObject *asc_chain_factory(PyObject *user, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames)
 {
