@@ -45,13 +45,35 @@ int asc_tasks_nwatched; /* tasks with ASC_TF_END_BY_STEP: steps.c looks only whe
 
 static PyObject *asc_on_cancel_done(PyObject *unused, PyObject *task);
 
+/* The loop a task took (a new reference; NULL when unknown): its field in place where the layout
+ * is known (checked against _loop on the first task asked), else the attribute. */
+static PyObject *asc_task_loop(PyObject *task)
+{
+    if (asc_t.loop_offset >= 0 && !asc_t.loop_checked) {
+        PyObject *loop = PyObject_GetAttr(task, asc_t.loop_attr_str);
+        if (loop != *(PyObject **)((char *)task + asc_t.loop_offset)) asc_t.loop_offset = -1;
+        Py_XDECREF(loop);
+        PyErr_Clear();
+        asc_t.loop_checked = 1;
+    }
+    if (asc_t.loop_offset >= 0) {
+        PyObject *loop = *(PyObject **)((char *)task + asc_t.loop_offset);
+        Py_XINCREF(loop);
+        return loop;
+    }
+    PyObject *loop = PyObject_GetAttr(task, asc_t.loop_attr_str);
+    if (loop == NULL)
+        PyErr_Clear();
+    return loop;
+}
+
 /* 1 when the end of task will be seen at the end of one of its steps: steps.c times the steps of
  * asyncio's own loops (Context.run); uvloop runs its callbacks from C. */
 static int asc_end_seen_by_steps(PyObject *task)
 {
     if (!asc_steps_observed() || asc_t.base_loop_type == NULL)
         return 0;
-    PyObject *loop = PyObject_GetAttr(task, asc_t.loop_attr_str);
+    PyObject *loop = asc_task_loop(task);
     int r = loop ? PyObject_IsInstance(loop, asc_t.base_loop_type) == 1 : 0;
     Py_XDECREF(loop);
     PyErr_Clear();
@@ -208,23 +230,9 @@ static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     asc_codeloc_clear(&x->created); /* __init__ called again */
     asc_capture_creation_site(&x->created);
-    /* The loop the task took: its field in place where the layout is known, else _loop. */
-    if (asc_t.loop_offset >= 0 && !asc_t.loop_checked) { /* the first task: the layout agrees? */
-        PyObject *loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
-        if (loop != *(PyObject **)((char *)self + asc_t.loop_offset)) asc_t.loop_offset = -1;
-        Py_XDECREF(loop);
-        PyErr_Clear();
-        asc_t.loop_checked = 1;
-    }
-    if (asc_t.loop_offset >= 0) {
-        PyObject *loop = *(PyObject **)((char *)self + asc_t.loop_offset);
-        if (loop) asc_steps_task_created(self, loop);
-        return 0;
-    }
-    PyObject *loop = PyObject_GetAttr(self, asc_t.loop_attr_str);
+    PyObject *loop = asc_task_loop(self);
     if (loop) asc_steps_task_created(self, loop);
     Py_XDECREF(loop);
-    PyErr_Clear();
     return 0;
 }
 

@@ -19,9 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#if PY_VERSION_HEX < 0x030B0000
-#endif
-
 /* The watchdog's measure (under the mutex) of how long the slot's loop has gone without getting
  * back to polling, and the mark that names this period. A stamped selector loop is out of its poll
  * since the watchdog first saw its current polls count (0 while it is in select()); any other loop
