@@ -187,6 +187,28 @@ typedef struct {
 } asc_task_stats;
 /* tasks.c: the counters of a task of the agent's subclass; NULL for any other object. */
 asc_task_stats *asc_tasks_stats(PyObject *task);
+/* tasks.c: which tasks were suspended on a future (their _fut_waiter set) when their last step
+ * ended: bit i for the task of record i, kept by steps.c at the end of every step it sees and by
+ * tasks.c at creation (3.12's eager first step) and destruction. The deadlock check reads it to
+ * find a loop's waiting tasks without touching the others (asc_tasks_each_waiting). Where the
+ * field's offset is unknown (asc_task_waiter_off < 0) nothing is kept. */
+extern uint64_t *asc_pool_waiting;
+extern Py_ssize_t asc_task_waiter_off, asc_task_index_off;
+static inline void asc_tasks_note_wait(PyObject *task) {
+    if (asc_task_waiter_off < 0) return;
+    PyObject *w = *(PyObject **)((char *)task + asc_task_waiter_off);
+    uint32_t i = *(uint32_t *)((char *)task + asc_task_index_off); /* the task's record */
+    uint64_t bit = (uint64_t)1 << (i & 63), *word = &asc_pool_waiting[i >> 6];
+    if (w != NULL && w != Py_None) *word |= bit;
+    else *word &= ~bit;
+}
+/* tasks.c: fn(task, arg) for every task of ours whose bit is set, in record order; stops at the
+ * first fn < 0 (returned). 0 when asc_pool_waiting cannot list every task of loop that waits on
+ * a future: its steps are not seen (uvloop, AIOSCOPE_DEV_OFF=steps), or some of the `registered`
+ * tasks asyncio's registries hold have no record (created before install(), pure-Python tasks):
+ * the caller then walks the registries. 1 when it walked. */
+int asc_tasks_each_waiting(PyObject *loop, Py_ssize_t registered,
+                           int (*fn)(PyObject *task, void *arg), void *arg, int *rc);
 /* livesnap.c: fn(task, arg) for every task of one of asyncio's task registries (a WeakSet of
  * tasks, or 3.12's set of eager tasks), iterated in C; stops at the first fn < 0 (returned). Runs
  * no Python code of its own. */

@@ -125,6 +125,7 @@ static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t n
             int64_t t1 = asc_clock_of(k1);
             asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
         }
+        asc_tasks_note_wait(task); /* for the deadlock check */
         if (asc_tasks_nwatched > 0) asc_tasks_after_step(task); /* a cancelled task's end */
         Py_DECREF(task);
         return r;
@@ -137,6 +138,7 @@ static PyObject *asc_run_step(PyObject *ctx, PyObject *const *args, Py_ssize_t n
     if (t1 > t0) st->busy_ns += t1 - t0;
     st->steps++;
     if (traced) asc_trace_step_end(&outer, task, st, t0, t1 > t0 ? t1 : t0);
+    asc_tasks_note_wait(task);
     if (asc_tasks_nwatched > 0) asc_tasks_after_step(task);
     Py_DECREF(task);
     return r;

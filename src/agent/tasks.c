@@ -38,6 +38,7 @@ enum {
                                    * done callback */
     ASC_TF_REPORTED_SWALLOW = 2,  /* swallowed-cancel already reported */
     ASC_TF_REPORTED_PENDING = 4,  /* pending-at-exit already reported */
+    ASC_TF_UNREGISTERED = 16,     /* finished in its eager first step (3.12+): in no registry */
 };
 
 asc_tasks_state asc_t;
@@ -126,6 +127,12 @@ asc_task_stats *asc_tasks_stats(PyObject *task)
  * asc_t.chunks, so that leak checkers see them reachable) and their records reused, as pymalloc
  * keeps its arenas. */
 static uint32_t asc_pool_free; /* the first free record's index; 0: none */
+static Py_ssize_t asc_pool_live;         /* records in use */
+static Py_ssize_t asc_pool_unregistered; /* ... of tasks in none of asyncio's registries */
+uint64_t *asc_pool_waiting;              /* a bit per record (agent.h) */
+Py_ssize_t asc_task_waiter_off = -1;     /* the C Task's _fut_waiter, where the bits are kept */
+Py_ssize_t asc_task_index_off = -1;      /* asc_t.extra_offset, for asc_tasks_note_wait */
+static Py_ssize_t asc_task_state_off = -1; /* the C Task's future state (0: pending) */
 
 /* A fresh, zeroed record for task, and its index through *index; NULL when out of memory. */
 static asc_task_extra *asc_record_new(PyObject *task, uint32_t *index)
@@ -139,7 +146,14 @@ static asc_task_extra *asc_record_new(PyObject *task, uint32_t *index)
         if (chunks == NULL)
             return NULL;
         asc_t.chunks = chunks;
-        asc_task_extra *chunk = calloc(ASC_POOL_CHUNK, sizeof *chunk);
+        size_t words = ASC_POOL_CHUNK / 64;
+        uint64_t *bits = realloc(asc_pool_waiting, (c + 1) * words * sizeof *bits);
+        if (bits == NULL)
+            return NULL;
+        asc_pool_waiting = bits;
+        memset(bits + c * words, 0, words * sizeof *bits);
+        /* Not zeroed here: asc_record_new zeroes each record as it hands it out. */
+        asc_task_extra *chunk = malloc(ASC_POOL_CHUNK * sizeof *chunk);
         if (chunk == NULL)
             return NULL;
         chunks[c] = chunk;
@@ -156,11 +170,16 @@ static asc_task_extra *asc_record_new(PyObject *task, uint32_t *index)
     memset(x, 0, sizeof *x);
     x->owner = task;
     *index = i;
+    asc_pool_live++;
     return x;
 }
 
 static void asc_record_free(asc_task_extra *x, uint32_t index)
 {
+    asc_pool_waiting[index >> 6] &= ~((uint64_t)1 << (index & 63));
+    asc_pool_live--;
+    if (x->flags & ASC_TF_UNREGISTERED)
+        asc_pool_unregistered--;
     x->owner = NULL;
     x->next_free = asc_pool_free;
     asc_pool_free = index;
@@ -230,6 +249,15 @@ static int asc_task_init(PyObject *self, PyObject *args, PyObject *kwds)
     }
     asc_codeloc_clear(&x->created); /* __init__ called again */
     asc_capture_creation_site(&x->created);
+    if (asc_task_waiter_off >= 0) {
+        /* 3.12's eager tasks ran their first step inside __init__: suspended on a future, or
+         * finished, and then in none of asyncio's registries (asc_tasks_each_waiting). */
+        asc_tasks_note_wait(self);
+        if (*(int *)((char *)self + asc_task_state_off) != 0 && !(x->flags & ASC_TF_UNREGISTERED)) {
+            x->flags |= ASC_TF_UNREGISTERED;
+            asc_pool_unregistered++;
+        }
+    }
     PyObject *loop = asc_task_loop(self);
     if (loop) asc_steps_task_created(self, loop);
     Py_XDECREF(loop);
@@ -838,6 +866,11 @@ int asc_tasks_init(PyObject *module)
         Py_INCREF(base);
         asc_t.type = asc_t.base;
         asc_t.in_place = 1;
+        if (L->task_fut_waiter >= 0 && L->task_state >= 0) {
+            asc_task_waiter_off = L->task_fut_waiter;
+            asc_task_index_off = asc_t.extra_offset;
+            asc_task_state_off = L->task_state;
+        }
     } else {
         if (asc_make_subclass(added) < 0)
             return -1;
@@ -865,6 +898,37 @@ int asc_tasks_init(PyObject *module)
     PyErr_Clear(); /* an asyncio without _cancel_all_tasks: exit-time reporting still works */
     Py_DECREF(runners);
     return 0;
+}
+
+int asc_tasks_each_waiting(PyObject *loop, Py_ssize_t registered,
+                           int (*fn)(PyObject *task, void *arg), void *arg, int *rc)
+{
+    /* Every task asyncio registered has a record (the records not registered are the eagerly
+     * finished ones), and every step of loop's tasks is seen. */
+    if (asc_task_waiter_off < 0 || !asc_steps_observed() || asc_t.base_loop_type == NULL ||
+        registered != asc_pool_live - asc_pool_unregistered ||
+        PyObject_IsInstance(loop, asc_t.base_loop_type) != 1) {
+        PyErr_Clear();
+        return 0;
+    }
+    *rc = 0;
+    size_t words = asc_t.nrecords / 64;
+    for (size_t w = 0; w < words; w++) {
+        for (uint64_t bits = asc_pool_waiting[w]; bits; bits &= bits - 1) {
+            uint32_t i = (uint32_t)(w * 64 + (size_t)__builtin_ctzll(bits));
+            PyObject *task = asc_t.chunks[i >> ASC_POOL_SHIFT][i & (ASC_POOL_CHUNK - 1)].owner;
+            if (task == NULL)
+                continue;
+            Py_INCREF(task);
+            int r = fn(task, arg);
+            Py_DECREF(task);
+            if (r < 0) {
+                *rc = r;
+                return 1;
+            }
+        }
+    }
+    return 1;
 }
 
 /* For deadlock.c: where a task was created (nothing when the task is not ours). */
