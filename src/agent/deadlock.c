@@ -2,7 +2,7 @@
  *
  * The check runs in the loop thread, with the GIL, from the loop's heartbeat (blocking.c), at most
  * every ASC_DL_PERIOD_NS and less often when a check is costly (the period is stretched so that
- * checking stays under ~2% of the loop's time). Nothing is hooked on the program's hot paths:
+ * checking stays under ~1% of the loop's time). Nothing is hooked on the program's hot paths:
  * everything is read from the tasks as they sit suspended.
  *
  * A snapshot of the loop: its tasks (asyncio.all_tasks(loop)); per task its _fut_waiter (the future it is
@@ -69,8 +69,8 @@
 /* How often the check runs at most; with the default AIOSCOPE_DEADLOCK_AFTER of 1 s this keeps a
  * deadlock's report within about 1.25 s of its forming. */
 #define ASC_DL_PERIOD_NS 200000000LL
-/* The period is stretched to this many times the last check's cost (<= 2% of the loop's time). */
-#define ASC_DL_COST_FACTOR 50
+/* The period is stretched to this many times the last check's cost (<= 1% of the loop's time). */
+#define ASC_DL_COST_FACTOR 100
 /* A loop with more pending tasks than this is not checked: the snapshot would cost too much. */
 #define ASC_DL_MAX_TASKS 10000
 /* Nor is any loop while the process has more live tasks than this (asyncio's registries, all
