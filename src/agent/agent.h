@@ -218,8 +218,6 @@ int asc_registry_each(PyObject *registry, int (*fn)(PyObject *task, void *arg), 
  * New reference, or NULL with an error set. */
 PyObject *asc_method_hook_new(PyObject *orig, vectorcallfunc call);
 PyObject *asc_method_hook_orig(PyObject *self); /* borrowed */
-/* CLOCK_MONOTONIC in nanoseconds. */
-int64_t asc_live_now_ns(void);
 /* The dict of a type, borrowed: from 3.12 a static built-in type's dict lives in the
  * interpreter's state, which PyType_GetDict returns. (steps.c and trace.c write hooks there.) */
 static inline PyObject *asc_type_dict(PyTypeObject *tp) {

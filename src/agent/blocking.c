@@ -302,7 +302,7 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
     asc_heartbeat *hb = (asc_heartbeat *)self;
     asc_loop_slot *s = &asc_lp.slots[hb->index];
     if (!s->used || s->gen != hb->gen || !s->running) Py_RETURN_NONE; /* a stale beat */
-    int64_t now = asc_now_ns();
+    int64_t now = asc_monotonic_ns();
     /* Move the period on first, so the watchdog cannot take this beat's own stack for the
      * blocked one. */
     int64_t due = atomic_exchange(&s->due_ns, now + asc_beat_ns(s));
@@ -327,7 +327,7 @@ static PyObject *asc_heartbeat_call(PyObject *self, PyObject *args, PyObject *kw
  * now. A loop that runs a long callback is late by about as long as the callback has run. */
 int asc_loops_lags(asc_loop_lag *out, int max) {
     int n = 0;
-    int64_t now = asc_now_ns();
+    int64_t now = asc_monotonic_ns();
     pthread_mutex_lock(&asc_lp.mutex);
     for (int i = 0; i < ASC_MAX_LOOPS && n < max; i++) {
         asc_loop_slot *s = &asc_lp.slots[i];
@@ -360,7 +360,7 @@ void asc_loop_stopped(void) {
     if (!s) return;
     /* The loop may stop right after a block (asyncio.run(main()) whose main() ends with the
      * blocking call): no poll or late beat follows, so the period is closed here. */
-    int64_t now = asc_now_ns();
+    int64_t now = asc_monotonic_ns();
     if (s->poll_hooked) {
         asc_close_flagged_block(s);
     } else {
@@ -453,7 +453,7 @@ void asc_heartbeat_start(PyObject *loop) {
     atomic_store(&s->polls, 1);
     atomic_store(&s->block_flag, 0);
     s->wd_polls = -1;
-    atomic_store(&s->due_ns, asc_now_ns() + asc_beat_ns(s));
+    atomic_store(&s->due_ns, asc_monotonic_ns() + asc_beat_ns(s));
     s->captured_due = 0;
     s->probe_due = 0;
     s->nframes = 0;

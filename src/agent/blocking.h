@@ -9,6 +9,7 @@
 #define AIOSCOPE_AGENT_BLOCKING_H
 
 #include "agent/agent.h"
+#include "agent/clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -148,12 +149,6 @@ static inline void asc_restore_error(asc_saved_error *e) {
 #else
     PyErr_Restore(e->type, e->value, e->tb);
 #endif
-}
-
-static inline int64_t asc_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Errors inside the agent must never reach the program: they are dropped, and shown only when

@@ -1,10 +1,19 @@
-/* clock.h: the agent's fast CLOCK_MONOTONIC (clock.c), for what is timed on hot paths: task
- * steps (steps.c) and, under --trace, loop iterations and lock spans (trace.c, trace_locks.c).
- * Private to the agent. */
+/* clock.h: the agent's clocks. The fast CLOCK_MONOTONIC (clock.c), for what is timed on hot
+ * paths: task steps (steps.c) and, under --trace, loop iterations and lock spans (trace.c,
+ * trace_locks.c); and the kernel's, for everything else. Private to the agent. */
 #ifndef AIOSCOPE_AGENT_CLOCK_H
 #define AIOSCOPE_AGENT_CLOCK_H
 
 #include <stdint.h>
+#include <time.h>
+
+/* CLOCK_MONOTONIC in nanoseconds, from the kernel: for what is not on a hot path (the heartbeat,
+ * the watchdog thread, the deadlock check, the live view). */
+static inline int64_t asc_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 #if defined(__x86_64__)
 #include <x86intrin.h>

@@ -20,6 +20,7 @@
  * the interpreter finalizes) stops the server and removes the socket. After fork, the child starts
  * a server of its own for its own pid. */
 #include "agent/agent.h"
+#include "agent/clock.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -138,14 +139,14 @@ static double asc_thread_cpu_ms(void) {
 }
 
 static aioscope_snapshot *asc_collect_with_gil(double *ms, double *cpu_ms) {
-    int64_t t0 = asc_live_now_ns();
+    int64_t t0 = asc_monotonic_ns();
     double c0 = asc_thread_cpu_ms();
     aioscope_snapshot *snap = NULL;
     if (asc_live_collect(&snap) < 0) {
         PyErr_Clear();
         snap = NULL;
     }
-    *ms = (double)(asc_live_now_ns() - t0) / 1e6;
+    *ms = (double)(asc_monotonic_ns() - t0) / 1e6;
     *cpu_ms = asc_thread_cpu_ms() - c0;
     return snap;
 }
@@ -239,11 +240,11 @@ static void asc_answer_from_memory(aioscope_buf *b, asc_form form) {
                        "the program holds the GIL and its memory cannot be read on this Python");
         return;
     }
-    int64_t t0 = asc_live_now_ns();
+    int64_t t0 = asc_monotonic_ns();
     double c0 = asc_thread_cpu_ms();
     aioscope_snapshot *snap = NULL;
     int rc = aioscope_target_snapshot(asc_ctl.self_target, &snap);
-    double ms = (double)(asc_live_now_ns() - t0) / 1e6, cpu_ms = asc_thread_cpu_ms() - c0;
+    double ms = (double)(asc_monotonic_ns() - t0) / 1e6, cpu_ms = asc_thread_cpu_ms() - c0;
     if (rc < 0 || !snap) {
         asc_error_json(b, rc < 0 ? rc : AIOSCOPE_EIO, "reading the program's memory failed");
         return;

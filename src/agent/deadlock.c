@@ -60,6 +60,7 @@
  * because the program may never end), the process ends with status 4 (deadlock_report.c);
  * `aioscope run --on-deadlock exit` then exits with 4 as well. */
 #include "agent/deadlock.h"
+#include "agent/clock.h"
 #include "attach/layouts.h"
 
 #include <stdlib.h>
@@ -99,12 +100,6 @@ typedef struct {
 
 asc_dl_state asc_dl;
 static asc_dl_slot asc_dl_slots[ASC_DL_MAX_LOOPS];
-
-static int64_t asc_dl_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 /* getattr that never leaves an exception: NULL when missing. New reference. */
 PyObject *asc_dl_attr(PyObject *o, const char *name) {
@@ -941,14 +936,14 @@ void asc_deadlock_on_heartbeat(PyObject *loop) {
         asc_dl.ready = asc_dl_prepare() == 0 ? 1 : -1;
         if (asc_dl.ready < 0) return;
     }
-    int64_t now = asc_dl_now_ns();
+    int64_t now = asc_monotonic_ns();
     asc_dl_slot *slot = asc_dl_slot_for(loop);
     if (!slot || now < slot->next_ns) return;
     /* The beat runs between the program's callbacks; keep any exception state it may see. */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     asc_dl_check(slot, loop, now, slot->period_ns ? slot->period_ns : ASC_DL_PERIOD_NS);
-    int64_t cost = asc_dl_now_ns() - now, period = ASC_DL_PERIOD_NS;
+    int64_t cost = asc_monotonic_ns() - now, period = ASC_DL_PERIOD_NS;
     if (cost * ASC_DL_COST_FACTOR > period) period = cost * ASC_DL_COST_FACTOR;
     slot->period_ns = period;
     slot->next_ns = now + period;

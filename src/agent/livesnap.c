@@ -15,6 +15,7 @@
  * attributes are used only where nothing cheaper is sound (frame lines, sleep deadlines). Every
  * walk is bounded. Every function here runs with the GIL held. */
 #include "agent/agent.h"
+#include "agent/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -443,7 +444,7 @@ static void asc_classify_wait(aioscope_snapshot *snap, asc_links *links, PyObjec
             Py_XDECREF(when);
             Py_XDECREF(handle);
             if (w > 0) {
-                double left = w - (double)asc_live_now_ns() / 1e9;
+                double left = w - (double)asc_monotonic_ns() / 1e9;
                 snprintf(buf, sizeof buf, "sleep (%.3f s left)", left > 0 ? left : 0.0);
                 what = buf;
             } else {
@@ -939,7 +940,7 @@ int asc_live_collect(aioscope_snapshot **out) {
         PyErr_NoMemory();
         goto err;
     }
-    int64_t now = asc_live_now_ns();
+    int64_t now = asc_monotonic_ns();
     /* Reading coroutines creates frame objects; with many live tasks, the collections those
      * allocations would trigger cost more than the reading itself. Nothing we allocate here is
      * cyclic garbage, so the collector is paused and put back as it was. */

@@ -127,7 +127,7 @@ void asc_close_flagged_block(asc_loop_slot *s) {
         atomic_store(&s->block_flag, 0);
     }
     pthread_mutex_unlock(&asc_lp.mutex);
-    if (valid && asc_cfg.enabled) asc_report_block(s, mark, asc_now_ns() - since);
+    if (valid && asc_cfg.enabled) asc_report_block(s, mark, asc_monotonic_ns() - since);
 }
 
 /* Stamp the polls of a selector loop whose current period has run for a quarter of the
@@ -159,7 +159,7 @@ void asc_stamp_with_gil(int i, int64_t due) {
          * around that poll are not one block. A block that is already going on is timed from
          * here, a lower bound; the watchdog asks for the stamp early (a quarter of the
          * threshold) so that little of it is lost. */
-        s->wd_since = asc_now_ns();
+        s->wd_since = asc_monotonic_ns();
         /* What the watchdog already read for this period now belongs to mark 1. */
         if (s->captured_due == due) s->captured_due = 1;
         if (s->probe_due == due) s->probe_due = 1;
@@ -168,7 +168,7 @@ void asc_stamp_with_gil(int i, int64_t due) {
         /* Taking the GIL may have waited for the whole blocking call (a regex holding it): the
          * loop thread, paused right after it, polls as soon as we let go, before the watchdog's
          * next look. So a period already over the threshold is flagged now. */
-        int64_t now = asc_now_ns();
+        int64_t now = asc_monotonic_ns();
         if (now - due > asc_lp.threshold_ns) {
             s->block_mark = 1;
             s->block_since = due;

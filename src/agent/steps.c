@@ -33,11 +33,6 @@
 #include <time.h>
 
 
-int64_t asc_live_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* ---- the step clock ---------------------------------------------------------------------------
  * Two clock reads per task step are most of what timing steps costs: they are clock.c's

@@ -626,7 +626,7 @@ int asc_trace_on_loop_start(PyObject *loop) {
 
 void asc_trace_finding(const aioscope_finding *f) {
     if (!asc_trace_active || !f) return;
-    int64_t now = asc_live_now_ns();
+    int64_t now = asc_monotonic_ns();
     uint32_t track = asc_trace_loop_track(NULL, PyThread_get_thread_ident());
     aioscope_buf b;
     aioscope_buf_init(&b);
@@ -972,7 +972,7 @@ int asc_trace_init(PyObject *module) {
         return -1;
     }
     asc_tr.limit = limit;
-    asc_tr.t0 = asc_live_now_ns();
+    asc_tr.t0 = asc_monotonic_ns();
     asc_tr.pid = (long)getpid();
     asc_tr.next_task_track = ASC_TRACK_TASK0;
     asc_tr.names[0] = strdup("?");

@@ -49,7 +49,7 @@ static int asc_slot_in_period(asc_loop_slot *s, int64_t mark) {
     if (s->poll_hooked)
         return !atomic_load_explicit(&s->in_poll, memory_order_acquire) &&
                atomic_load_explicit(&s->polls, memory_order_relaxed) == mark;
-    return asc_now_ns() > mark && atomic_load(&s->due_ns) == mark;
+    return asc_monotonic_ns() > mark && atomic_load(&s->due_ns) == mark;
 }
 
 /* Read a thread's Python stack with the C API (the GIL held): the fallback when the attach
@@ -196,7 +196,7 @@ static void *asc_watchdog_main(void *arg) {
         ts.tv_nsec = wake % 1000000000;
         pthread_cond_timedwait(&asc_lp.cond, &asc_lp.mutex, &ts);
         if (asc_lp.stop) break;
-        int64_t now = asc_now_ns();
+        int64_t now = asc_monotonic_ns();
         int probe = -1, stamp = -1;
         int64_t probe_due = 0, stamp_due = 0;
         for (int i = 0; i < ASC_MAX_LOOPS; i++) {
