@@ -27,7 +27,9 @@ What is compared is the CPU time of the workload (all threads of the process: ai
 watchdog thread counts), which a busy shared machine disturbs much less than wall time;
 --clock wall compares wall time instead. Runs alternate: every round runs every mode once per workload, in an order rotated each round,
 so slow drifts of a shared machine spread over all modes. The table shows the median time of
-plain and, for every other mode, the ratio of its median to plain's median.
+plain and, for every other mode, the median of the rounds' paired ratios: each round's run of the
+mode over the same round's plain run, which ran seconds apart (the statistic bench_run.py
+judges; the machine drifts by several per cent from minute to minute, which a pair shares).
 
 Then `aioscope dump PID --attach` and `aioscope ps PID --attach` against `py-spy dump --pid PID`
 on one target process running without any agent (bench/peers/dump_target.py: an asyncio program
@@ -163,7 +165,7 @@ def run_once(mode, py, workload, loop, size, tmp, clock="cpu"):
 
 
 def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose, clock):
-    """{(pyver, workload, mode): [elapsed...]} plus errors."""
+    """{(pyver, workload, mode): {round: seconds}} plus errors."""
     times, errors = {}, {}
     with tempfile.TemporaryDirectory(prefix="aioscope-bench-") as tmp:
         for r in range(rounds):
@@ -182,7 +184,7 @@ def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose, cloc
                         if t is None:
                             errors[key] = err
                         else:
-                            times.setdefault(key, []).append(t)
+                            times.setdefault(key, {})[r] = t
                         if verbose:
                             print("  round %d %s %-16s %-15s %s" % (r + 1, ver, w, m,
                                   "%.3f s" % t if t is not None else err), file=sys.stderr)
@@ -191,6 +193,13 @@ def bench_overhead(pythons, workloads, modes, loop, rounds, sizes, verbose, cloc
 
 def fmt_ratio(x):
     return "%.2fx" % x
+
+
+def paired_ratio(times, ver, w, m):
+    """The median over rounds of mode m's time over plain's in the same round, or None."""
+    plain, t = times.get((ver, w, "plain"), {}), times.get((ver, w, m), {})
+    pairs = [t[r] / plain[r] for r in t if r in plain and plain[r] > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 def overhead_table(pythons, workloads, modes, times, errors):
@@ -202,14 +211,14 @@ def overhead_table(pythons, workloads, modes, times, errors):
             plain = times.get((ver, w, "plain"))
             if not plain:
                 continue
-            base = statistics.median(plain)
+            base = statistics.median(plain.values())
             row = [ver, w, "%.0f ms" % (base * 1000)]
             for m in modes:
                 if m == "plain":
                     continue
-                t = times.get((ver, w, m))
-                if t:
-                    row.append(fmt_ratio(statistics.median(t) / base))
+                ratio = paired_ratio(times, ver, w, m)
+                if ratio is not None:
+                    row.append(fmt_ratio(ratio))
                 elif (ver, w, m) in errors:
                     row.append("fail")
                 else:
@@ -346,11 +355,12 @@ def main():
                                    args.verbose, args.clock)
     header, rows = overhead_table(pythons, workloads, modes, times, errors)
     print()
-    print("median %s time of plain; other columns: median / plain's median" % args.clock)
+    print("median %s time of plain; other columns: median of the rounds' ratios to plain" % args.clock)
     print_text_table(header, rows)
     for key, err in sorted(errors.items()):
         print("  failed: python %s %s %s: %s" % (key + (err,)))
-    md = ["### Overhead (median %s time of %d alternating runs, ratio to plain)" % (args.clock, args.rounds), "",
+    md = ["### Overhead (%s time; %d alternating rounds; median of each round's ratio to plain)"
+          % (args.clock, args.rounds), "",
           markdown_table(header, rows)]
 
     dump = []
@@ -372,7 +382,8 @@ def main():
         Path(args.markdown).write_text("\n".join(md) + "\n")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "times": [{"python": k[0], "workload": k[1], "mode": k[2], "samples": v}
+            "times": [{"python": k[0], "workload": k[1], "mode": k[2],
+                       "samples": [v[r] for r in sorted(v)], "rounds": sorted(v)}
                       for k, v in sorted(times.items())],
             "errors": [{"python": k[0], "workload": k[1], "mode": k[2], "error": v}
                        for k, v in sorted(errors.items())],
@@ -383,12 +394,10 @@ def main():
         bad = []
         for ver in pythons:
             for w in workloads:
-                plain = times.get((ver, w, "plain"))
                 for m, budget in (("aioscope", 1.05), ("aioscope-trace", 1.15)):
-                    t = times.get((ver, w, m))
-                    if plain and t and statistics.median(t) / statistics.median(plain) > budget:
-                        bad.append("%s %s %s %.2fx > %.2fx" % (ver, w, m,
-                                   statistics.median(t) / statistics.median(plain), budget))
+                    ratio = paired_ratio(times, ver, w, m)
+                    if ratio is not None and ratio > budget:
+                        bad.append("%s %s %s %.2fx > %.2fx" % (ver, w, m, ratio, budget))
         if bad:
             print("over budget:\n  " + "\n  ".join(bad))
             return 1
