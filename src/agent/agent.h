@@ -203,7 +203,7 @@ static inline void asc_tasks_note_wait(PyObject *task) {
     else *word &= ~bit;
 }
 /* tasks.c: fn(task, arg) for every task of ours whose bit is set, in record order; stops at the
- * first fn < 0 (returned). 0 when asc_pool_waiting cannot list every task of loop that waits on
+ * first fn < 0 (put in *rc). Returns 0 when the bits cannot list every task of loop that waits on
  * a future: its steps are not seen (uvloop, AIOSCOPE_DEV_OFF=steps), or some of the `registered`
  * tasks asyncio's registries hold have no record (created before install(), pure-Python tasks):
  * the caller then walks the registries. 1 when it walked. */

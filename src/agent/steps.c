@@ -32,8 +32,6 @@
 #include <string.h>
 #include <time.h>
 
-
-
 /* ---- the step clock ---------------------------------------------------------------------------
  * Two clock reads per task step are most of what timing steps costs: they are clock.c's
  * (the CPU's cycle counter converted to CLOCK_MONOTONIC where the kernel keeps time with it,
