@@ -21,12 +21,6 @@
 
 asc_clock_state asc_clock;
 
-static int64_t asc_gettime_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 void asc_clock_init(void) {
 #if defined(__x86_64__)
     char buf[32] = "";
@@ -39,13 +33,13 @@ void asc_clock_init(void) {
 #elif !defined(__aarch64__)
     return;
 #endif
-    asc_clock.ns0 = asc_clock.ns_a = asc_gettime_ns();
+    asc_clock.ns0 = asc_clock.ns_a = asc_monotonic_ns();
     asc_clock.k0 = asc_clock.k_a = asc_ticks();
     asc_clock.usable = 1;
 }
 
 int64_t asc_clock_anchor(void) {
-    int64_t ns = asc_gettime_ns();
+    int64_t ns = asc_monotonic_ns();
     if (!asc_clock.usable) return ns;
     uint64_t k = asc_ticks();
     if (k > asc_clock.k0 && ns - asc_clock.ns0 >= ASC_CLOCK_BASELINE_NS) {

@@ -68,16 +68,25 @@ static PyObject *asc_task_loop(PyObject *task)
     return loop;
 }
 
-/* 1 when the end of task will be seen at the end of one of its steps: steps.c times the steps of
- * asyncio's own loops (Context.run); uvloop runs its callbacks from C. */
+/* 1 when steps.c sees the end of every step of loop's tasks: it times the steps of asyncio's own
+ * loops (Context.run); uvloop runs its callbacks from C. */
+static int asc_loop_steps_seen(PyObject *loop)
+{
+    if (loop == NULL || !asc_steps_observed() || asc_t.base_loop_type == NULL)
+        return 0;
+    int r = PyObject_IsInstance(loop, asc_t.base_loop_type) == 1;
+    PyErr_Clear();
+    return r;
+}
+
+/* 1 when the end of task will be seen at the end of one of its steps. */
 static int asc_end_seen_by_steps(PyObject *task)
 {
-    if (!asc_steps_observed() || asc_t.base_loop_type == NULL)
+    if (!asc_steps_observed())
         return 0;
     PyObject *loop = asc_task_loop(task);
-    int r = loop ? PyObject_IsInstance(loop, asc_t.base_loop_type) == 1 : 0;
+    int r = asc_loop_steps_seen(loop);
     Py_XDECREF(loop);
-    PyErr_Clear();
     return r;
 }
 
@@ -905,12 +914,9 @@ int asc_tasks_each_waiting(PyObject *loop, Py_ssize_t registered,
 {
     /* Every task asyncio registered has a record (the records not registered are the eagerly
      * finished ones), and every step of loop's tasks is seen. */
-    if (asc_task_waiter_off < 0 || !asc_steps_observed() || asc_t.base_loop_type == NULL ||
-        registered != asc_pool_live - asc_pool_unregistered ||
-        PyObject_IsInstance(loop, asc_t.base_loop_type) != 1) {
-        PyErr_Clear();
+    if (asc_task_waiter_off < 0 || registered != asc_pool_live - asc_pool_unregistered ||
+        !asc_loop_steps_seen(loop))
         return 0;
-    }
     *rc = 0;
     size_t words = asc_t.nrecords / 64;
     for (size_t w = 0; w < words; w++) {

@@ -189,11 +189,8 @@ static void asc_announce_block(asc_loop_slot *s, int64_t due, int64_t late_ns) {
 static void *asc_watchdog_main(void *arg) {
     pthread_mutex_lock(&asc_lp.mutex);
     while (!asc_lp.stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t wake = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + asc_lp.period_ns;
-        ts.tv_sec = wake / 1000000000;
-        ts.tv_nsec = wake % 1000000000;
+        int64_t wake = asc_monotonic_ns() + asc_lp.period_ns;
+        struct timespec ts = {.tv_sec = wake / 1000000000, .tv_nsec = wake % 1000000000};
         pthread_cond_timedwait(&asc_lp.cond, &asc_lp.mutex, &ts);
         if (asc_lp.stop) break;
         int64_t now = asc_monotonic_ns();
