@@ -67,7 +67,8 @@ def test_top_sorts_and_quits(python, tmp_path):
         assert rows == sorted(rows), rows
         tmux.keys("q")
         deadline = time.monotonic() + DEADLINE_S
-        while not status.exists() and time.monotonic() < deadline:
+        # The shell creates the file before it writes to it: wait for the line, not the file.
+        while not (status.exists() and status.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert status.read_text().strip() == "EXIT=0"
     finally:
